@@ -1,0 +1,1 @@
+"""Command-line interface. ``main.py`` is the entry point; each command group lives in its own module."""

@@ -1,0 +1,106 @@
+"""The ``tuneloop`` command.
+
+Commands are registered by module path and imported only when run, so ``tuneloop --help`` stays under
+a second. A command appears once its module exists: add ``"name": "tuneloop.cli.module:object"`` to
+COMMANDS when you add the module. User errors (:class:`tuneloop.errors.UserError`) are caught here,
+once: message on stderr, exit code 1, no traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+
+import click
+
+from tuneloop import __version__
+
+# name -> "module:attribute". Order is the order shown in --help (lifecycle order).
+COMMANDS = {
+    "quickstart": "tuneloop.cli.quickstart:quickstart",
+    "doctor": "tuneloop.cli.doctor:doctor",
+    "models": "tuneloop.cli.models:models",
+    "chat": "tuneloop.cli.chat:chat",
+    "data": "tuneloop.cli.data:data",
+    "annotate": "tuneloop.cli.annotate:annotate",
+    "train": "tuneloop.cli.train:train",
+    "eval": "tuneloop.cli.eval:eval_command",
+    "export": "tuneloop.cli.export:export",
+    "serve": "tuneloop.cli.serve:serve",
+    "monitor": "tuneloop.cli.monitor:monitor",
+}
+
+# One-line summaries for --help, so listing commands imports none of them.
+SUMMARIES = {
+    "quickstart": "The main job: bundled support data -> prepare -> LoRA -> eval -> report -> export.",
+    "doctor": "Versions, device, bf16/AMX, memory, disk, embedded model, known-bad combinations.",
+    "models": "Model catalog: list, recommend, estimate memory/time, import into the local store.",
+    "chat": "Chat with a model through its chat template (one-shot or interactive).",
+    "data": "Validate, prepare, augment data; turn served feedback into training data.",
+    "annotate": "Label records in a local browser page, with suggestions and agreement statistics.",
+    "train": "Fine-tune from a recipe: full, LoRA, DoRA, QLoRA, DPO/ORPO/KTO, reward, GRPO.",
+    "eval": "Metrics, base-vs-tuned comparison with a gate, slices; eval.json and report.html.",
+    "export": "Merge and export a run: safetensors, GGUF or quantized.",
+    "serve": "OpenAI-compatible server for a base model and its adapters, recording everything.",
+    "monitor": "Latency p50/p95, error rate and satisfaction per model from the serving store.",
+}
+
+
+def _available(name: str) -> bool:
+    module = COMMANDS[name].split(":")[0]
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return [name for name in COMMANDS if _available(name)]
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS or not _available(name):
+            return None
+        module, attr = COMMANDS[name].split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, SUMMARIES.get(name, "")) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tuneloop")
+def cli():
+    """tuneloop: raw data -> fine-tuned, evaluated, served and continuously improved LLM.
+
+    Runs on a laptop CPU by default with the embedded SmolLM2-135M-Instruct model.
+    """
+
+
+def main(argv=None):
+    from tuneloop.errors import UserError
+
+    try:
+        cli.main(args=argv, prog_name="tuneloop", standalone_mode=False)
+    except UserError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:  # usage errors: exit 2, as click does
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Typed configuration: recipes are validated once, at the edge, into these objects."""

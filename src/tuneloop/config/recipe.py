@@ -1,0 +1,197 @@
+"""The training recipe (SPEC "Recipe"): typed, validated once, unknown keys rejected with a hint.
+
+Load with :func:`load_recipe` (a YAML file plus ``--set key=value`` overrides). Inner code receives a
+:class:`Recipe`, never a raw dict. Errors name the file and the key path, e.g.
+``recipe.yaml: train.learning_rat: unknown key; did you mean 'learning_rate'?``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tuneloop.errors import UserError, did_you_mean
+
+Method = Literal["full", "lora", "dora", "qlora", "dpo", "orpo", "kto", "reward", "grpo"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraConfig(Strict):
+    r: int = Field(16, ge=1, description="Rank of the low-rank update.")
+    alpha: float = Field(32, gt=0, description="Scale: the update is multiplied by alpha / r.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter's input.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="'all-linear' or a list of module names such as q_proj, v_proj."
+    )
+
+
+class EarlyStopping(Strict):
+    patience: int = Field(3, ge=1, description="Evaluations without improvement before stopping.")
+    metric: str = Field("validation_loss", description="Metric to watch (lower is better for losses).")
+    min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as improvement.")
+
+
+class TrainConfig(Strict):
+    epochs: float = Field(3, gt=0, description="Passes over the training data.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    learning_rate: float = Field(2.0e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null turns it off.")
+    batch_size: int = Field(8, ge=1, description="Sequences per micro-batch (per process).")
+    gradient_accumulation: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    max_seq_len: int = Field(1024, ge=8, description="Longest sample (or packed row) in tokens.")
+    packing: bool = Field(True, description="Pack samples into rows without cross-sample attention.")
+    overlong: Literal["error", "drop", "truncate_prompt"] = Field(
+        "drop", description="What to do with samples longer than max_seq_len."
+    )
+    train_on: Literal["assistant", "all"] = Field(
+        "assistant", description="Which tokens carry loss: assistant turns only, or all."
+    )
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="bf16 autocast where the hardware has it; trainable weights stay fp32."
+    )
+    seed: int = 0
+    deterministic: bool = Field(False, description="Seed everything and use deterministic kernels.")
+    eval_every: int = Field(50, ge=1, description="Steps between validation evaluations.")
+    save_every: int = Field(100, ge=1, description="Steps between checkpoints.")
+    keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept (plus the best).")
+    early_stopping: EarlyStopping | None = None
+    gradient_checkpointing: bool = False
+    sample_prompts: list[str] = Field(
+        default_factory=list, description="Prompts generated from during training into samples.jsonl."
+    )
+
+
+class DataConfig(Strict):
+    train: str | None = Field(None, description="Training JSONL (from `tuneloop data prepare`).")
+    validation: str | None = Field(None, description="Validation JSONL.")
+    test: str | None = None
+
+    @model_validator(mode="after")
+    def _needs_train(self):
+        if self.train is None:
+            raise ValueError("data.train is required")
+        return self
+
+
+class TrackingConfig(Strict):
+    backend: Literal["mlflow", "none"] = "mlflow"
+    uri: str | None = Field(None, description="Tracking URI; default a local store in the run dir.")
+    experiment: str | None = None
+
+
+class Recipe(Strict):
+    name: str = Field("run", description="Run name; the run directory is runs/<name>/.")
+    model: str = Field("smollm2-135m-instruct", description="Catalog name, hub id, local dir, .gguf.")
+    method: Method = "lora"
+    output_dir: str | None = Field(None, description="Where runs/<name>/ goes (default ./runs).")
+    data: DataConfig
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    def run_dir(self) -> Path:
+        return Path(self.output_dir or "runs") / self.name
+
+
+def _model_for_path(model: type[BaseModel], path: tuple) -> type[BaseModel] | None:
+    """The pydantic model class that owns the key at ``path`` (to suggest its valid keys)."""
+    current: Any = model
+    for part in path[:-1]:
+        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        current = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def format_validation_error(err: ValidationError, source: str, root: type[BaseModel]) -> UserError:
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            owner = _model_for_path(root, loc)
+            guess = did_you_mean(str(loc[-1]), owner.model_fields) if owner else None
+            msg = "unknown key" + (f"; did you mean '{guess}'?" if guess else "")
+            if owner and not guess:
+                msg += f" (valid keys: {', '.join(owner.model_fields)})"
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            if e["type"] not in ("missing",) and "input" in e:
+                msg += f" (got {e['input']!r})"
+        lines.append(f"{source}: {key}: {msg}")
+    return UserError("\n".join(lines))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.learning_rate=1e-4`` -> (['train', 'learning_rate'], 1e-4); values parse as YAML."""
+    import yaml
+
+    if "=" not in text:
+        raise UserError(f"--set {text!r}: expected key=value, e.g. --set train.epochs=1")
+    key, value = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value)
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {text!r}: {k} is not a section")
+        node[keys[-1]] = value
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read, override and validate a recipe file. Relative data paths resolve against the file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"recipe file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UserError(f"not valid YAML: {getattr(e, 'problem', e)}", where=where) from None
+    if not isinstance(raw, dict):
+        raise UserError("a recipe is a YAML mapping (key: value)", where=str(path))
+    raw = apply_overrides(raw, list(overrides))
+    return recipe_from_dict(raw, source=str(path), base_dir=path.parent)
+
+
+def recipe_from_dict(raw: dict, source: str = "recipe", base_dir: Path | None = None) -> Recipe:
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise format_validation_error(e, source, Recipe) from None
+    if base_dir is not None:
+        _resolve_data_paths(recipe, base_dir)
+    return recipe
+
+
+def _resolve_data_paths(recipe: Recipe, base_dir: Path) -> None:
+    for field in ("train", "validation", "test"):
+        value = getattr(recipe.data, field)
+        if value and not Path(value).is_absolute() and not Path(value).exists():
+            candidate = base_dir / value
+            if candidate.exists():
+                setattr(recipe.data, field, str(candidate))
