@@ -1,0 +1,1 @@
+"""Choosing and loading models: catalog, local model store, resolution, memory/time estimates."""

@@ -1,0 +1,140 @@
+"""Turn any model reference into a loaded model and tokenizer.
+
+A reference ``M`` may be a catalog name, a hub id, a local Hugging Face directory, a ``.gguf`` file or
+a tuneloop run directory (its ``adapter/`` on its base model, or its full ``model/``).
+:func:`resolve_model` maps it to files without loading anything; :func:`load_model` and
+:func:`load_tokenizer` load them. Nothing touches the network unless the user names a hub model that
+is not in the local store.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuneloop.errors import UserError, did_you_mean
+from tuneloop.models import catalog, store
+from tuneloop.paths import model_store
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model's files are: a full HF directory, plus an optional PEFT adapter on top."""
+
+    reference: str
+    path: Path
+    adapter: Path | None = None
+
+    @property
+    def tokenizer_path(self) -> Path:
+        if self.adapter is not None and (self.adapter / "tokenizer_config.json").is_file():
+            return self.adapter
+        return self.path
+
+
+def _resolve_run_dir(path: Path) -> ResolvedModel | None:
+    """A run directory: ``model/`` (full fine-tune) or ``adapter/`` on the base named in it."""
+    if store.is_hf_dir(path / "model"):
+        return ResolvedModel(str(path), path / "model")
+    adapter = path / "adapter" if (path / "adapter" / "adapter_config.json").is_file() else None
+    if adapter is None and (path / "adapter_config.json").is_file():
+        adapter = path
+    if adapter is None:
+        return None
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    base_ref = _base_reference(path, config)
+    base = resolve_model(base_ref)
+    return ResolvedModel(str(path), base.path, adapter)
+
+
+def _base_reference(run_dir: Path, adapter_config: dict) -> str:
+    # The run's own record of its base model wins over PEFT's (which may be a temporary path).
+    for meta in (run_dir / "tuneloop_base.json", run_dir.parent / "tuneloop_base.json"):
+        if meta.is_file():
+            return json.loads(meta.read_text())["base_model"]
+    base = adapter_config.get("base_model_name_or_path")
+    if not base:
+        raise UserError(f"{run_dir}: adapter does not name its base model",
+                        hint="set base_model_name_or_path in adapter_config.json")
+    return base
+
+
+def resolve_model(reference: str | Path) -> ResolvedModel:
+    ref = str(reference).strip()
+    if not ref:
+        raise UserError("empty model name", hint=f"use a catalog name such as {catalog.EMBEDDED}")
+    path = Path(ref).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        target = model_store() / store.store_name(path.stem)
+        if not store.is_hf_dir(target):
+            store.convert_gguf(path.resolve(), target, source=str(path))
+        return ResolvedModel(ref, target)
+    if path.is_dir():
+        if store.is_hf_dir(path) and not (path / "adapter_config.json").is_file():
+            return ResolvedModel(ref, path)
+        resolved = _resolve_run_dir(path)
+        if resolved is not None:
+            return resolved
+        raise UserError(f"{path} is a directory but not a model or a run",
+                        hint="expected config.json (a model), or adapter/ or model/ (a tuneloop run)")
+    card = catalog.find_card(ref)
+    if card is not None and card.name == catalog.EMBEDDED:
+        return ResolvedModel(ref, store.ensure_embedded())
+    name = card.name if card else store.store_name(ref)
+    local = model_store() / name
+    if store.is_hf_dir(local):
+        return ResolvedModel(ref, local)
+    if card is not None:
+        return ResolvedModel(ref, store.download_hub_model(card.hub_id, local))
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", ref) and not path.exists():
+        return ResolvedModel(ref, store.download_hub_model(ref, local))
+    guess = did_you_mean(ref.lower(), catalog.BY_NAME)
+    raise UserError(
+        f"model {ref!r} not found: not a catalog name, a hub id (org/name), a directory or a .gguf file"
+        + (f"; did you mean '{guess}'?" if guess else ""),
+        hint="`tuneloop models list` shows the catalog",
+    )
+
+
+def load_tokenizer(reference: str | Path | ResolvedModel):
+    """The tokenizer, with a pad token distinct from EOS where the vocabulary has one."""
+    from transformers import AutoTokenizer
+
+    resolved = reference if isinstance(reference, ResolvedModel) else resolve_model(reference)
+    tokenizer = AutoTokenizer.from_pretrained(resolved.tokenizer_path)
+    pad = store.choose_pad_token(tokenizer)
+    if pad is not None:
+        tokenizer.pad_token = pad
+    elif tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # last resort; masks must come from attention_mask
+    from tuneloop.chat.template import ensure_chat_template
+
+    ensure_chat_template(tokenizer)
+    return tokenizer
+
+
+def load_model(reference: str | Path | ResolvedModel, dtype=None, merge_adapter: bool = False,
+               device: str | None = None):
+    """The model in eval mode; a run directory's adapter is applied (merged when asked)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    resolved = reference if isinstance(reference, ResolvedModel) else resolve_model(reference)
+    model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=dtype or torch.float32)
+    if resolved.adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, resolved.adapter)
+        if merge_adapter:
+            model = model.merge_and_unload()
+    if device:
+        model.to(device)
+    model.eval()
+    return model
+
+
+def load_model_and_tokenizer(reference, dtype=None, merge_adapter: bool = False, device=None):
+    resolved = reference if isinstance(reference, ResolvedModel) else resolve_model(reference)
+    return load_model(resolved, dtype, merge_adapter, device), load_tokenizer(resolved)
