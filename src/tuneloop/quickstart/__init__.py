@@ -1,0 +1,1 @@
+"""The quickstart: bundled Brightcart support data -> prepare -> LoRA -> evaluate -> report -> export."""
