@@ -121,6 +121,9 @@ def load_model(reference: str | Path | ResolvedModel, dtype=None, merge_adapter:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a per-tensor bar for a one-second load is noise
     resolved = reference if isinstance(reference, ResolvedModel) else resolve_model(reference)
     model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=dtype or torch.float32)
     if resolved.adapter is not None:
