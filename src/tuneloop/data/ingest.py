@@ -1,0 +1,232 @@
+"""Read user data files into raw records, each with the file and line it came from.
+
+Supported: ``.jsonl`` (one JSON value per line), ``.json`` (an array of records, or JSONL content in
+a file named .json), ``.csv``, ``.parquet``, ``.txt``/``.md`` (one plain document per file, as a
+``{"text": ...}`` record) and directories of these (searched recursively, in sorted order).
+
+Nothing here judges a record: a line that is not valid JSON becomes a :class:`RawRecord` with
+``error`` set, so that the caller reports it with its line number instead of stopping. Problems with
+a whole file (missing, unsupported type, a mapped CSV column that does not exist) are
+:class:`~tuneloop.errors.UserError`.
+
+Column mapping (``text_column``/``label_column``) renames those fields to ``text``/``label``. For
+tabular files (CSV, Parquet) only the mapped columns are kept once a mapping is given, since such
+files usually carry extra columns that are not training data.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneloop.errors import UserError, did_you_mean
+
+JSON_SUFFIXES = (".jsonl", ".json")
+TABLE_SUFFIXES = (".csv", ".parquet")
+DOCUMENT_SUFFIXES = (".txt", ".md")
+SUPPORTED_SUFFIXES = JSON_SUFFIXES + TABLE_SUFFIXES + DOCUMENT_SUFFIXES
+
+
+@dataclass
+class RawRecord:
+    """One record as read: ``obj`` is the parsed value, or None with ``error`` saying why not."""
+
+    path: str
+    line: int
+    obj: Any = None
+    error: str | None = None
+
+    @property
+    def source(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    text_column: str | None = None
+    label_column: str | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.text_column or self.label_column)
+
+
+def expand_inputs(paths) -> list[Path]:
+    """Files to read, in order: explicit files as given, directories expanded recursively."""
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*")
+                           if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not found:
+                raise UserError(f"{path}: directory has no data files",
+                                hint=f"put files ending in {', '.join(SUPPORTED_SUFFIXES)} in it")
+            files.extend(found)
+        elif path.is_file():
+            if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+                raise UserError(f"{path}: unsupported file type '{path.suffix or '(none)'}'",
+                                hint=f"use one of {', '.join(SUPPORTED_SUFFIXES)}")
+            files.append(path)
+        else:
+            raise UserError(f"{path}: no such file or directory")
+    return files
+
+
+def read_records(path: str | Path, columns: ColumnMap = ColumnMap()) -> Iterator[RawRecord]:
+    """Yield every record of one file with its 1-based line (CSV: physical line; Parquet: row)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        records = _read_jsonl(path)
+    elif suffix == ".json":
+        records = _read_json(path)
+    elif suffix == ".csv":
+        records = _read_csv(path, columns)
+    elif suffix == ".parquet":
+        records = _read_parquet(path, columns)
+    elif suffix in DOCUMENT_SUFFIXES:
+        records = iter([RawRecord(str(path), 1, {"text": _read_text(path)})])
+    else:
+        raise UserError(f"{path}: unsupported file type '{suffix}'",
+                        hint=f"use one of {', '.join(SUPPORTED_SUFFIXES)}")
+    if columns and suffix not in TABLE_SUFFIXES:
+        records = (_rename_columns(r, columns) for r in records)
+    yield from records
+
+
+def _read_text(path: Path) -> str:
+    # utf-8-sig drops a BOM; undecodable bytes become U+FFFD rather than stopping the whole file.
+    return path.read_text(encoding="utf-8-sig", errors="replace")
+
+
+def _json_error(e: json.JSONDecodeError) -> str:
+    return f"invalid JSON: {e.msg} (column {e.colno})"
+
+
+def _read_jsonl(path: Path) -> Iterator[RawRecord]:
+    loads = json.loads
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield RawRecord(str(path), number, loads(line))
+            except json.JSONDecodeError as e:
+                yield RawRecord(str(path), number, error=_json_error(e))
+            except RecursionError:
+                yield RawRecord(str(path), number, error="invalid JSON: nested too deeply")
+
+
+def _read_json(path: Path) -> Iterator[RawRecord]:
+    text = _read_text(path)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # several values, one per line: JSONL content in a .json file
+            yield from _read_jsonl(path)
+            return
+        yield RawRecord(str(path), e.lineno, error=_json_error(e))
+        return
+    if isinstance(value, dict):
+        yield RawRecord(str(path), 1, value)
+        return
+    if not isinstance(value, list):
+        yield RawRecord(str(path), 1, error="expected a JSON array of records (or one record object)")
+        return
+    # Parse again element by element to know on which line each record starts.
+    decoder = json.JSONDecoder()
+    position = text.index("[") + 1
+    line = 1 + text.count("\n", 0, position)
+    for element in value:
+        start = _skip_separators(text, position)
+        line += text.count("\n", position, start)
+        _, end = decoder.raw_decode(text, start)
+        yield RawRecord(str(path), line, element)
+        line += text.count("\n", start, end)
+        position = end
+
+
+def _skip_separators(text: str, position: int) -> int:
+    while text[position] in " \t\r\n,":
+        position += 1
+    return position
+
+
+def _column_error(path: Path, column: str, header: list[str], option: str) -> UserError:
+    guess = did_you_mean(column, header)
+    hint = f"did you mean --{option} {guess}?" if guess else f"columns are: {', '.join(header)}"
+    return UserError(f"{path}: no column '{column}' for --{option}", hint=hint)
+
+
+def _check_columns(path: Path, header: list[str], columns: ColumnMap) -> None:
+    for column, option in ((columns.text_column, "text-column"), (columns.label_column, "label-column")):
+        if column and column not in header:
+            raise _column_error(path, column, header, option)
+
+
+def _project(row: dict, columns: ColumnMap) -> dict:
+    out = {}
+    if columns.text_column:
+        out["text"] = row[columns.text_column]
+    if columns.label_column:
+        out["label"] = row[columns.label_column]
+    return out
+
+
+def _read_csv(path: Path, columns: ColumnMap) -> Iterator[RawRecord]:
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long documents in one cell are fine
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            return
+        if columns:
+            _check_columns(path, header, columns)
+        start_line = reader.line_num + 1
+        for row in reader:
+            if row and any(cell.strip() for cell in row):
+                yield _csv_record(path, start_line, header, row, columns)
+            start_line = reader.line_num + 1
+
+
+def _csv_record(path: Path, line: int, header: list[str], row: list[str], columns: ColumnMap) -> RawRecord:
+    if len(row) != len(header):
+        return RawRecord(str(path), line,
+                         error=f"row has {len(row)} fields but the header has {len(header)}")
+    record = dict(zip(header, row))
+    return RawRecord(str(path), line, _project(record, columns) if columns else record)
+
+
+def _read_parquet(path: Path, columns: ColumnMap) -> Iterator[RawRecord]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a file that is not Parquet
+        raise UserError(f"{path}: cannot read as Parquet ({e})") from None
+    header = table.schema_arrow.names
+    if columns:
+        _check_columns(path, header, columns)
+    row = 0
+    for batch in table.iter_batches(batch_size=8192):
+        for record in batch.to_pylist():
+            row += 1
+            yield RawRecord(str(path), row, _project(record, columns) if columns else record)
+
+
+def _rename_columns(record: RawRecord, columns: ColumnMap) -> RawRecord:
+    """For JSON records: rename the mapped keys to ``text``/``label`` (the rest stays)."""
+    obj = record.obj
+    if not isinstance(obj, dict):
+        return record
+    obj = dict(obj)
+    for column, target in ((columns.text_column, "text"), (columns.label_column, "label")):
+        if column and column in obj and column != target:
+            obj[target] = obj.pop(column)
+    return RawRecord(record.path, record.line, obj, record.error)

@@ -1,0 +1,358 @@
+"""``data prepare`` as a Python API: ingest -> validate -> clean -> redact PII -> dedup -> split -> write.
+
+    from tuneloop.data.prepare import PrepareOptions, prepare
+    report = prepare(["support.jsonl"], "prepared/", PrepareOptions(task="sft"))
+    report.counts["output"], report.files["train"]
+
+Every input record ends in exactly one bucket, and report.json says which:
+``input == invalid + exact_duplicates + near_duplicates + filtered + output``. Each record that is
+not output has an entry in ``issues`` (``source`` = file:line, ``kind``, ``message``).
+
+Order of the steps, and why: cleaning before PII and dedup (so "café" and mojibake "cafÃ©" compare
+equal); PII before exact dedup (two messages differing only in an e-mail address are the same
+training example); exact dedup before counting tokens (no work on records about to be dropped); the
+length filter before near-dup clustering; near-dup clusters before splitting, so that a cluster can
+never straddle splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tuneloop.data import clean, dedup, ingest, pii, split, stats
+from tuneloop.data.records import content_text, map_texts, texts, to_canonical
+from tuneloop.data.validate import TASKS, detect_shape, validate_record
+from tuneloop.errors import UserError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass
+class PrepareOptions:
+    """Settings of one ``data prepare`` run (the CLI flags of the same names)."""
+
+    task: str = "auto"  # auto | sft | preference | classification
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train, validation, test
+    seed: int = 0
+    text_column: str | None = None  # CSV/Parquet/JSON field to use as "text"
+    label_column: str | None = None  # ... and as "label"
+    pii: bool = True  # redact PII into <TYPE> placeholders
+    near_dup_threshold: float = 0.8  # character 5-gram Jaccard; 0 turns near-dup detection off
+    keep_near_duplicates: bool = False  # keep them, but in the same split as their cluster
+    model: str | None = DEFAULT_MODEL  # whose tokenizer measures lengths (estimate if unavailable)
+    max_seq_len: int = 1024  # records longer than this are counted in tokens.over_max_seq_len
+    min_tokens: int = 1  # records shorter than this are filtered
+    max_tokens: int | None = None  # records longer than this are filtered (None: keep all)
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise UserError(f"--task {self.task}: unknown task", hint=f"use one of {', '.join(TASKS)}")
+        if not 0 <= self.near_dup_threshold <= 1:
+            raise UserError(f"--near-dup-threshold {self.near_dup_threshold}: must be between 0 and 1",
+                            hint="0.8 is a good default; 0 turns near-duplicate detection off")
+        if self.max_seq_len < 1 or self.min_tokens < 0 or (self.max_tokens is not None and self.max_tokens < 1):
+            raise UserError("--max-seq-len and --max-tokens must be positive, --min-tokens >= 0")
+        if len(self.split) != 3 or abs(sum(self.split) - 1) > 1e-6 or min(self.split) < 0:
+            raise UserError(f"split {self.split}: need three non-negative fractions summing to 1")
+
+
+@dataclass
+class PrepareReport:
+    """What :func:`prepare` did; ``to_json()`` is report.json."""
+
+    task: str
+    counts: dict
+    splits: dict
+    tokens: dict
+    labels: dict
+    issues: list[dict]
+    pii: dict
+    shapes: dict
+    near_duplicates: dict
+    cleaning: dict
+    inputs: list[str]
+    settings: dict
+    seconds: float = 0.0
+    files: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data.pop("files")
+        return data
+
+
+@dataclass
+class _Candidate:
+    """A valid record on its way through the pipeline."""
+
+    source: str
+    record: dict
+    key: str = ""
+    label: str | None = None
+
+
+def read_all(paths, options: PrepareOptions) -> tuple[list[ingest.RawRecord], list[Path]]:
+    files = ingest.expand_inputs(paths)
+    columns = ingest.ColumnMap(options.text_column, options.label_column)
+    records = [r for path in files for r in ingest.read_records(path, columns)]
+    return records, files
+
+
+def resolve_task(raw: list[ingest.RawRecord], task: str) -> str:
+    """``auto`` becomes preference, classification or sft from the records' shapes (majority wins)."""
+    if task != "auto":
+        return task
+    shapes = Counter(detect_shape(r.obj) for r in raw if r.error is None)
+    shapes.pop(None, None)
+    preference = shapes.pop("preference", 0)
+    if preference > sum(shapes.values()):
+        return "preference"
+    if shapes and set(shapes) == {"classification"}:
+        return "classification"
+    return "sft"
+
+
+class _Accounting:
+    """Counts and issues; every record that is not output is counted once in exactly one bucket."""
+
+    def __init__(self, n_input: int):
+        self.counts = {"input": n_input, "invalid": 0, "exact_duplicates": 0, "near_duplicates": 0,
+                       "filtered": 0, "pii_redacted": 0, "output": 0}
+        self.issues: list[dict] = []
+
+    def drop(self, bucket: str, source: str, kind: str, message: str) -> None:
+        self.counts[bucket] += 1
+        self.issues.append({"source": source, "kind": kind, "message": message})
+
+    def note(self, source: str, kind: str, message: str) -> None:
+        self.issues.append({"source": source, "kind": kind, "message": message})
+
+
+def _progress(items, description: str, enabled: bool):
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    # disable=None: no bar when stderr is not a terminal (logs, CI), where it would only add noise.
+    return tqdm(items, desc=description, unit="rec", file=sys.stderr, mininterval=0.5, leave=False, disable=None)
+
+
+def check_and_clean(raw: list[ingest.RawRecord], task: str, options: PrepareOptions, books: _Accounting,
+                    progress: bool = False) -> tuple[list[_Candidate], Counter, Counter, int]:
+    """Validate, convert, clean and redact each record; returns survivors, shapes, PII counts, #cleaned."""
+    survivors, shapes, pii_counts, cleaned = [], Counter(), Counter(), 0
+    for item in _progress(raw, "checking", progress):
+        if item.error is not None:
+            books.drop("invalid", item.source, "invalid", f"record: {item.error}")
+            continue
+        shape, problems = validate_record(item.obj, task)
+        if problems:
+            books.counts["invalid"] += 1
+            for problem in problems:
+                books.note(item.source, "invalid", f"{problem.field}: {problem.message}")
+            continue
+        shapes[shape] += 1
+        record = to_canonical(item.obj, shape)
+        before = texts(record)
+        map_texts(record, clean.clean_text)
+        after = texts(record)
+        cleaned += before != after
+        if any(not t for t in after):
+            books.drop("filtered", item.source, "empty", "a text is empty after cleaning "
+                       "(it held only whitespace or control characters)")
+            continue
+        if options.pii:
+            found = Counter()
+            map_texts(record, lambda s: pii.redact(s, found))
+            if found:
+                books.counts["pii_redacted"] += 1
+                pii_counts.update(found)
+        label = record.get("label")
+        survivors.append(_Candidate(item.source, record, clean.normalise_for_dedup(content_text(record, task)),
+                                    label))
+    return survivors, shapes, pii_counts, cleaned
+
+
+def drop_exact_duplicates(candidates: list[_Candidate], books: _Accounting) -> list[_Candidate]:
+    """Keep the first of each normalised key; report duplicates and conflicting labels."""
+    first_of = dedup.exact_duplicate_of([c.key for c in candidates])
+    kept = []
+    for i, candidate in enumerate(candidates):
+        first = candidates[first_of[i]]
+        if first_of[i] == i:
+            kept.append(candidate)
+        elif candidate.label is not None and candidate.label != first.label:
+            books.drop("exact_duplicates", candidate.source, "conflicting_label",
+                       f"same text as {first.source} but labelled '{candidate.label}' there "
+                       f"'{first.label}'; kept the first, fix the label that is wrong")
+        else:
+            books.drop("exact_duplicates", candidate.source, "exact_duplicate",
+                       f"same content as {first.source} (after normalisation)")
+    return kept
+
+
+def filter_lengths(candidates: list[_Candidate], counter: stats.TokenCounter, options: PrepareOptions,
+                   books: _Accounting) -> tuple[list[_Candidate], list[int]]:
+    lengths = stats.record_lengths(counter, [c.record for c in candidates])
+    kept, kept_lengths = [], []
+    unit = "estimated tokens" if counter.estimated else "tokens"
+    for candidate, length in zip(candidates, lengths.tolist()):
+        if length < options.min_tokens:
+            books.drop("filtered", candidate.source, "too_short",
+                       f"{length} {unit}, below --min-tokens {options.min_tokens}")
+        elif options.max_tokens is not None and length > options.max_tokens:
+            books.drop("filtered", candidate.source, "too_long",
+                       f"{length} {unit}, above --max-tokens {options.max_tokens}")
+        else:
+            kept.append(candidate)
+            kept_lengths.append(length)
+    return kept, kept_lengths
+
+
+def cluster_near_duplicates(candidates: list[_Candidate], options: PrepareOptions,
+                            books: _Accounting) -> tuple[list[int], dict]:
+    """Each survivor's group (its cluster representative); drops non-representatives unless kept."""
+    if options.near_dup_threshold <= 0:
+        return list(range(len(candidates))), {"threshold": None, "clusters": 0, "candidates": 0}
+    found = dedup.near_duplicate_clusters([c.key for c in candidates], options.near_dup_threshold)
+    clustered = sum(1 for i, rep in enumerate(found.cluster) if rep != i)
+    summary = {"threshold": options.near_dup_threshold, "candidates": found.candidates,
+               "clusters": len({rep for i, rep in enumerate(found.cluster) if rep != i}),
+               "records_in_clusters": clustered, "kept": options.keep_near_duplicates}
+    if not options.keep_near_duplicates:
+        for i, rep in enumerate(found.cluster):
+            if rep != i:
+                partner = found.partner.get(i, rep)
+                books.drop("near_duplicates", candidates[i].source, "near_duplicate",
+                           f"near-duplicate of {candidates[partner].source} (Jaccard "
+                           f"{found.similarity.get(i, options.near_dup_threshold):.2f}); kept "
+                           f"{candidates[rep].source} for the cluster")
+    return found.cluster, summary
+
+
+def record_id(candidate: _Candidate) -> str:
+    """Stable id: a hash of the normalised content (unique, since exact duplicates are gone)."""
+    return hashlib.blake2b(candidate.key.encode("utf-8"), digest_size=8).hexdigest()
+
+
+def _output_record(candidate: _Candidate) -> dict:
+    record = {"id": record_id(candidate), "source": candidate.source}
+    record.update((k, v) for k, v in candidate.record.items() if k != "label")
+    if candidate.label is not None:
+        record["label"] = candidate.label
+    return record
+
+
+def _label_distribution(by_split: dict[str, list[_Candidate]]) -> dict:
+    if not any(c.label is not None for members in by_split.values() for c in members):
+        return {}
+    return {name: dict(sorted(Counter(c.label for c in members if c.label is not None).items()))
+            for name, members in by_split.items()}
+
+
+def _settings(options: PrepareOptions, task: str) -> dict:
+    settings = asdict(options)
+    settings["split"] = list(options.split)
+    settings["resolved_task"] = task
+    return settings
+
+
+def prepare(paths, out_dir, options: PrepareOptions | None = None, progress: bool = False) -> PrepareReport:
+    """Run the whole preparation and write train/validation/test.jsonl, report.json/.html, manifest.json."""
+    options = options or PrepareOptions()
+    started = time.perf_counter()
+    raw, files = read_all(paths, options)
+    if not raw:
+        raise UserError(f"no records found in {', '.join(map(str, paths))}", hint="are the files empty?")
+    task = resolve_task(raw, options.task)
+    books = _Accounting(len(raw))
+    candidates, shapes, pii_counts, cleaned = check_and_clean(raw, task, options, books, progress)
+    del raw
+    candidates = drop_exact_duplicates(candidates, books)
+    counter = stats.load_token_counter(options.model)
+    candidates, lengths = filter_lengths(candidates, counter, options, books)
+    groups, near_summary = cluster_near_duplicates(candidates, options, books)
+    kept = [i for i, g in enumerate(groups) if options.keep_near_duplicates or g == i]
+    label_of_group = {groups[i]: candidates[groups[i]].label for i in kept}
+    assigned = split.assign_splits([groups[i] for i in kept], label_of_group, options.split, options.seed)
+    by_split: dict[str, list[_Candidate]] = {name: [] for name in split.SPLITS}
+    for i, name in zip(kept, assigned):
+        by_split[name].append(candidates[i])
+    books.counts["output"] = len(kept)
+    import numpy as np
+
+    token_stats = stats.length_statistics(np.asarray([lengths[i] for i in kept], dtype=np.int64),
+                                          options.max_seq_len, counter)
+    token_stats.update(training_estimate(options.model, token_stats["total"]))
+    report = PrepareReport(
+        task=task, counts=books.counts, splits={k: len(v) for k, v in by_split.items()}, tokens=token_stats,
+        labels=_label_distribution(by_split), issues=books.issues,
+        pii={"enabled": options.pii, **{t: pii_counts.get(t, 0) for t in pii.PII_TYPES}},
+        shapes=dict(shapes), near_duplicates=near_summary, cleaning={"records_changed": cleaned},
+        inputs=[str(f) for f in files], settings=_settings(options, task))
+    _check_accounting(report.counts)
+    report.seconds = round(time.perf_counter() - started, 3)
+    write_outputs(Path(out_dir), by_split, report, files)
+    return report
+
+
+def _check_accounting(counts: dict) -> None:
+    parts = ("invalid", "exact_duplicates", "near_duplicates", "filtered", "output")
+    if counts["input"] != sum(counts[k] for k in parts):  # a bug in tuneloop, not the user's data
+        raise RuntimeError(f"record accounting does not add up: {counts}")
+
+
+def training_estimate(model: str | None, tokens_per_epoch: int) -> dict:
+    """Tokens per epoch and, where the model layer can estimate speed, the time for one epoch."""
+    estimate = {"tokens_per_epoch": tokens_per_epoch}
+    try:
+        from tuneloop.models.estimate import estimate_seconds_per_1k_tokens  # type: ignore[import-not-found]
+    except ImportError:
+        estimate["train_time"] = "unavailable (the model layer has no speed estimate)"
+        return estimate
+    try:
+        seconds = estimate_seconds_per_1k_tokens(model or DEFAULT_MODEL, method="lora")
+        estimate["train_seconds_per_epoch_lora"] = round(seconds * tokens_per_epoch / 1000, 1)
+    except Exception as e:  # an estimate is a nicety; its failure must not stop preparation
+        estimate["train_time"] = f"unavailable ({e})"
+    return estimate
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_outputs(out_dir: Path, by_split: dict[str, list[_Candidate]], report: PrepareReport,
+                  inputs: list[Path]) -> None:
+    """Each file is written atomically; manifest.json last, so its presence means a complete set."""
+    from tuneloop import __version__
+    from tuneloop.data.report import render_html
+    from tuneloop.paths import write_json_atomic, write_jsonl_atomic, write_text_atomic
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "manifest.json").unlink(missing_ok=True)
+    for name, members in by_split.items():
+        path = out_dir / f"{name}.jsonl"
+        write_jsonl_atomic(path, (_output_record(c) for c in members))
+        report.files[name] = path
+    write_json_atomic(out_dir / "report.json", report.to_json())
+    write_text_atomic(out_dir / "report.html", render_html(report.to_json()))
+    report.files.update(report=out_dir / "report.json", html=out_dir / "report.html")
+    manifest = {
+        "tool": "tuneloop", "version": __version__, "command": "data prepare",
+        "settings": report.settings,
+        "inputs": [{"path": str(p), "sha256": _sha256(p), "bytes": p.stat().st_size} for p in inputs],
+        "outputs": [{"path": p.name, "sha256": _sha256(p), "bytes": p.stat().st_size}
+                    for p in report.files.values()],
+    }
+    write_json_atomic(out_dir / "manifest.json", manifest)
+    report.files["manifest"] = out_dir / "manifest.json"

@@ -1,0 +1,152 @@
+"""Canonical records: what every accepted shape becomes in ``train/validation/test.jsonl``.
+
+* chat, instruction, prompt/completion -> ``{"messages": [...]}`` (OpenAI chat shape). Alpaca's
+  ``instruction`` and ``input`` become one user message (joined by a blank line), ``output`` the
+  assistant message; an optional ``system`` becomes the first message.
+* classification -> ``{"messages": [user: the text, assistant: the label], "label": label}``: the user
+  content is the text and the assistant content is the label string, nothing else, so the same file
+  trains a classifier-by-generation and evaluation can compare ``label`` with the generated answer.
+* preference -> ``{"prompt": str, "chosen": str, "rejected": str}`` or, when the prompt is a
+  conversation, ``{"messages": [...], "chosen": [assistant msg], "rejected": [assistant msg]}`` (the
+  two conversational forms TRL accepts; answers are made consistent with the prompt's form).
+* text (continued pre-training) -> ``{"text": ...}``.
+
+Every output record also gets ``id`` (a hash of its normalised content, stable across runs) and
+``source`` (``file:line``). These functions expect a record that passed
+:func:`tuneloop.data.validate.validate_record`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+# Message keys kept in canonical chat records (the rest of OpenAI's keys pass through unchanged).
+_MESSAGE_KEEP = ("role", "content", "name", "weight", "tool_calls", "tool_call_id", "function_call")
+
+
+def to_canonical(obj: dict, shape: str) -> dict:
+    """The canonical record (without ``id``/``source``) for a valid record of ``shape``."""
+    return _CONVERTERS[shape](obj)
+
+
+def _message(role: str, content: str) -> dict:
+    return {"role": role, "content": content}
+
+
+def _with_system(obj: dict, messages: list[dict]) -> list[dict]:
+    system = obj.get("system")
+    return ([_message("system", system)] if isinstance(system, str) and system.strip() else []) + messages
+
+
+def _from_chat(obj: dict) -> dict:
+    messages = [{k: m[k] for k in _MESSAGE_KEEP if k in m} for m in obj["messages"]]
+    record: dict[str, Any] = {"messages": messages}
+    if "tools" in obj:
+        record["tools"] = obj["tools"]
+    if "label" in obj:
+        record["label"] = str(obj["label"])
+    return record
+
+
+def _from_instruction(obj: dict) -> dict:
+    user = obj["instruction"]
+    if isinstance(obj.get("input"), str) and obj["input"].strip():
+        user = f"{user}\n\n{obj['input']}"
+    return {"messages": _with_system(obj, [_message("user", user), _message("assistant", obj["output"])])}
+
+
+def _from_prompt_completion(obj: dict) -> dict:
+    return {"messages": _with_system(obj, [_message("user", obj["prompt"]),
+                                           _message("assistant", obj["completion"])])}
+
+
+def _from_text(obj: dict) -> dict:
+    return {"text": obj["text"]}
+
+
+def _from_classification(obj: dict) -> dict:
+    label = str(obj["label"]).strip()
+    return {"messages": [_message("user", obj["text"]), _message("assistant", label)], "label": label}
+
+
+def _answer_messages(answer: Any) -> list[dict]:
+    if isinstance(answer, list):
+        return [{k: m[k] for k in _MESSAGE_KEEP if k in m} for m in answer]
+    return [_message("assistant", answer)]
+
+
+def _answer_string(answer: Any) -> str:
+    if isinstance(answer, list):
+        return "\n".join(m.get("content") or "" for m in answer if m.get("role") == "assistant")
+    return answer
+
+
+def _from_preference(obj: dict) -> dict:
+    if "messages" in obj:
+        messages = [{k: m[k] for k in _MESSAGE_KEEP if k in m} for m in obj["messages"]]
+        return {"messages": _with_system(obj, messages), "chosen": _answer_messages(obj["chosen"]),
+                "rejected": _answer_messages(obj["rejected"])}
+    if isinstance(obj.get("system"), str) and obj["system"].strip():
+        return {"messages": _with_system(obj, [_message("user", obj["prompt"])]),
+                "chosen": _answer_messages(obj["chosen"]), "rejected": _answer_messages(obj["rejected"])}
+    return {"prompt": obj["prompt"], "chosen": _answer_string(obj["chosen"]),
+            "rejected": _answer_string(obj["rejected"])}
+
+
+_CONVERTERS: dict[str, Callable[[dict], dict]] = {
+    "chat": _from_chat,
+    "instruction": _from_instruction,
+    "prompt_completion": _from_prompt_completion,
+    "text": _from_text,
+    "classification": _from_classification,
+    "preference": _from_preference,
+}
+
+
+def map_texts(record: dict, fn: Callable[[str], str]) -> dict:
+    """Apply ``fn`` to every free text of a canonical record (contents, prompt, answers, text).
+
+    Labels are left alone: they are class names, not free text. Mutates and returns ``record``.
+    """
+    for key in ("messages", "chosen", "rejected"):
+        value = record.get(key)
+        if isinstance(value, list):
+            for message in value:
+                if isinstance(message.get("content"), str):
+                    message["content"] = fn(message["content"])
+        elif isinstance(value, str):
+            record[key] = fn(value)
+    for key in ("prompt", "text"):
+        if isinstance(record.get(key), str):
+            record[key] = fn(record[key])
+    return record
+
+
+def texts(record: dict) -> list[str]:
+    """The free texts of a canonical record, in a fixed order (what :func:`map_texts` visits)."""
+    found: list[str] = []
+    map_texts(record, lambda s: found.append(s) or s)
+    return found
+
+
+def content_text(record: dict, task: str) -> str:
+    """The text that identifies a record for de-duplication.
+
+    For classification it is the input text alone, so that one text with two labels is caught as a
+    conflict; otherwise all free texts with their roles (a question with two different answers is two
+    records).
+    """
+    if task == "classification" and "label" in record:
+        return record["messages"][-2]["content"]
+    parts = []
+    for key in ("prompt", "text"):
+        if isinstance(record.get(key), str):
+            parts.append(record[key])
+    for key in ("messages", "chosen", "rejected"):
+        value = record.get(key)
+        if isinstance(value, list):
+            parts.extend(f"{m.get('role')}: {m.get('content') or ''}" for m in value)
+        elif isinstance(value, str):
+            parts.append(f"{key}: {value}")
+    return "\n".join(parts)

@@ -1,0 +1,265 @@
+"""Check one record against its shape, the way OpenAI's fine-tuning format checker does, and more.
+
+:func:`detect_shape` names a record's shape from its keys; :func:`validate_record` returns every
+problem as an :class:`Issue` (``field``, ``message`` with the fix). An empty list means the record
+can be converted with :func:`tuneloop.data.records.to_canonical`. Checks: the record is an object;
+required keys present and unknown keys named (with a did-you-mean); types; roles; empty content; at
+least one assistant turn and, for SFT, the assistant speaking last; preference pairs whose chosen and
+rejected answers differ; labels present for classification.
+
+Shapes (SPEC "Data"): chat, instruction, prompt_completion, text, preference, classification.
+Tasks: ``sft`` accepts every shape but preference, ``preference`` only preference pairs,
+``classification`` only text+label records; ``auto`` accepts every shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tuneloop.errors import did_you_mean
+
+TASKS = ("auto", "sft", "preference", "classification")
+SHAPES = ("chat", "instruction", "prompt_completion", "text", "preference", "classification")
+ROLES = ("system", "user", "assistant", "tool")
+# Keys any record may carry without being training content.
+META_KEYS = frozenset({"id", "source", "metadata", "meta", "tags"})
+SHAPE_KEYS = {
+    "chat": {"messages", "label", "tools", "parallel_tool_calls"},
+    "instruction": {"instruction", "input", "output", "system"},
+    "prompt_completion": {"prompt", "completion", "system"},
+    "text": {"text"},
+    "preference": {"prompt", "messages", "chosen", "rejected", "system"},
+    "classification": {"text", "label"},
+}
+MESSAGE_KEYS = frozenset({"role", "content", "name", "weight", "tool_calls", "tool_call_id", "function_call"})
+TASK_SHAPES = {
+    "auto": set(SHAPES),
+    "sft": set(SHAPES) - {"preference"},
+    "preference": {"preference"},
+    "classification": {"classification"},
+}
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One problem in a record: ``field`` is a path such as ``messages[2].role``."""
+
+    field: str
+    message: str
+
+
+def detect_shape(obj: Any) -> str | None:
+    """The record shape its keys say, or None when they match no shape."""
+    if not isinstance(obj, dict):
+        return None
+    keys = obj.keys()
+    if "chosen" in keys or "rejected" in keys:
+        return "preference"
+    if "messages" in keys:
+        return "chat"
+    if "instruction" in keys or "output" in keys:
+        return "instruction"
+    if "prompt" in keys or "completion" in keys:
+        return "prompt_completion"
+    if "label" in keys:
+        return "classification"
+    if "text" in keys:
+        return "text"
+    return None
+
+
+def validate_record(obj: Any, task: str = "auto") -> tuple[str | None, list[Issue]]:
+    """The record's shape and every problem with it (empty list: valid for ``task``)."""
+    if not isinstance(obj, dict):
+        return None, [Issue("record", f"expected a JSON object, got {_type_name(obj)}")]
+    shape = detect_shape(obj)
+    if task == "classification" and shape == "text":
+        shape = "classification"  # the label is what is missing, say so below
+    if shape is None:
+        keys = ", ".join(sorted(map(str, obj))) or "none"
+        return None, [Issue("record", f"no recognised shape (keys: {keys}); use messages, "
+                            "instruction/output, prompt/completion, text[/label] or prompt/chosen/rejected")]
+    issues: list[Issue] = []
+    if shape not in TASK_SHAPES[task]:
+        issues.append(Issue("record", f"a {shape} record cannot be used for --task {task}; "
+                            f"give {_task_needs(task)}"))
+    issues += _unknown_keys(obj, shape)
+    issues += CHECKS[shape](obj, task)
+    return shape, issues
+
+
+def _task_needs(task: str) -> str:
+    return {"preference": "prompt (or messages), chosen and rejected",
+            "classification": "text and label (map CSV columns with --text-column/--label-column)",
+            "sft": "messages, instruction/output, prompt/completion or text"}.get(task, "another task")
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _unknown_keys(obj: dict, shape: str) -> list[Issue]:
+    allowed = SHAPE_KEYS[shape] | META_KEYS
+    issues = []
+    for key in obj:
+        if key in allowed:
+            continue
+        guess = did_you_mean(str(key), sorted(allowed))
+        fix = f"did you mean '{guess}'?" if guess else f"allowed keys: {', '.join(sorted(SHAPE_KEYS[shape]))}"
+        if shape in ("text", "classification") and not guess:
+            fix += "; for a CSV column use --text-column/--label-column"
+        issues.append(Issue(str(key), f"unknown key for a {shape} record; {fix} (or remove it)"))
+    return issues
+
+
+def _check_text(obj: dict, key: str, field: str | None = None, required: bool = True) -> list[Issue]:
+    field = field or key
+    if key not in obj:
+        return [Issue(field, "missing; add it as a non-empty string")] if required else []
+    value = obj[key]
+    if not isinstance(value, str):
+        if not required and value is None:
+            return []
+        return [Issue(field, f"must be a string, got {_type_name(value)}")]
+    if required and not value.strip():
+        return [Issue(field, "is empty; write the text or remove the record")]
+    return []
+
+
+def _check_messages(messages: Any, field: str, need_assistant_last: bool,
+                    prompt_only: bool = False) -> list[Issue]:
+    if not isinstance(messages, list):
+        return [Issue(field, f"must be an array of {{role, content}} objects, got {_type_name(messages)}")]
+    if not messages:
+        return [Issue(field, "is empty; add at least a user and an assistant message")]
+    issues: list[Issue] = []
+    for i, message in enumerate(messages):
+        issues += _check_message(message, f"{field}[{i}]", first=i == 0)
+    roles = [m.get("role") for m in messages if isinstance(m, dict)]
+    if prompt_only:
+        if roles and roles[-1] == "assistant":
+            issues.append(Issue(f"{field}[{len(messages) - 1}].role",
+                                "the prompt ends with an assistant turn; chosen/rejected hold the answers"))
+    elif "assistant" not in roles:
+        issues.append(Issue(field, "has no assistant message; add the answer to learn as role 'assistant'"))
+    elif need_assistant_last and roles[-1] != "assistant":
+        issues.append(Issue(f"{field}[{len(messages) - 1}].role",
+                            f"the last turn is '{roles[-1]}'; SFT needs the assistant to speak last"))
+    return issues
+
+
+def _check_message(message: Any, field: str, first: bool) -> list[Issue]:
+    if not isinstance(message, dict):
+        return [Issue(field, f"must be an object with role and content, got {_type_name(message)}")]
+    issues = []
+    for key in message:
+        if key not in MESSAGE_KEYS:
+            guess = did_you_mean(str(key), sorted(MESSAGE_KEYS))
+            fix = f"did you mean '{guess}'?" if guess else "allowed: role, content, name, weight"
+            issues.append(Issue(f"{field}.{key}", f"unknown message key; {fix}"))
+    role = message.get("role")
+    if "role" not in message:
+        issues.append(Issue(f"{field}.role", "missing; use one of system, user, assistant"))
+    elif role not in ROLES:
+        guess = did_you_mean(str(role), ROLES)
+        fix = f" (did you mean '{guess}'?)" if guess else ""
+        issues.append(Issue(f"{field}.role", f"'{role}' is not a role; use system, user or assistant{fix}"))
+    elif role == "system" and not first:
+        issues.append(Issue(f"{field}.role", "a system message may only come first; move or merge it"))
+    may_be_empty = role == "assistant" and message.get("tool_calls")
+    if "content" not in message:
+        if not may_be_empty:
+            issues.append(Issue(f"{field}.content", "missing; add the message text"))
+    elif not isinstance(message["content"], str):
+        if not (may_be_empty and message["content"] is None):
+            issues.append(Issue(f"{field}.content",
+                                f"must be a string, got {_type_name(message['content'])}"))
+    elif not message["content"].strip() and not may_be_empty:
+        issues.append(Issue(f"{field}.content", "is empty; write the message or remove it"))
+    if "weight" in message and message["weight"] not in (0, 1):
+        issues.append(Issue(f"{field}.weight", "must be 0 or 1"))
+    return issues
+
+
+def _check_chat(obj: dict, task: str) -> list[Issue]:
+    issues = _check_messages(obj.get("messages"), "messages", need_assistant_last=True)
+    if "label" in obj:
+        issues += _check_label(obj)
+    return issues
+
+
+def _check_instruction(obj: dict, task: str) -> list[Issue]:
+    return (_check_text(obj, "instruction") + _check_text(obj, "input", required=False)
+            + _check_text(obj, "output") + _check_text(obj, "system", required=False))
+
+
+def _check_prompt_completion(obj: dict, task: str) -> list[Issue]:
+    return (_check_text(obj, "prompt") + _check_text(obj, "completion")
+            + _check_text(obj, "system", required=False))
+
+
+def _check_plain_text(obj: dict, task: str) -> list[Issue]:
+    return _check_text(obj, "text")
+
+
+def _check_label(obj: dict) -> list[Issue]:
+    if "label" not in obj:
+        return [Issue("label", "missing; add the class label (for CSV: --label-column NAME)")]
+    label = obj["label"]
+    if isinstance(label, bool) or not isinstance(label, (str, int)):
+        return [Issue("label", f"must be a string or integer, got {_type_name(label)}")]
+    if isinstance(label, str) and not label.strip():
+        return [Issue("label", "is empty; give the class label")]
+    return []
+
+
+def _check_classification(obj: dict, task: str) -> list[Issue]:
+    return _check_text(obj, "text") + _check_label(obj)
+
+
+def _check_answer(obj: dict, key: str) -> list[Issue]:
+    if key not in obj:
+        return [Issue(key, "missing; a preference pair needs both chosen and rejected answers")]
+    value = obj[key]
+    if isinstance(value, list):
+        issues = []
+        for i, message in enumerate(value):
+            issues += _check_message(message, f"{key}[{i}]", first=False)
+        if not value:
+            issues.append(Issue(key, "is empty; give the answer"))
+        elif isinstance(value[-1], dict) and value[-1].get("role") != "assistant":
+            issues.append(Issue(f"{key}[{len(value) - 1}].role", "the answer must be an assistant message"))
+        return issues
+    return _check_text(obj, key)
+
+
+def _check_preference(obj: dict, task: str) -> list[Issue]:
+    if "messages" in obj and "prompt" in obj:
+        issues = [Issue("prompt", "give either prompt or messages, not both")]
+    elif "messages" in obj:
+        issues = _check_messages(obj["messages"], "messages", need_assistant_last=False, prompt_only=True)
+    else:
+        issues = _check_text(obj, "prompt")
+    issues += _check_answer(obj, "chosen") + _check_answer(obj, "rejected")
+    issues += _check_text(obj, "system", required=False)
+    if not issues and _answer_text(obj["chosen"]).strip() == _answer_text(obj["rejected"]).strip():
+        issues.append(Issue("rejected", "is identical to chosen; a pair teaches nothing unless they differ"))
+    return issues
+
+
+def _answer_text(answer: Any) -> str:
+    if isinstance(answer, list):
+        return "\n".join(str(m.get("content") or "") for m in answer if isinstance(m, dict))
+    return str(answer)
+
+
+CHECKS = {
+    "chat": _check_chat,
+    "instruction": _check_instruction,
+    "prompt_completion": _check_prompt_completion,
+    "text": _check_plain_text,
+    "preference": _check_preference,
+    "classification": _check_classification,
+}
