@@ -87,6 +87,37 @@ class TrackingConfig(Strict):
     experiment: str | None = None
 
 
+class PreferenceConfig(Strict):
+    """Settings of the preference methods (dpo, orpo, kto, reward); see tuneloop.train.preference."""
+
+    beta: float = Field(0.1, gt=0, description="DPO/KTO: strength of the pull to the reference model; "
+                        "ORPO: weight of the odds-ratio term.")
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="DPO loss variant.")
+    max_prompt_len: int = Field(512, ge=1, description="Longer prompts keep their last tokens.")
+    desirable_weight: float = Field(1.0, gt=0, description="KTO: weight of chosen (desirable) answers.")
+    undesirable_weight: float = Field(1.0, gt=0, description="KTO: weight of rejected answers.")
+    holdout: float = Field(0.1, ge=0, lt=1, description="Share of train pairs held out for metrics "
+                           "when data.validation is not given.")
+
+
+class GrpoConfig(Strict):
+    """Online RL (GRPO): sample a group of answers per prompt, reward them, push up the better ones."""
+
+    reward_function: str | None = Field(None, description="'module.path:function' or "
+                                        "'path/to/file.py:function'; called as f(prompts, completions).")
+    reward_model: str | None = Field(None, description="Run directory of a `method: reward` run.")
+    num_generations: int = Field(4, ge=2, description="Answers sampled per prompt (the group).")
+    max_completion_length: int = Field(64, ge=1, description="Longest sampled answer in tokens.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature for the group.")
+    beta: float = Field(0.04, ge=0, description="Weight of the KL penalty to the reference model.")
+
+    @model_validator(mode="after")
+    def _one_reward_source(self):
+        if self.reward_function and self.reward_model:
+            raise ValueError("give reward_function or reward_model, not both")
+        return self
+
+
 class Recipe(Strict):
     name: str = Field("run", description="Run name; the run directory is runs/<name>/.")
     model: str = Field("smollm2-135m-instruct", description="Catalog name, hub id, local dir, .gguf.")
@@ -96,6 +127,18 @@ class Recipe(Strict):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    finetuning: Literal["lora", "full"] = Field(
+        "lora", description="For dpo/orpo/kto/reward/grpo: train a LoRA adapter (lora:) or all weights."
+    )
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    grpo: GrpoConfig = Field(default_factory=GrpoConfig)
+
+    @model_validator(mode="after")
+    def _grpo_needs_reward(self):
+        if self.method == "grpo" and not (self.grpo.reward_function or self.grpo.reward_model):
+            raise ValueError("method grpo needs grpo.reward_function ('module:function' or "
+                             "'file.py:function') or grpo.reward_model (a reward run directory)")
+        return self
 
     def run_dir(self) -> Path:
         return Path(self.output_dir or "runs") / self.name
