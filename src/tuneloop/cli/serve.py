@@ -1,0 +1,57 @@
+"""``tuneloop serve``: an OpenAI-compatible server for a base model and its LoRA adapters.
+
+Example: ``tuneloop serve --model smollm2-135m-instruct --model support=runs/support-bot --port 8000``
+then point any OpenAI client at ``http://127.0.0.1:8000/v1``. Heavy imports happen inside the command.
+"""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.option("--model", "models", multiple=True, required=True, metavar="[NAME=]M",
+              help="Base model (first) and adapters, each served as its own model id (NAME, or the "
+                   "model's own name). M: catalog name, hub id, local dir, .gguf or run dir.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--api-key", envvar="TUNELOOP_API_KEY", default=None,
+              help="Require 'Authorization: Bearer KEY' on /v1/* (also from TUNELOOP_API_KEY).")
+@click.option("--db", "db_url", default=None,
+              help="SQLAlchemy URL of the request/feedback store [default: sqlite under TUNELOOP_HOME].")
+@click.option("--engine", type=click.Choice(["transformers", "vllm"]), default="transformers",
+              show_default=True, help="vllm needs CUDA and the vllm package.")
+@click.option("--max-batch-size", default=8, show_default=True, type=click.IntRange(1, 256),
+              help="Requests per shared forward pass.")
+@click.option("--batch-wait-ms", default=5.0, show_default=True, type=click.FloatRange(0, 1000),
+              help="How long a batch that is not full waits for more requests.")
+@click.option("--max-tokens-limit", default=1024, show_default=True, type=click.IntRange(1),
+              help="Largest max_tokens a request may ask for (more: 400).")
+@click.option("--max-concurrency", default=64, show_default=True, type=click.IntRange(1),
+              help="Generations in flight; more get 429.")
+@click.option("--request-timeout", default=300.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds a generation may take (more: 408).")
+@click.option("--max-body-bytes", default=1_000_000, show_default=True, type=click.IntRange(1),
+              help="Largest request body (more: 413).")
+def serve(models, host, port, api_key, db_url, engine, max_batch_size, batch_wait_ms, max_tokens_limit,
+          max_concurrency, request_timeout, max_body_bytes):
+    """OpenAI-compatible server: /v1/models, /v1/chat/completions, /v1/completions, /v1/feedback,
+    /metrics, /health. Every request and feedback is stored (see `tuneloop monitor`)."""
+    from tuneloop.serve.app import build
+    from tuneloop.serve.runner import bind_socket, run_foreground
+    from tuneloop.serve.settings import ServeSettings
+
+    settings = ServeSettings(host=host, port=port, api_key=api_key or None, db_url=db_url, engine=engine,
+                             max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
+                             max_tokens_limit=max_tokens_limit,
+                             default_max_tokens=min(256, max_tokens_limit), max_concurrency=max_concurrency,
+                             request_timeout_s=request_timeout, max_body_bytes=max_body_bytes)
+    sock = bind_socket(host, port)  # before loading weights: a busy port fails in a second
+    served = build(list(models), settings)
+    shown_host = f"[{host}]" if ":" in host else host
+    click.echo(f"serving {', '.join(served.service.table.models)} at http://{shown_host}:{sock.getsockname()[1]}/v1"
+               f" (store: {served.store.url}; auth: {'API key' if api_key else 'none'})", err=True)
+    try:
+        run_foreground(served.app, sock)
+    finally:
+        served.close()

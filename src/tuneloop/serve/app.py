@@ -1,0 +1,132 @@
+"""The FastAPI app: OpenAI-compatible routes over an engine, a store and a metrics registry.
+
+``create_app`` wires the parts; ``build`` makes them from :class:`ServeSettings` and ``--model``
+options (loads the weights). Routes:
+
+- ``GET /v1/models``; ``POST /v1/chat/completions``, ``POST /v1/completions`` (``stream: true`` as
+  server-sent events); ``POST /v1/feedback``
+- ``GET /metrics`` (Prometheus text) and ``GET /health``, open without an API key
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+
+from tuneloop.serve.adapters import ModelTable
+from tuneloop.serve.errors import install_error_handlers
+from tuneloop.serve.limits import GuardMiddleware
+from tuneloop.serve.metrics import ServeMetrics
+from tuneloop.serve.schemas import ChatCompletionRequest, CompletionRequest, FeedbackRequest
+from tuneloop.serve.service import CompletionService
+from tuneloop.serve.settings import ServeSettings
+from tuneloop.serve.store import Store
+
+_KIND_OF_PATH = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
+
+
+@dataclass
+class Served:
+    """Everything a running server holds; ``close()`` releases it in order."""
+
+    app: FastAPI
+    engine: object
+    store: Store
+    service: CompletionService
+
+    def close(self) -> None:
+        self.service.close()
+        self.engine.close()
+        self.store.close()
+
+
+def create_app(engine, table: ModelTable, store: Store, settings: ServeSettings,
+               metrics: ServeMetrics | None = None) -> tuple[FastAPI, CompletionService]:
+    metrics = metrics or ServeMetrics(list(table.models))
+    service = CompletionService(engine, table, store, metrics, settings)
+    app = FastAPI(title="tuneloop", docs_url=None, redoc_url=None)
+    app.add_middleware(GuardMiddleware, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes)
+    install_error_handlers(app, on_validation_error=_recorder(service))
+    created = int(time.time())
+
+    @app.get("/v1/models")
+    async def list_models():
+        data = [{"id": m.id, "object": "model", "created": created, "owned_by": "tuneloop",
+                 "root": table.base_id, "parent": None if m.adapter_path is None else table.base_id}
+                for m in table.models.values()]
+        return {"object": "list", "data": data}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str):
+        served = service.served(model_id)
+        return {"id": served.id, "object": "model", "created": created, "owned_by": "tuneloop"}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest):
+        return await service.complete(body, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest):
+        return await service.complete(body, "completion")
+
+    @app.post("/v1/feedback")
+    async def feedback(body: FeedbackRequest):
+        return await service.feedback(body)
+
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        metrics.in_flight.set(service.limiter.in_flight)
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "models": list(table.models), "in_flight": service.limiter.in_flight}
+
+    return app, service
+
+
+def _recorder(service: CompletionService):
+    async def record(request: Request, exc: RequestValidationError, status: int, message: str) -> None:
+        kind = _KIND_OF_PATH.get(request.url.path)
+        if kind is None:
+            return
+        body = exc.body
+        if isinstance(body, (bytes, str)):
+            try:
+                body = json.loads(body)
+            except ValueError:
+                body = None
+        await service.record_rejected(kind, body, status, message)
+
+    return record
+
+
+def build(model_options: list[str], settings: ServeSettings) -> Served:
+    """Load the models and open the store: a ready-to-run app (used by ``tuneloop serve`` and tests)."""
+    from tuneloop.serve.adapters import plan_models
+
+    table = plan_models(model_options)
+    store = Store(settings.db_url)
+    metrics = ServeMetrics(list(table.models))
+    engine = _make_engine(table, settings, metrics)
+    app, service = create_app(engine, table, store, settings, metrics)
+    return Served(app, engine, store, service)
+
+
+def _make_engine(table: ModelTable, settings: ServeSettings, metrics: ServeMetrics):
+    if settings.engine == "vllm":
+        from tuneloop.serve.vllm_engine import VLLMEngine
+
+        return VLLMEngine(table, settings)
+    from tuneloop.serve.adapters import load_served
+    from tuneloop.serve.engine import BatchingEngine
+
+    model, tokenizer = load_served(table)
+    adapters = {m.id: m.adapter_name for m in table.models.values()}
+    return BatchingEngine(model, tokenizer, adapters, settings.max_batch_size, settings.batch_wait_ms / 1000,
+                          on_batch=metrics.observe_batch)

@@ -1,0 +1,161 @@
+"""Where every served request and every feedback is kept: two SQLAlchemy tables.
+
+SQLite (WAL mode, ``$TUNELOOP_HOME/serve.db``) by default; any SQLAlchemy URL such as
+``postgresql+psycopg://user:pw@host/db`` with ``--db``. The server writes through :class:`Store` from a
+single writer thread (see ``app.py``), so the event loop never waits on disk and SQLite sees one
+writer. ``tuneloop monitor`` and ``tuneloop data from-feedback`` read the same tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import (JSON, Column, DateTime, Float, Integer, MetaData, String, Table, Text,
+                        create_engine, event, insert, select)
+from sqlalchemy.engine import Engine
+
+from tuneloop.errors import UserError
+from tuneloop.paths import tuneloop_home
+
+metadata = MetaData()
+
+requests_table = Table(
+    "requests", metadata,
+    Column("id", String(64), primary_key=True),  # chatcmpl-... / cmpl-...: what feedback refers to
+    Column("model", String(200), index=True),
+    Column("kind", String(16)),  # "chat" or "completion"
+    Column("created", DateTime(timezone=True), index=True),
+    Column("latency_ms", Float),
+    Column("prompt_tokens", Integer),
+    Column("completion_tokens", Integer),
+    Column("status", Integer),  # the HTTP status the client got
+    Column("error", Text, nullable=True),
+    Column("prompt", JSON, nullable=True),  # messages list (chat) or prompt string (completion)
+    Column("response", Text, nullable=True),
+    Column("finish_reason", String(16), nullable=True),
+    Column("stream", Integer, default=0),
+)
+
+feedback_table = Table(
+    "feedback", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("completion_id", String(64), index=True),
+    Column("model", String(200), index=True),
+    Column("rating", Integer),  # -1 or 1
+    Column("comment", Text, nullable=True),
+    Column("correction", Text, nullable=True),
+    Column("created", DateTime(timezone=True), index=True),
+)
+
+
+@dataclass
+class RequestRow:
+    id: str
+    model: str | None
+    kind: str
+    latency_ms: float
+    status: int
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+    prompt: object = None
+    response: str | None = None
+    finish_reason: str | None = None
+    stream: bool = False
+    created: datetime | None = None
+
+
+@dataclass
+class FeedbackRow:
+    completion_id: str
+    model: str | None
+    rating: int
+    comment: str | None = None
+    correction: str | None = None
+    created: datetime | None = None
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def default_db_url() -> str:
+    return f"sqlite:///{tuneloop_home() / 'serve.db'}"
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    # WAL lets `tuneloop monitor` read while the server writes; NORMAL sync is durable across a
+    # process crash (only an OS crash can lose the last commits), which is what a restart needs.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def open_engine(url: str | None) -> Engine:
+    """A SQLAlchemy engine for ``url`` (default: the SQLite file under TUNELOOP_HOME), tables created."""
+    url = url or default_db_url()
+    try:
+        engine = create_engine(url, pool_pre_ping=True)
+    except Exception as e:  # bad URL syntax or a missing driver: both are the user's to fix
+        raise UserError(f"cannot use database URL {url!r}: {e}", where="--db",
+                        hint="e.g. sqlite:///serve.db or postgresql+psycopg://user:pw@host/db") from e
+    if engine.dialect.name == "sqlite":
+        database = engine.url.database
+        if database and database != ":memory:":
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        event.listen(engine, "connect", _sqlite_pragmas)
+    try:
+        metadata.create_all(engine)
+    except Exception as e:
+        raise UserError(f"cannot open database {engine.url.render_as_string(hide_password=True)}: {e}",
+                        where="--db", hint="check that the server is running and the URL is right") from e
+    return engine
+
+
+class Store:
+    """Writes and reads of the serving tables. Thread-safe (one connection per call from the pool)."""
+
+    def __init__(self, url: str | None = None):
+        self.engine = open_engine(url)
+        self.url = self.engine.url.render_as_string(hide_password=True)
+
+    def record_request(self, row: RequestRow) -> None:
+        values = dict(row.__dict__)
+        values["created"] = row.created or utcnow()
+        values["stream"] = int(row.stream)
+        with self.engine.begin() as conn:
+            conn.execute(insert(requests_table).values(**values))
+
+    def record_feedback(self, row: FeedbackRow) -> None:
+        values = dict(row.__dict__)
+        values["created"] = row.created or utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(insert(feedback_table).values(**values))
+
+    def request_model(self, completion_id: str) -> str | None:
+        """The model a stored completion came from, or None when there is no such successful completion."""
+        query = select(requests_table.c.model).where(
+            requests_table.c.id == completion_id, requests_table.c.status == 200)
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar_one_or_none()
+
+    def requests(self, since: datetime | None = None) -> list[dict]:
+        query = select(requests_table).order_by(requests_table.c.created)
+        if since is not None:
+            query = query.where(requests_table.c.created >= since)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def feedback(self, since: datetime | None = None) -> list[dict]:
+        query = select(feedback_table).order_by(feedback_table.c.id)
+        if since is not None:
+            query = query.where(feedback_table.c.created >= since)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def close(self) -> None:
+        self.engine.dispose()
