@@ -11,6 +11,8 @@ happen inside the commands so that ``tuneloop --help`` stays fast.
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from tuneloop.data.validate import TASKS
@@ -38,8 +40,7 @@ def data():
               help="What the records are for: sft needs the assistant to speak last, preference needs "
                    "chosen/rejected, classification text+label; auto accepts every shape.")
 @_with_columns
-@click.pass_context
-def validate(ctx, files, task, text_column, label_column):
+def validate(files, task, text_column, label_column):
     """Check FILE... (or directories) and print one line per problem: FILE:LINE: FIELD: message.
 
     Exits 0 when every record is valid, 1 otherwise.
@@ -59,7 +60,9 @@ def validate(ctx, files, task, text_column, label_column):
             click.echo(f"{record.source}: {field}: {message}")
         bad += bool(problems)
     click.echo(f"{len(raw)} records, {bad} invalid (task: {task})", err=True)
-    ctx.exit(1 if bad or not raw else 0)
+    if bad or not raw:
+        # sys.exit, not ctx.exit: with standalone_mode=False click would turn ctx.exit(1) into a return value.
+        sys.exit(1)
 
 
 @data.command()

@@ -69,13 +69,15 @@ _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:|:)(?::?[0-9A-Fa-f]{1,4}|:){1
                    r"|(?<![\w:])::(?![\w:])")
 
 _PHONE = re.compile(
-    r"(?<![\w+$€£¥/.:-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,5}(?:[ .-]\d{2,5}){1,4}(?![\w/:-]|[.,]\d)"
+    r"(?<![\w+$€£¥/.:-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{1,5}(?:[ .-]\d{2,6}){1,5}(?![\w/:-]|[.,]\d)"
     r"|(?<![\w+$€£¥/.:-])\+\d{7,15}(?!\w)")
 _PHONE_CONTEXT = re.compile(r"(?i)\b(?:call|phone|tel|telephone|mobile|cell|whatsapp|fax|text|sms|ring|number)"
                             r"\b[^\d\n]{0,20}?(\+?\d{7,15})(?!\w)")
-_DATE_LIKE = re.compile(r"^(?:\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4})$")
+# Digit groups that are something else: dates, SSN-shaped ids, and "1 000 000" (thousands groups).
+_NOT_PHONE = re.compile(r"^(?:\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4}|\d{3}-\d{2}-\d{4}"
+                        r"|\d{1,3}(?:[ .]\d{3})+)$")
 
-_NAME_WORD = r"[A-Z][a-z]+(?:[-'][A-Z][a-z]+)?"
+_NAME_WORD = r"(?!(?:Mr|Mrs|Ms|Miss|Dr|Prof)\b)[A-Z][a-z]+(?:[-'][A-Z][a-z]+)?"
 _NAME = re.compile(
     rf"(?:\b(?i:my name is|my name's|this is|call me|i am called|name:)\s+"
     rf"|\b(?:Dear|Regards,|regards,|Sincerely,|Thanks,|Cheers,)\s+"
@@ -201,7 +203,7 @@ def _phones(text: str) -> Iterator[Span]:
     for m in _PHONE.finditer(text):
         value = m.group()
         digits = sum(c.isdigit() for c in value)
-        if not 7 <= digits <= 15 or _DATE_LIKE.match(value):
+        if not 7 <= digits <= 15 or _NOT_PHONE.match(value):
             continue
         if "." in value and not value.startswith("+") and value.count(".") == 1:
             continue  # "3.14159", "12.50 20": a decimal number, not a phone

@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tuneloop.data import clean, dedup, ingest, pii, split, stats
+from tuneloop.data import augment_provenance, clean, dedup, ingest, pii, split, stats
 from tuneloop.data.records import content_text, map_texts, texts, to_canonical
 from tuneloop.data.validate import TASKS, detect_shape, validate_record
 from tuneloop.errors import UserError
@@ -94,6 +94,7 @@ class _Candidate:
     record: dict
     key: str = ""
     label: str | None = None
+    origin: str = ""  # the id augmented records name this record by (augment_provenance.origin_id)
 
 
 def read_all(paths, options: PrepareOptions) -> tuple[list[ingest.RawRecord], list[Path]]:
@@ -158,6 +159,7 @@ def check_and_clean(raw: list[ingest.RawRecord], task: str, options: PrepareOpti
             continue
         shapes[shape] += 1
         record = to_canonical(item.obj, shape)
+        record.update(augment_provenance.provenance_fields(item.obj))
         before = texts(record)
         map_texts(record, clean.clean_text)
         after = texts(record)
@@ -174,7 +176,7 @@ def check_and_clean(raw: list[ingest.RawRecord], task: str, options: PrepareOpti
                 pii_counts.update(found)
         label = record.get("label")
         survivors.append(_Candidate(item.source, record, clean.normalise_for_dedup(content_text(record, task)),
-                                    label))
+                                    label, augment_provenance.origin_id(item.obj)))
     return survivors, shapes, pii_counts, cleaned
 
 
@@ -273,9 +275,11 @@ def prepare(paths, out_dir, options: PrepareOptions | None = None, progress: boo
     books = _Accounting(len(raw))
     candidates, shapes, pii_counts, cleaned = check_and_clean(raw, task, options, books, progress)
     del raw
-    candidates = drop_exact_duplicates(candidates, books)
+    candidates = drop_exact_duplicates(augment_provenance.originals_first(candidates), books)
     counter = stats.load_token_counter(options.model)
     candidates, lengths = filter_lengths(candidates, counter, options, books)
+    # Augmented records skip near-dup clustering and the split; they join train at the end.
+    candidates, lengths, augmented = augment_provenance.set_aside_augmented(candidates, lengths)
     groups, near_summary = cluster_near_duplicates(candidates, options, books)
     kept = [i for i, g in enumerate(groups) if options.keep_near_duplicates or g == i]
     label_of_group = {groups[i]: candidates[groups[i]].label for i in kept}
@@ -283,10 +287,11 @@ def prepare(paths, out_dir, options: PrepareOptions | None = None, progress: boo
     by_split: dict[str, list[_Candidate]] = {name: [] for name in split.SPLITS}
     for i, name in zip(kept, assigned):
         by_split[name].append(candidates[i])
-    books.counts["output"] = len(kept)
+    augmented_lengths = augment_provenance.place_augmented(augmented, by_split, books.drop)
+    books.counts["output"] = len(kept) + len(augmented_lengths)
     import numpy as np
 
-    token_stats = stats.length_statistics(np.asarray([lengths[i] for i in kept], dtype=np.int64),
+    token_stats = stats.length_statistics(np.asarray([lengths[i] for i in kept] + augmented_lengths, dtype=np.int64),
                                           options.max_seq_len, counter)
     token_stats.update(training_estimate(options.model, token_stats["total"]))
     report = PrepareReport(

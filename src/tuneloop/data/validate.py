@@ -82,8 +82,8 @@ def validate_record(obj: Any, task: str = "auto") -> tuple[str | None, list[Issu
                             "instruction/output, prompt/completion, text[/label] or prompt/chosen/rejected")]
     issues: list[Issue] = []
     if shape not in TASK_SHAPES[task]:
-        issues.append(Issue("record", f"a {shape} record cannot be used for --task {task}; "
-                            f"give {_task_needs(task)}"))
+        issues.append(Issue("record", f"a {shape} record in {task} data (--task, or what most "
+                            f"records are); give {_task_needs(task)}, or prepare it separately"))
     issues += _unknown_keys(obj, shape)
     issues += CHECKS[shape](obj, task)
     return shape, issues
