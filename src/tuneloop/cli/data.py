@@ -119,3 +119,8 @@ def _print_summary(report, out_dir) -> None:
     if report.issues:
         click.echo(f"{len(report.issues):,} issues listed in {out_dir}/report.json")
     click.echo(f"wrote {out_dir}/ (train/validation/test.jsonl, report.json, report.html, manifest.json)")
+
+
+from tuneloop.cli.feedback import from_feedback  # noqa: E402  (light: click only)
+
+data.add_command(from_feedback)
