@@ -1,0 +1,85 @@
+"""``tuneloop eval``: metrics, base-vs-tuned comparison with a release gate, slices, report.
+
+Heavy imports (torch, transformers) happen inside the command, so ``tuneloop --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+GATE_FAILED_EXIT = 3
+
+
+@click.command(
+    "eval",
+    epilog=(
+        "Exit codes: 0 evaluated (and every --gate held); 1 bad input (the message says where); "
+        "2 bad command-line usage; 3 evaluated, but a --gate failed (outputs are still written).\n\n"
+        "Scales: accuracy, precision, recall, f1 (macro), exact_match, rouge1/2/L, fact_accuracy in 0-1; "
+        "bleu and chrf on sacreBLEU's 0-100 scale."
+    ),
+)
+@click.option("--model", "model", required=True, metavar="M",
+              help="Model to evaluate: catalog name, hub id, local dir, .gguf or run directory.")
+@click.option("--data", "data", required=True, type=click.Path(dir_okay=False), metavar="FILE",
+              help="Evaluation data: prepared test.jsonl (chat records, with label for classification), "
+                   "or {prompt, completion} / {text, label} JSONL.")
+@click.option("--baseline", metavar="M", default=None, help="Model to compare with on the same data (e.g. the base model).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="eval", show_default=True,
+              help="Directory for eval.json, predictions.jsonl and report.html.")
+@click.option("--gate", "gates", multiple=True, metavar="RULE",
+              help='Release rule, repeatable, all must hold: "f1 >= baseline + 0.02", "accuracy >= 0.8", '
+                   '"rougeL > baseline", "latency_ms_p95 <= baseline * 1.2".')
+@click.option("--slice-by", metavar="FIELD", default=None,
+              help="Report metrics per value of this record field (dotted for nested) and the largest gap.")
+@click.option("--slice-threshold", type=float, default=0.1, show_default=True,
+              help="Flag a gap between groups larger than this (0-1 metrics).")
+@click.option("--task", type=click.Choice(["auto", "classification", "generation"]), default="auto",
+              show_default=True, help="auto: classification when records carry a label.")
+@click.option("--max-samples", type=click.IntRange(min=1), default=None, help="Evaluate only the first N records.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
+              help="Default: longest label + 4 (classification) or longest reference + 16, at most 256.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def eval_command(model, data, baseline, out_dir, gates, slice_by, slice_threshold, task, max_samples,
+                 batch_size, max_new_tokens, quiet):
+    """Evaluate MODEL on FILE; compare with --baseline; fail the --gate rules that do not hold.
+
+    \b
+    Example:
+      tuneloop eval --model runs/support-bot --baseline smollm2-135m-instruct \\
+          --data prepared/test.jsonl --gate "f1 >= baseline + 0.02" --out eval/
+    """
+    from tuneloop.evaluate.run import run_eval
+
+    result = run_eval(model, data, baseline=baseline, out_dir=out_dir, gates=gates, slice_by=slice_by,
+                      max_samples=max_samples, task=task, batch_size=batch_size,
+                      max_new_tokens=max_new_tokens, slice_threshold=slice_threshold, progress=not quiet)
+    click.echo(summary_table(result))
+    click.echo(f"report: {out_dir}/report.html   results: {out_dir}/eval.json")
+    gate = result.get("gate")
+    if gate is not None:
+        for detail in gate["details"]:
+            mark = "PASS" if detail["passed"] else "FAIL"
+            click.echo(f"gate {mark}: {detail['rule']}  ({detail['metric']} = {detail['value']:.4g}, "
+                       f"threshold {detail['threshold']:.4g})")
+        if not gate["passed"]:
+            # SystemExit, not ctx.exit: click's non-standalone main would swallow ctx.exit's code.
+            sys.exit(GATE_FAILED_EXIT)
+
+
+def summary_table(result: dict) -> str:
+    """Plain-text metric table; with a baseline: baseline, model, delta and its 95% CI."""
+    comparison = result.get("comparison")
+    lines = [f"{result['task']} evaluation of {result['model']} on {result['n']} samples of {result['data']}"]
+    if comparison:
+        lines.append(f"{'metric':<16}{'baseline':>12}{'model':>12}{'delta':>12}   95% CI")
+        for name, row in comparison.items():
+            ci = f"[{row['ci95'][0]:+.4g}, {row['ci95'][1]:+.4g}]" if row.get("ci95") else ""
+            lines.append(f"{name:<16}{row['baseline']:>12.4g}{row['model']:>12.4g}{row['delta']:>+12.4g}   {ci}")
+    else:
+        lines.append(f"{'metric':<16}{'value':>12}")
+        lines += [f"{name:<16}{value:>12.4g}" for name, value in result["metrics"].items()]
+    return "\n".join(lines)

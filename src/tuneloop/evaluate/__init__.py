@@ -1,0 +1,23 @@
+"""Evaluation: task metrics, base-vs-tuned comparison with bootstrap CIs and release gates, slices, report.
+
+``run_eval`` (``tuneloop eval``) is the entry point; ``validation_loss`` is the streaming loss helper
+training calls. Submodules: metrics (pure scores), classification (answer -> label), generation (text
+overlap), perplexity, inference (running a model), compare (bootstrap, gates), slices, report.
+"""
+
+from __future__ import annotations
+
+
+def run_eval(*args, **kwargs) -> dict:
+    from tuneloop.evaluate.run import run_eval as _run_eval
+
+    return _run_eval(*args, **kwargs)
+
+
+def validation_loss(model, batches):
+    from tuneloop.evaluate.perplexity import validation_loss as _validation_loss
+
+    return _validation_loss(model, batches)
+
+
+__all__ = ["run_eval", "validation_loss"]
