@@ -85,23 +85,18 @@ def minhash_signatures(hashes: np.ndarray, offsets: np.ndarray, num_perm: int = 
     return signatures
 
 
-def lsh_parameters(threshold: float, num_perm: int) -> tuple[int, int]:
-    """``(bands, rows)`` minimising the area of misses above and false hits below ``threshold``.
+def lsh_parameters(threshold: float, num_perm: int, recall_at_threshold: float = 0.99) -> tuple[int, int]:
+    """``(bands, rows)``: the most rows per band that still finds a pair at ``threshold`` with
+    probability ``recall_at_threshold``.
 
-    Misses weigh 9x false hits: a miss can leak a pair across splits, a false hit only costs one
-    exact Jaccard check.
+    Recall comes first because a missed pair can leak across splits; more rows keep the number of
+    false candidates down, and those only cost a vectorised signature check.
     """
-    grid = np.linspace(0.0, 1.0, 401)
-    best, best_cost = (1, num_perm), float("inf")
+    best = (num_perm, 1)
     for rows in range(1, num_perm + 1):
         bands = num_perm // rows
-        p_candidate = 1.0 - (1.0 - grid**rows) ** bands
-        below, above = grid <= threshold, grid >= threshold
-        false_hits = np.trapezoid(p_candidate[below], grid[below]) if below.sum() > 1 else 0.0
-        misses = np.trapezoid(1.0 - p_candidate[above], grid[above]) if above.sum() > 1 else 0.0
-        cost = 0.1 * false_hits + 0.9 * misses
-        if cost < best_cost:
-            best, best_cost = (bands, rows), cost
+        if 1.0 - (1.0 - threshold**rows) ** bands >= recall_at_threshold:
+            best = (bands, rows)
     return best
 
 
