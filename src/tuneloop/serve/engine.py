@@ -46,7 +46,10 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def send(self, kind: str, value) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+        except RuntimeError:  # the loop is closed (its server stopped): nobody is waiting any more
+            self.cancelled.set()
 
 
 class BatchingEngine:
