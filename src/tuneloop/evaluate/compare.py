@@ -116,7 +116,10 @@ def _tokenize(rule: str) -> list[tuple[str, str]]:
     while position < len(rule.rstrip()):
         match = _TOKEN.match(rule, position)
         if not match:
-            raise _gate_error(rule, f"unexpected text {rule[position:].strip()!r}")
+            rest = rule[position:].strip()
+            if rest[:1] in ("=", "!"):
+                raise _gate_error(rule, f"unknown comparison in {rest!r}: use one of >= <= > < ==")
+            raise _gate_error(rule, f"unexpected text {rest!r}")
         kind = match.lastgroup
         tokens.append((kind, match.group(kind)))
         position = match.end()
