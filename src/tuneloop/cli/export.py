@@ -1,0 +1,29 @@
+"""`tuneloop export RUN_DIR --format safetensors|gguf --out DIR`: a merged, standalone model."""
+
+from __future__ import annotations
+
+import click
+
+from tuneloop.export import FORMATS
+
+
+@click.command()
+@click.argument("run_dir")
+@click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default="safetensors", show_default=True,
+              help="safetensors: a Hugging Face directory; gguf: one file for llama.cpp, Ollama, LM Studio.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory to write (must be new or empty unless --overwrite).")
+@click.option("--gguf-dtype", type=click.Choice(["f32", "f16"]), default="f32", show_default=True,
+              help="Tensor precision of a GGUF export (f16 halves the file).")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it already holds files.")
+def export(run_dir, fmt, out_dir, gguf_dtype, overwrite):
+    """Merge a run's adapter into its base and write a standalone model.
+
+    RUN_DIR is a run directory (its adapter/ on its base, or its full model/) or any model reference.
+    The adapter is merged into a freshly loaded float32 base; the merged model's logits are compared
+    with the adapter model's, and what is written is loaded back and compared again.
+    """
+    from tuneloop.export import export_model
+
+    record = export_model(run_dir, fmt, out_dir, overwrite=overwrite, gguf_dtype=gguf_dtype)
+    click.echo(f"exported {fmt} to {out_dir} ({', '.join(record['files'])})")

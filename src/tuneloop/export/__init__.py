@@ -1,0 +1,92 @@
+"""Export a run (or any model reference) as one standalone, merged model.
+
+    from tuneloop.export import export_model
+    export_model("runs/support-bot", "safetensors", "exported/support-bot")
+
+Steps: load the base in full precision, merge the adapter and check the merge against the adapter
+model (:mod:`tuneloop.export.merge`), write the format into a temporary directory, check that what was
+written reads back as the same model, then rename the directory into place and add ``export.json``.
+Formats are a table (:data:`FORMATS`): a new one is a function ``(merged, out_dir, **options) -> dict``
+registered there. CLI: ``tuneloop export RUN_DIR --format safetensors|gguf --out DIR``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from tuneloop.errors import UserError
+
+
+def _write_safetensors(merged, out_dir: Path, **options) -> dict:
+    from tuneloop.export.hf_dir import write_hf_dir
+
+    return write_hf_dir(merged, out_dir)
+
+
+def _write_gguf(merged, out_dir: Path, gguf_dtype: str = "f32", **options) -> dict:
+    from tuneloop.export.gguf_file import write_gguf
+
+    return write_gguf(merged, out_dir, dtype=gguf_dtype)
+
+
+# format name -> writer. Writers receive the merged model and an empty directory to fill.
+FORMATS = {
+    "safetensors": _write_safetensors,
+    "gguf": _write_gguf,
+}
+
+
+def register_format(name: str, writer) -> None:
+    FORMATS[name] = writer
+
+
+def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        if not overwrite:
+            raise UserError(f"{out_dir} already exists and is not empty",
+                            hint="choose another --out, or pass --overwrite to replace it")
+    tmp = out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def export_model(run_dir, fmt: str, out_dir, overwrite: bool = False, log=None, **options) -> dict:
+    """Export ``run_dir`` (a run directory or any model reference) to ``out_dir`` in format ``fmt``.
+
+    Returns the export record also written to ``out_dir/export.json``: source, base, format, the
+    merge check (max |logit| difference, adapter vs merged) and the read-back check.
+    """
+    from tuneloop.export.merge import load_merged
+    from tuneloop.paths import write_json_atomic
+
+    log = log or (lambda text: print(text, file=sys.stderr))
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}", hint=f"choose one of: {', '.join(FORMATS)}")
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    tmp = _prepare_out_dir(out_dir, overwrite)
+    try:
+        log(f"export: loading {run_dir} in float32 and merging the adapter...")
+        merged = load_merged(run_dir)
+        if merged.merge_max_abs_diff is not None:
+            log(f"export: merge check passed (max |logit difference| {merged.merge_max_abs_diff:.1e})")
+        log(f"export: writing {fmt} and reading it back...")
+        checks = FORMATS[fmt](merged, tmp, **options)
+        record = {
+            "source": str(run_dir), "base_model": merged.base_path, "adapter": merged.adapter_path,
+            "format": fmt, "merge_max_abs_diff": merged.merge_max_abs_diff, **checks,
+            "files": sorted(p.name for p in tmp.iterdir()), "seconds": round(time.perf_counter() - started, 1),
+        }
+        write_json_atomic(tmp / "export.json", record)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"export: wrote {out_dir} in {record['seconds']} s")
+    return record
