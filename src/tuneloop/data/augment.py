@@ -54,9 +54,9 @@ class AugmentOptions:
     seed: int = 0
     model: str = DEFAULT_MODEL  # paraphrase and synthetic only
     topics: tuple[str, ...] = ()  # synthetic: cycle through these topics
-    temperature: float = 0.8  # sampling for variety; 0 = greedy
+    temperature: float = 0.5  # sampling for variety (a small model drifts when hotter); 0 = greedy
     batch_size: int = 8
-    max_new_tokens: int = 96  # per paraphrase; synthetic gets twice this for question + answer
+    max_new_tokens: int = 96  # paraphrase: at most this, or twice the longest user turn; synthetic: 2x
     seeds_per_prompt: int = 3  # synthetic: examples shown to the model
     near_dup_threshold: float = 0.8
     limits: QualityLimits = field(default_factory=QualityLimits)
@@ -103,9 +103,11 @@ def source_record(obj, where: str) -> tuple[dict | None, list[str]]:
     return {"id": origin_id(obj), "source": where, **record}, []
 
 
-def load_sources(path: str | Path, skip_invalid: bool = False) -> list[dict]:
-    """Input records of ``data augment`` (any SFT shape). Invalid ones are errors naming FILE:LINE,
-    or with ``skip_invalid`` left out (their problems are then in ``load_sources.skipped``)."""
+def load_sources(path: str | Path, skip_invalid: bool = False) -> tuple[list[dict], list[str]]:
+    """Input records of ``data augment`` (any SFT shape) and the problems of those left out.
+
+    Invalid records are an error naming FILE:LINE: FIELD, unless ``skip_invalid``.
+    """
     from tuneloop.data.ingest import expand_inputs, read_records
 
     sources, problems = [], []
@@ -120,14 +122,13 @@ def load_sources(path: str | Path, skip_invalid: bool = False) -> list[dict]:
             problems += issues
             if record is not None:
                 sources.append(record)
-    load_sources.skipped = problems if skip_invalid else []
     if problems and not skip_invalid:
         shown = "\n".join(problems[:10]) + (f"\n... {len(problems) - 10} more" if len(problems) > 10 else "")
         raise UserError(f"{len(problems)} problem(s) in the input:\n{shown}",
                         hint=f"fix them (`tuneloop data validate {path}` lists them all) or pass --skip-invalid")
     if not sources:
         raise UserError(f"{path}: no records to augment")
-    return sources
+    return sources, problems
 
 
 def _variant(source: dict, messages: list[dict]) -> dict:
@@ -154,8 +155,10 @@ def paraphrase_candidates(sources: list[dict], options: AugmentOptions, loaded) 
     n = options.n or 1
     conversations = [augment_llm.paraphrase_conversation(sources[i]["messages"][t]["content"])
                      for _ in range(n) for i, t in turns]
-    replies = augment_llm.generate(*loaded, conversations, options.seed, options.temperature,
-                                   options.max_new_tokens, options.batch_size)
+    longest = max(len(loaded[1](c[-1]["content"], add_special_tokens=False)["input_ids"]) for c in conversations)
+    budget = min(options.max_new_tokens, 2 * longest + 8)  # a rewrite is about as long as the original
+    replies = augment_llm.generate(*loaded, conversations, options.seed, options.temperature, budget,
+                                   options.batch_size)
     candidates = []
     for variant in range(n):
         rewritten: dict[int, dict[int, str]] = {}

@@ -9,6 +9,9 @@ or imitates (synthetic: a seed's question or answer) and returns why it is bad, 
 * the original copied verbatim (after normalisation), or a few-shot example or a phrase of our own
   instruction copied from the prompt (small models often echo their prompt);
 * chat-template tokens (``<|im_start|>``...) in the text;
+* (paraphrase) a number or name of the original missing: the kept answer may depend on "order 17"
+  or "the Orbit backpack", so a rewrite must keep every token with a digit and every capitalised
+  word that does not start a sentence;
 * a much smaller share of letters than the original (symbol soup), or a different writing system:
   the most common Unicode script of the letters (Latin, Cyrillic, CJK...) must be the original's.
   This is the cheap language check: it catches an English answer to a Russian question, not French
@@ -21,6 +24,7 @@ user turns, via :mod:`tuneloop.data.dedup`).
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -88,6 +92,29 @@ def _copy_problem(text: str, original: str) -> str | None:
     return None
 
 
+_TOKEN = re.compile(r"[\w'-]+")
+
+
+def key_terms(text: str) -> set[str]:
+    """Numbers and names in ``text``: tokens with a digit, capitalised words not starting a sentence."""
+    terms = set()
+    for match in _TOKEN.finditer(text):
+        token = match.group()
+        before = text[: match.start()].rstrip()
+        sentence_start = not before or before[-1] in ".!?:;\n\"'(“"
+        if any(ch.isdigit() for ch in token):
+            terms.add(token.lower())
+        elif token[0].isupper() and len(token) > 1 and not sentence_start:
+            terms.add(token.lower())
+    return terms
+
+
+def _lost_terms_problem(text: str, original: str) -> str | None:
+    present = {token.lower() for token in _TOKEN.findall(text)}
+    lost = sorted(key_terms(original) - present)
+    return f"drops {', '.join(repr(t) for t in lost)} from the original" if lost else None
+
+
 def _script_problem(text: str, original: str, limits: QualityLimits) -> str | None:
     if letter_share(text) < limits.min_letter_ratio * letter_share(original):
         return f"mostly not letters ({letter_share(text):.0%} letters, the original {letter_share(original):.0%})"
@@ -103,6 +130,7 @@ def quality_problem(text: str, original: str, method: str, limits: QualityLimits
     if not text:
         return "empty"
     return (_length_problem(text, original, method, limits) or _copy_problem(text, original)
+            or (_lost_terms_problem(text, original) if method == "paraphrase" else None)
             or _script_problem(text, original, limits))
 
 

@@ -23,7 +23,8 @@ TASKS = ("auto", "sft", "preference", "classification")
 SHAPES = ("chat", "instruction", "prompt_completion", "text", "preference", "classification")
 ROLES = ("system", "user", "assistant", "tool")
 # Keys any record may carry without being training content.
-META_KEYS = frozenset({"id", "source", "metadata", "meta", "tags"})
+META_KEYS = frozenset({"id", "source", "metadata", "meta", "tags",
+                       "augmented_from", "augmentation"})  # provenance written by data augment
 SHAPE_KEYS = {
     "chat": {"messages", "label", "tools", "parallel_tool_calls"},
     "instruction": {"instruction", "input", "output", "system"},
