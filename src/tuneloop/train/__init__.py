@@ -1,0 +1,27 @@
+"""The training engine: SFT with full / LoRA / DoRA / QLoRA, and the library other methods build on.
+
+``run_training(recipe, resume=False) -> run_dir`` is the entry point (``tuneloop train`` calls it).
+The pieces: ``data`` (read, tokenise, check, pack, collate), ``loss`` (supervised-only chunked
+cross-entropy), ``loop`` (schedule, step, evaluation, guards), ``methods`` (model set-up per method),
+``checkpoint``, ``tracking``, ``distributed``, ``run`` (the orchestration) and ``preview``
+(``--dry-run``). Importing this package is cheap; torch loads when training starts.
+"""
+
+from __future__ import annotations
+
+
+def run_training(recipe, resume: bool = False):
+    """Train per ``recipe`` (a :class:`tuneloop.config.recipe.Recipe`); returns the run directory."""
+    from tuneloop.train.run import run_training as _run_training
+
+    return _run_training(recipe, resume=resume)
+
+
+def dry_run(recipe) -> str:
+    """The ``--dry-run`` report: sample preview, length histogram, memory estimate, steps and ETA."""
+    from tuneloop.train.preview import dry_run_report
+
+    return dry_run_report(recipe)
+
+
+__all__ = ["run_training", "dry_run"]

@@ -1,0 +1,139 @@
+"""Model set-up per training method: which weights train, in which dtype, on which device.
+
+``full`` trains every weight (fp32 master weights). ``lora`` and ``dora`` add PEFT adapters (fp32)
+on a frozen base, which is stored in bf16 when the run computes in bf16 (half the memory, and the
+autocast would cast it to bf16 anyway). ``qlora`` loads the base in 4-bit NF4 through bitsandbytes,
+which needs a CUDA GPU. Preference methods reuse :func:`setup_model` with their own loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from tuneloop.errors import UserError, did_you_mean
+
+ADAPTER_METHODS = ("lora", "dora", "qlora")
+
+
+@dataclass
+class Precision:
+    """``autocast``: dtype the matmuls run in (None = fp32); ``base_dtype``: frozen weights' storage."""
+
+    name: str
+    autocast: torch.dtype | None
+    base_dtype: torch.dtype
+
+
+@dataclass
+class PreparedModel:
+    model: torch.nn.Module
+    method: str
+    trainable_parameters: int
+    total_parameters: int
+    targeted_modules: dict[str, int] = field(default_factory=dict)  # module name -> how many layers
+
+    def describe(self) -> str:
+        share = 100 * self.trainable_parameters / max(1, self.total_parameters)
+        text = (f"method {self.method}: {self.trainable_parameters:,} trainable of "
+                f"{self.total_parameters:,} parameters ({share:.2f}%)")
+        if self.targeted_modules:
+            text += "; adapters on " + ", ".join(f"{k} x{v}" for k, v in self.targeted_modules.items())
+        return text
+
+
+def resolve_precision(requested: str, device: torch.device, method: str) -> Precision:
+    """``auto`` = bf16 autocast where the hardware runs bf16 matmuls natively, else fp32."""
+    from tuneloop.models.estimate import bf16_supported
+
+    if requested == "fp16" and device.type != "cuda":
+        raise UserError("train.precision: fp16 needs a CUDA GPU", hint="use auto, bf16 or fp32 on CPU")
+    if requested == "auto":
+        requested = "bf16" if bf16_supported() else "fp32"
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[requested]
+    # Frozen weights may live in the compute dtype; trainable ones always stay fp32.
+    base = autocast if (autocast is not None and method in ADAPTER_METHODS) else torch.float32
+    return Precision(requested, autocast, base)
+
+
+def setup_model(recipe, model_path, precision: Precision, device: torch.device) -> PreparedModel:
+    from transformers import AutoModelForCausalLM
+
+    method = recipe.method
+    if method == "qlora":
+        model = _load_4bit(model_path, precision, device)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=precision.base_dtype)
+        model.to(device)
+    model.config.use_cache = False
+    targeted = {}
+    if method in ADAPTER_METHODS:
+        model, targeted = _add_adapters(model, recipe)
+    elif method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+    if recipe.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return PreparedModel(model, method, trainable, total, targeted)
+
+
+def _load_4bit(model_path, precision: Precision, device: torch.device):
+    if device.type != "cuda":
+        raise UserError("method qlora needs a CUDA GPU (4-bit weights through bitsandbytes)",
+                        hint="on this machine use method: lora (same adapters, base kept in bf16/fp32)")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise UserError("method qlora needs bitsandbytes", hint="pip install 'tuneloop[gpu]'") from None
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                               bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=precision.autocast or torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(model_path, quantization_config=quant,
+                                                 device_map={"": device.index or 0})
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def linear_module_names(model) -> list[str]:
+    """Distinct last-name components of the model's Linear layers (q_proj, v_proj, ...)."""
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear) or type(module).__name__.startswith("Linear")}
+    return sorted(n for n in names if n)
+
+
+def _add_adapters(model, recipe):
+    from peft import LoraConfig, get_peft_model
+
+    lora = recipe.lora
+    targets = lora.target_modules
+    if isinstance(targets, list):
+        available = linear_module_names(model)
+        for name in targets:
+            if name not in available:
+                guess = did_you_mean(name, available)
+                raise UserError(
+                    f"lora.target_modules: no module named {name!r} in this model"
+                    + (f"; did you mean '{guess}'?" if guess else ""),
+                    hint=f"available: {', '.join(available)} (or all-linear)")
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=targets, use_dora=recipe.method == "dora",
+                        bias="none", task_type="CAUSAL_LM")
+    # Adapter init draws from torch's RNG: seeding here makes it reproducible (deterministic mode).
+    torch.manual_seed(recipe.train.seed)
+    model = get_peft_model(model, config)
+    for p in model.parameters():  # adapters train in fp32 even on a bf16 base
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    targeted: dict[str, int] = {}
+    for name, module in model.named_modules():
+        if hasattr(module, "lora_A") and len(getattr(module, "lora_A", {})):
+            short = name.rsplit(".", 1)[-1]
+            targeted[short] = targeted.get(short, 0) + 1
+    return model, targeted
