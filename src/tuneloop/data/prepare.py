@@ -24,6 +24,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from tuneloop.data import augment_provenance, clean, dedup, ingest, pii, split, stats
 from tuneloop.data.records import content_text, map_texts, texts, to_canonical
 from tuneloop.data.validate import TASKS, detect_shape, validate_record
@@ -78,6 +80,7 @@ class PrepareReport:
     inputs: list[str]
     settings: dict
     seconds: float = 0.0
+    stage_seconds: dict = field(default_factory=dict)
     files: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -267,20 +270,25 @@ def _settings(options: PrepareOptions, task: str) -> dict:
 def prepare(paths, out_dir, options: PrepareOptions | None = None, progress: bool = False) -> PrepareReport:
     """Run the whole preparation and write train/validation/test.jsonl, report.json/.html, manifest.json."""
     options = options or PrepareOptions()
-    started = time.perf_counter()
+    clock = _StageClock()
     raw, files = read_all(paths, options)
     if not raw:
         raise UserError(f"no records found in {', '.join(map(str, paths))}", hint="are the files empty?")
     task = resolve_task(raw, options.task)
     books = _Accounting(len(raw))
+    clock.lap("read")
     candidates, shapes, pii_counts, cleaned = check_and_clean(raw, task, options, books, progress)
     del raw
+    clock.lap("validate_clean_pii")
     candidates = drop_exact_duplicates(augment_provenance.originals_first(candidates), books)
+    clock.lap("exact_dedup")
     counter = stats.load_token_counter(options.model)
     candidates, lengths = filter_lengths(candidates, counter, options, books)
-    # Augmented records skip near-dup clustering and the split; they join train at the end.
+    # Augmented records (data augment) skip near-dup clustering and the split; they join train at the end.
     candidates, lengths, augmented = augment_provenance.set_aside_augmented(candidates, lengths)
+    clock.lap("tokens")
     groups, near_summary = cluster_near_duplicates(candidates, options, books)
+    clock.lap("near_dedup")
     kept = [i for i, g in enumerate(groups) if options.keep_near_duplicates or g == i]
     label_of_group = {groups[i]: candidates[groups[i]].label for i in kept}
     assigned = split.assign_splits([groups[i] for i in kept], label_of_group, options.split, options.seed)
@@ -289,21 +297,38 @@ def prepare(paths, out_dir, options: PrepareOptions | None = None, progress: boo
         by_split[name].append(candidates[i])
     augmented_lengths = augment_provenance.place_augmented(augmented, by_split, books.drop)
     books.counts["output"] = len(kept) + len(augmented_lengths)
-    import numpy as np
-
     token_stats = stats.length_statistics(np.asarray([lengths[i] for i in kept] + augmented_lengths, dtype=np.int64),
                                           options.max_seq_len, counter)
     token_stats.update(training_estimate(options.model, token_stats["total"]))
+    clock.lap("split")
     report = PrepareReport(
         task=task, counts=books.counts, splits={k: len(v) for k, v in by_split.items()}, tokens=token_stats,
         labels=_label_distribution(by_split), issues=books.issues,
         pii={"enabled": options.pii, **{t: pii_counts.get(t, 0) for t in pii.PII_TYPES}},
         shapes=dict(shapes), near_duplicates=near_summary, cleaning={"records_changed": cleaned},
-        inputs=[str(f) for f in files], settings=_settings(options, task))
+        inputs=[str(f) for f in files], settings=_settings(options, task), stage_seconds=clock.stages)
     _check_accounting(report.counts)
-    report.seconds = round(time.perf_counter() - started, 3)
     write_outputs(Path(out_dir), by_split, report, files)
+    clock.lap("write")
+    report.seconds = round(clock.total, 3)
     return report
+
+
+class _StageClock:
+    """Seconds per pipeline stage (report.json ``stage_seconds``: where the time goes)."""
+
+    def __init__(self):
+        self.start = self.last = time.perf_counter()
+        self.stages: dict[str, float] = {}
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.stages[stage] = round(now - self.last, 3)
+        self.last = now
+
+    @property
+    def total(self) -> float:
+        return time.perf_counter() - self.start
 
 
 def _check_accounting(counts: dict) -> None:

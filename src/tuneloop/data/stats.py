@@ -51,7 +51,7 @@ class TokenCounter:
 
 def load_token_counter(model: str | None) -> TokenCounter:
     """A counter for ``model``'s tokenizer, or the regex estimate (with the reason) if it can't load."""
-    if not model:
+    if not model or model.lower() == "none":
         return TokenCounter(description="estimate (no --model given)")
     try:
         from tuneloop.models.loading import load_tokenizer
