@@ -1,0 +1,179 @@
+"""Regenerate the README's benchmark section from ``benchmarks/results/*.json``.
+
+Rewrites what lies between ``<!-- benchmarks -->`` and ``<!-- /benchmarks -->`` in README.md; every
+figure there comes from a results file, and a benchmark not yet run shows as "not measured".
+
+    python benchmarks/make_readme_table.py            # rewrite README.md
+    python benchmarks/make_readme_table.py --print    # print the section instead
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+README = BENCH_DIR.parent / "README.md"
+START, END = "<!-- benchmarks -->", "<!-- /benchmarks -->"
+SIDE_LABELS = {
+    "tuneloop": "tuneloop (packing, supervised-only head)",
+    "trl_defaults": "TRL `SFTTrainer` defaults (a)",
+    "trl_defaults_fp32": "TRL defaults, bf16 off",
+    "trl_packing": "TRL defaults + `packing=True`",
+    "trl_best": "TRL best CPU settings (b)",
+}
+
+
+def load_results(directory: Path) -> dict[str, dict]:
+    out = {}
+    for path in sorted(directory.glob("*.json")):
+        try:
+            out[path.stem] = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def fmt(value, digits: int = 1, suffix: str = "") -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, (int, float)):
+        return f"{value:,.{digits}f}{suffix}"
+    return str(value)
+
+
+def machine_line(result: dict) -> str:
+    m, v = result.get("machine", {}), result.get("versions", {})
+    flags = ", ".join(m.get("cpu_flags", [])) or "none of avx2/avx512/amx"
+    return (f"{m.get('cpu_model', '?')}, {m.get('cores', '?')} cores ({flags}; native bf16: "
+            f"{'yes' if m.get('native_bf16') else 'no'}), {m.get('ram_gb', '?')} GB RAM; load average "
+            f"{m.get('load_average', '?')} at {result.get('when_utc', '?')}; torch {v.get('torch')}, "
+            f"transformers {v.get('transformers')}, peft {v.get('peft')}, trl {v.get('trl')}")
+
+
+def train_section(train: dict) -> list[str]:
+    summary, compare = train.get("summary", {}), train.get("comparisons", {})
+    peaks, data = train.get("peaks", {}), train.get("data", {})
+    before = peaks.get("before", {})
+    lines = [
+        f"**LoRA SFT throughput** ({train.get('mode')} mode: {data.get('examples')} training chats, "
+        f"{data.get('tokens'):,} tokens, mean {fmt(data.get('mean_len'))} tokens; embedded "
+        f"SmolLM2-135M-Instruct, LoRA r16/alpha 32 all-linear, max length 512, 8 examples per step, "
+        f"{train.get('epochs')} epoch; sides run one after another in separate processes).",
+        f"Machine: {machine_line(train)}.",
+        f"Matmul peak (2048^3, same run): fp32 {fmt(before.get('fp32_gflops'))} GFLOP/s, bf16 "
+        f"{fmt(before.get('bf16_gflops'))} GFLOP/s ({'native' if before.get('bf16_native') else 'emulated'}); "
+        f"MFU against {fmt(peaks.get('used_gflops'))} GFLOP/s at "
+        f"{fmt(train.get('flops', {}).get('flops_per_token', 0) / 1e6, 0)} MFLOP per token.",
+        "",
+        "| side | tokens/s | tuneloop speed-up | MFU | peak RSS (GB) | validation loss |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    ours = summary.get("tuneloop", {}).get("tokens_per_s")
+    for name, s in summary.items():
+        ratio = f"{ours / s['tokens_per_s']:.2f}x" if ours and name != "tuneloop" else "-"
+        lines.append(f"| {SIDE_LABELS.get(name, name)} | {fmt(s['tokens_per_s'])} | {ratio} | "
+                     f"{fmt(100 * s['mfu'])}% | {fmt(s['peak_rss_gb'], 2)} | {fmt(s['validation_loss'], 4)} |")
+    for key, c in compare.items():
+        lines.append("")
+        lines.append(f"- vs ({key}) {SIDE_LABELS.get(c['baseline'], c['baseline'])}: **{c['speedup']}x** "
+                     f"(goal {c['goal']}x), memory {c['memory_ratio']}x, validation loss "
+                     f"{c['validation_loss_delta']:+.4f}: goal {'met' if c['met'] else 'not met'}.")
+    return lines
+
+
+def levers_section(levers: dict) -> list[str]:
+    lines = [f"**Speed levers** (tuneloop, one change at a time from its defaults, {levers.get('steps')} "
+             f"optimizer steps each; steady state = after the first two steps):", "",
+             "| change | tokens/s | speed vs default | steady-state speed vs default | peak RSS (GB) |",
+             "|---|---:|---:|---:|---:|"]
+    for name, row in levers.get("levers", {}).items():
+        if "error" in row:
+            lines.append(f"| {row['change']} | failed: {row['error']} | | | |")
+            continue
+        lines.append(f"| {row['change']} | {fmt(row.get('tokens_per_s'))} | {fmt(row.get('speed_vs_default'), 2, 'x')}"
+                     f" | {fmt(row.get('steady_speed_vs_default'), 2, 'x')} | {fmt(row.get('peak_rss_gb'), 2)} |")
+    return lines
+
+
+def other_section(results: dict) -> list[str]:
+    rows = []
+    prep = results.get("prepare")
+    if prep:
+        rows.append(("`data prepare` (synthetic support chats, dedup + PII on)",
+                     f"{fmt(prep.get('records_per_s'), 0)} records/s ({fmt(prep.get('records'), 0)} records)"))
+    ev = results.get("eval")
+    if ev and "error" not in ev:
+        rows.append(("`eval`, embedded model, Banking77 classification",
+                     f"{fmt(ev.get('samples_per_s'), 2)} samples/s ({ev.get('n')} samples; "
+                     f"{fmt(ev.get('samples_per_s_process'), 2)}/s including start-up and load)"))
+    serve = results.get("serve")
+    if serve:
+        one, many = serve.get("one_at_a_time", {}), serve.get("concurrent", {})
+        rows.append(("`serve`, generated tokens/s: one request at a time / concurrent clients",
+                     f"{fmt(one.get('tokens_per_s'))} / {fmt(many.get('tokens_per_s'))} "
+                     f"({fmt(serve.get('speedup'), 2)}x from batching)"))
+    start = results.get("startup")
+    if start:
+        load = start.get("model_load", {})
+        rows.append(("embedded model load from the local store (`load_model`; whole cold process)",
+                     f"{fmt(load.get('load_model_s'), 2)} s ({fmt(load.get('process_s'), 2)} s)"))
+        rows.append(("`import tuneloop` / `tuneloop --help` (process wall time; bare Python "
+                     f"{fmt(start.get('python_bare_s'), 2)} s)",
+                     f"{fmt(start.get('import_tuneloop_s'), 2)} s / {fmt(start.get('help_s'), 2)} s"))
+    est = results.get("estimate_vs_measured")
+    if est and "estimate" in est and "measured" in est and "estimate_over_measured" in est:
+        rows.append(("`models estimate` memory vs measured peak RSS (LoRA, seq 512, batch 8)",
+                     f"{fmt(est['estimate']['total_gb'], 2)} GB vs {fmt(est['measured']['peak_rss_gb'], 2)} GB "
+                     f"(ratio {est['estimate_over_measured']})"))
+    if not rows:
+        return []
+    return ["**Other figures:**", "", "| what | measured |", "|---|---|",
+            *[f"| {what} | {value} |" for what, value in rows]]
+
+
+def render(results: dict) -> str:
+    parts = ["Figures are produced by the scripts in `benchmarks/` (`make bench` runs them in quick mode, "
+             "`python benchmarks/run_all.py` in full) and copied here by `benchmarks/make_readme_table.py` "
+             "from `benchmarks/results/*.json`, which also hold the exact settings of every side. "
+             "GOALS.md's reference figures were taken on a different machine (AVX-512 + AMX): compare the "
+             "ratios, not the absolute numbers."]
+    if "train" in results:
+        parts.append("\n".join(train_section(results["train"])))
+    else:
+        parts.append("Training throughput: not measured yet (`python benchmarks/bench_train.py --quick`).")
+    if "levers" in results:
+        parts.append("\n".join(levers_section(results["levers"])))
+    other = other_section(results)
+    if other:
+        parts.append("\n".join(other))
+    return "\n\n".join(parts)
+
+
+def replace_section(text: str, body: str) -> str:
+    if START not in text or END not in text:
+        raise SystemExit(f"README.md needs the markers {START} and {END}")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{body}\n{END}{tail}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--print", action="store_true", help="print the section, leave README.md alone")
+    parser.add_argument("--results", type=Path, default=BENCH_DIR / "results")
+    parser.add_argument("--readme", type=Path, default=README)
+    args = parser.parse_args(argv)
+    body = render(load_results(args.results))
+    if args.print:
+        print(body)
+        return 0
+    args.readme.write_text(replace_section(args.readme.read_text(), body))
+    print(f"updated {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
