@@ -1,0 +1,25 @@
+"""Helpers for the training tests: recipes on the tiny model and the fixture data beside this file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HERE = Path(__file__).parent
+TRAIN = HERE / "chat_train.jsonl"
+VALIDATION = HERE / "chat_validation.jsonl"
+NO_TRAINABLE = HERE / "no_trainable.jsonl"
+
+
+def tiny_recipe(model_dir: Path, out_dir: Path, name: str = "t", method: str = "lora",
+                validation: bool = False, **train) -> dict:
+    """A recipe dict for a few quick steps on the tiny model; ``train`` overrides train.* keys."""
+    settings = {"epochs": 1, "batch_size": 4, "max_seq_len": 256, "learning_rate": 3e-3,
+                "warmup_ratio": 0.0, "eval_every": 1000, "save_every": 1000, "seed": 0}
+    settings.update(train)
+    return {
+        "name": name, "model": str(model_dir), "method": method, "output_dir": str(out_dir),
+        "data": {"train": str(TRAIN), "validation": str(VALIDATION) if validation else None},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+        "train": settings,
+        "tracking": {"backend": "none"},
+    }
