@@ -124,3 +124,7 @@ def _print_summary(report, out_dir) -> None:
 from tuneloop.cli.feedback import from_feedback  # noqa: E402  (light: click only)
 
 data.add_command(from_feedback)
+
+from tuneloop.cli.augment import augment  # noqa: E402  (light: click only)
+
+data.add_command(augment)

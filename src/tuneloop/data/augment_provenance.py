@@ -10,8 +10,10 @@ method). ``data prepare`` calls the helpers here so that:
    a paraphrase or noisy variant *is* a near-duplicate of its source on purpose, and ``augment``
    has already removed near-duplicates by its own rules;
 3. after the split, each augmented record goes to **train**, and only there
-   (:func:`place_augmented`). A record derived from one source that landed in validation or test
-   is dropped: its variant in train would leak that held-out example. Synthetic records (a list of
+   (:func:`place_augmented`). A record derived from one source joins train only when its source
+   is in train: a variant of a validation/test example would leak it, and a source missing from
+   the output (dropped as a duplicate of a record that may be held out, or its file not given)
+   could too; such variants are dropped and listed in ``issues``. Synthetic records (a list of
    seeds) were checked against every original for near-duplicates when generated, so they join
    train whatever split their seeds are in.
 
@@ -76,11 +78,17 @@ def place_augmented(augmented: list[tuple], by_split: dict[str, list],
     placed = []
     for candidate, length in augmented:
         source = _augmented_from(candidate)
-        held_out = split_of.get(source) if isinstance(source, str) else None
-        if held_out not in (None, "train"):
-            drop("filtered", candidate.source, "augmented_from_held_out",
-                 f"derived from {source}, which is in {held_out}; dropped so {held_out} stays unseen")
+        if isinstance(source, str) and split_of.get(source) != "train":
+            drop("filtered", candidate.source, "augmented_from_held_out", _held_out_reason(source, split_of))
             continue
         by_split["train"].append(candidate)
         placed.append(length)
     return placed
+
+
+def _held_out_reason(source: str, split_of: dict[str, str]) -> str:
+    held_out = split_of.get(source)
+    if held_out is not None:
+        return f"derived from {source}, which is in {held_out}; dropped so {held_out} stays unseen"
+    return (f"derived from {source}, which is not in this output (removed as a duplicate, or its file was not "
+            "given); dropped, since its near twin may be held out. Prepare it with its original file")
