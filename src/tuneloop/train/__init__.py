@@ -12,6 +12,10 @@ from __future__ import annotations
 
 def run_training(recipe, resume: bool = False):
     """Train per ``recipe`` (a :class:`tuneloop.config.recipe.Recipe`); returns the run directory."""
+    from tuneloop.train.preference import METHODS, run_preference
+
+    if recipe.method in METHODS:  # dpo, orpo, kto, reward, grpo: tuneloop.train.preference
+        return run_preference(recipe, resume=resume)
     from tuneloop.train.run import run_training as _run_training
 
     return _run_training(recipe, resume=resume)

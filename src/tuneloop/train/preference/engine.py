@@ -7,6 +7,10 @@ accumulation, progress bar, metrics.jsonl, checkpoints with exact resume, final 
 
 Reference model: for LoRA it is the same network with the adapter switched off (no second copy in
 memory); for full fine-tuning a frozen copy of the starting weights is kept.
+
+The SFT engine's library does the generic parts: model set-up and precision (``train.methods``),
+schedule and shuffling (``train.loop``), checkpoints (``train.checkpoint``), metrics.jsonl and
+MLflow (``train.tracking``).
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +26,8 @@ from typing import Any
 import torch
 
 from tuneloop.chat.template import IGNORE_INDEX
+from tuneloop.train import checkpoint as ckpt
+from tuneloop.train import loop
 from tuneloop.train.preference import runtime
 
 
@@ -44,6 +49,7 @@ class Session:
     tokenizer: Any
     device: torch.device
     reference_model: Any = None  # full fine-tuning only; LoRA disables its adapter instead
+    autocast_dtype: Any = None  # None = fp32 (train.methods.resolve_precision decides)
     data: dict = field(default_factory=dict)  # whatever the method's prepare() encodes
 
     @property
@@ -54,10 +60,9 @@ class Session:
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def autocast(self):
-        dtype = compute_dtype(self.recipe, self.device)
-        if dtype == torch.float32:
+        if self.autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     @contextlib.contextmanager
     def reference(self):
@@ -68,14 +73,6 @@ class Session:
             else:
                 with self.model.disable_adapter():
                     yield self.model
-
-
-def compute_dtype(recipe, device: torch.device) -> torch.dtype:
-    precision = recipe.train.precision
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"
-                               and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
-    return torch.float16 if precision == "fp16" else torch.float32
 
 
 # ---------------------------------------------------------------- model helpers
@@ -125,46 +122,40 @@ def answer_kl(session: Session, batch: dict) -> float:
 
 
 def build_model(recipe, head: str, device: torch.device):
-    """Tokenizer and trainable model: LoRA adapter (``lora:``) or all weights (``finetuning: full``)."""
-    from tuneloop.models.loading import load_model, load_tokenizer, resolve_model
+    """Tokenizer, trainable model and autocast dtype: LoRA (``lora:``) or all weights.
+
+    A language-model head goes through the SFT engine's set-up, as method lora or full; the reward
+    model's scalar head is a sequence-classification model with the same adapter settings.
+    """
+    from tuneloop.models.loading import load_tokenizer, resolve_model
+    from tuneloop.train.methods import resolve_precision, setup_model
 
     resolved = resolve_model(recipe.model)
     tokenizer = load_tokenizer(resolved)
-    if head == "score":
-        from transformers import AutoModelForSequenceClassification
+    precision = resolve_precision(recipe.train.precision, device, recipe.finetuning)
+    if head == "causal":
+        as_sft = recipe.model_copy(update={"method": recipe.finetuning})
+        return setup_model(as_sft, resolved.path, precision, device).model, tokenizer, precision.autocast
+    from transformers import AutoModelForSequenceClassification
 
-        model = AutoModelForSequenceClassification.from_pretrained(
-            resolved.path, num_labels=1, dtype=torch.float32)
-        model.config.pad_token_id = tokenizer.pad_token_id  # the head reads the last non-pad token
-    else:
-        model = load_model(resolved)
+    model = AutoModelForSequenceClassification.from_pretrained(resolved.path, num_labels=1,
+                                                               dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id  # the head reads the last non-pad token
     if recipe.finetuning == "lora":
         from peft import LoraConfig, get_peft_model
 
         lora = recipe.lora
-        model = get_peft_model(model, LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-            target_modules=lora.target_modules, task_type="SEQ_CLS" if head == "score" else "CAUSAL_LM"))
-    if recipe.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        if recipe.finetuning == "lora":
-            model.enable_input_require_grads()
-    return model.to(device), tokenizer
+        torch.manual_seed(recipe.train.seed)
+        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                 target_modules=lora.target_modules, task_type="SEQ_CLS"))
+    return model.to(device), tokenizer, precision.autocast
 
 
 # ---------------------------------------------------------------- schedule and batches
 
 def learning_rate(step: int, total: int, recipe) -> float:
-    """Warm up linearly, then cosine / linear decay to 0, or stay constant."""
-    peak, warmup = recipe.train.learning_rate, math.ceil(total * recipe.train.warmup_ratio)
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    if recipe.train.lr_scheduler == "cosine":
-        return peak * 0.5 * (1 + math.cos(math.pi * progress))
-    if recipe.train.lr_scheduler == "linear":
-        return peak * (1 - progress)
-    return peak
+    t = recipe.train
+    return loop.learning_rate(step, total, t.learning_rate, int(t.warmup_ratio * total), t.lr_scheduler)
 
 
 def micro_batch_indices(step: int, micro: int, n_items: int, recipe) -> list[int]:
@@ -174,20 +165,18 @@ def micro_batch_indices(step: int, micro: int, n_items: int, recipe) -> list[int
     indices = []
     for position in range(start, start + size):
         epoch, offset = divmod(position, n_items)
-        indices.append(_epoch_order(n_items, recipe.train.seed + epoch)[offset])
+        indices.append(_epoch_order(n_items, recipe.train.seed, epoch)[offset])
     return indices
 
 
 @functools.lru_cache(maxsize=4)
-def _epoch_order(n_items: int, seed: int) -> tuple[int, ...]:
-    return tuple(torch.randperm(n_items, generator=torch.Generator().manual_seed(seed)).tolist())
+def _epoch_order(n_items: int, seed: int, epoch: int) -> tuple[int, ...]:
+    return tuple(loop.epoch_order(n_items, seed, epoch))
 
 
 def total_steps(recipe, n_items: int) -> int:
-    if recipe.train.max_steps:
-        return recipe.train.max_steps
-    per_step = recipe.train.batch_size * recipe.train.gradient_accumulation
-    return max(1, math.ceil(recipe.train.epochs * n_items / per_step))
+    t = recipe.train
+    return loop.total_steps(n_items, t.batch_size * t.gradient_accumulation, t.epochs, t.max_steps)
 
 
 # ---------------------------------------------------------------- the loop
@@ -196,11 +185,14 @@ def run(recipe, method: Method, resume: bool = False):
     """Train ``recipe`` with ``method``; returns the run directory."""
     from tqdm.auto import tqdm
 
+    from tuneloop.train.tracking import MetricsLog, Tracker
+
+    started = time.time()
     torch.manual_seed(recipe.train.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     run_dir = runtime.start_run_dir(recipe, resume)
-    model, tokenizer = build_model(recipe, method.head, device)
-    session = Session(recipe, run_dir, model, tokenizer, device)
+    model, tokenizer, autocast_dtype = build_model(recipe, method.head, device)
+    session = Session(recipe, run_dir, model, tokenizer, device, autocast_dtype=autocast_dtype)
     if recipe.finetuning == "full" and method.keeps_reference:
         session.reference_model = copy.deepcopy(model).eval().requires_grad_(False)
     n_items = method.prepare(session)
@@ -208,54 +200,74 @@ def run(recipe, method: Method, resume: bool = False):
     optimizer = torch.optim.AdamW(trainable, lr=recipe.train.learning_rate,
                                   weight_decay=recipe.train.weight_decay)
     steps = total_steps(recipe, n_items)
-    log = runtime.MetricsLog(run_dir, recipe, resume)
-    start, initial, tokens_seen = _restore(session, optimizer, log) if resume else (0, None, 0)
+    state = runtime.resume_state(run_dir, recipe, model, optimizer) if resume else ckpt.TrainState()
+    metrics = MetricsLog(run_dir / "metrics.jsonl", state.step if resume else None)
+    tracker = Tracker(recipe.tracking, run_dir, recipe.name, resume=resume)
+    tracker.log_params(recipe.model_dump())
+    initial = runtime.initial_metrics(run_dir) if resume else None
     if initial is None:
         initial = _evaluate(session, method)
-        log.log({"step": 0, **initial})
-    started, last = time.perf_counter(), initial
-    progress = tqdm(range(start, steps), initial=start, total=steps, desc=f"{method.name} {recipe.name}",
-                    disable=None)
-    for step in progress:
-        row, tokens = _train_step(session, method, optimizer, trainable, step, steps, n_items)
-        tokens_seen += tokens
-        if (step + 1) % recipe.train.eval_every == 0 or step + 1 == steps:
-            last = _evaluate(session, method)
-            row.update(last)
-        log.log(row)
-        progress.set_postfix(loss=f"{row['loss']:.4f}")
-        if (step + 1) % recipe.train.save_every == 0 and step + 1 < steps:
-            _checkpoint(session, optimizer, step + 1, initial, tokens_seen)
-    log.close()
+        _log(metrics, tracker, {"step": 0, **initial})
+    last = initial
+    progress = tqdm(total=steps, initial=state.step, desc=f"{method.name} {recipe.name}", unit="step",
+                    dynamic_ncols=True)
+    try:
+        while state.step < steps:
+            row = _train_step(session, method, optimizer, trainable, state, steps, n_items)
+            if state.step % recipe.train.eval_every == 0 or state.step == steps:
+                last = _evaluate(session, method)
+                row.update(last)
+            _log(metrics, tracker, row)
+            progress.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
+            progress.update(1)
+            if state.step % recipe.train.save_every == 0 and state.step < steps:
+                runtime.save_step_checkpoint(session, optimizer, state)
+    except BaseException:
+        tracker.close("FAILED")
+        raise
+    progress.close()
     runtime.save_final(run_dir, model, tokenizer, recipe.finetuning)
-    runtime.write_summary(run_dir, _summary(recipe, method, steps, initial, last, tokens_seen,
-                                            time.perf_counter() - started, device))
+    summary = _summary(recipe, method, state, initial, last, device)
+    summary["wall_seconds"] = round(time.time() - started, 2)
+    runtime.write_summary(run_dir, summary)
+    tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))}, state.step)
+    tracker.close()
     return run_dir
 
 
-def _train_step(session, method, optimizer, trainable, step, steps, n_items) -> tuple[dict, int]:
+def _log(metrics, tracker, row: dict) -> None:
+    metrics.write(row)
+    tracker.log_metrics(row, row["step"])
+
+
+def _train_step(session, method, optimizer, trainable, state, steps, n_items) -> dict:
     """One optimizer step over ``gradient_accumulation`` micro-batches; returns its metrics row."""
     recipe, began = session.recipe, time.perf_counter()
     session.model.train()
-    lr = learning_rate(step, steps, recipe)
+    lr = learning_rate(state.step, steps, recipe)
     for group in optimizer.param_groups:
         group["lr"] = lr
     sums, tokens = {}, 0
     accumulation = recipe.train.gradient_accumulation
     for micro in range(accumulation):
-        indices = micro_batch_indices(step, micro, n_items, recipe)
+        indices = micro_batch_indices(state.step, micro, n_items, recipe)
         with session.autocast():
             loss, metrics, n_tokens = method.loss(session, indices)
         (loss / accumulation).backward()
         tokens += n_tokens
         for key, value in {"loss": float(loss.detach()), **metrics}.items():
             sums[key] = sums.get(key, 0.0) + value / accumulation
+    grad_norm = None
     if recipe.train.max_grad_norm:
-        torch.nn.utils.clip_grad_norm_(trainable, recipe.train.max_grad_norm)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, recipe.train.max_grad_norm))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    elapsed = time.perf_counter() - began
-    return {"step": step + 1, **sums, "learning_rate": lr, "tokens_per_s": tokens / elapsed}, tokens
+    state.step += 1
+    state.tokens_seen += tokens
+    state.train_seconds += time.perf_counter() - began
+    return {"step": state.step, **sums, "learning_rate": lr,
+            "tokens_per_s": round(state.tokens_seen / max(state.train_seconds, 1e-9), 1),
+            "grad_norm": grad_norm}
 
 
 def _evaluate(session, method) -> dict:
@@ -265,34 +277,14 @@ def _evaluate(session, method) -> dict:
     return {f"validation_{k}": v for k, v in metrics.items()}
 
 
-def _checkpoint(session, optimizer, step, initial, tokens_seen) -> None:
-    trainable = {n: p.detach().cpu() for n, p in session.model.named_parameters() if p.requires_grad}
-    state = {"step": step, "trainable": trainable, "optimizer": optimizer.state_dict(),
-             "rng": torch.get_rng_state(), "initial": initial, "tokens_seen": tokens_seen}
-    runtime.save_checkpoint(session.run_dir, step, state, session.recipe.train.keep_checkpoints)
+def _summary(recipe, method, state, initial: dict, final: dict, device) -> dict:
+    """Final held-out metrics at the top level, and the same metrics before training beside them."""
+    from tuneloop.train.run import peak_rss_gb
 
-
-def _restore(session, optimizer, log) -> tuple[int, dict, int]:
-    """Load the newest checkpoint: weights, optimizer, RNG; metrics after it are dropped."""
-    state = torch.load(runtime.latest_checkpoint(session.run_dir), weights_only=False)
-    params = dict(session.model.named_parameters())
-    with torch.no_grad():
-        for name, tensor in state["trainable"].items():
-            params[name].copy_(tensor.to(params[name].device))
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng"])
-    log.truncate_after(state["step"])
-    return state["step"], state["initial"], state["tokens_seen"]
-
-
-def _summary(recipe, method, steps, initial, final, tokens, wall_s, device) -> dict:
-    import resource
-
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    if device.type == "cuda":
-        peak_gb = torch.cuda.max_memory_allocated() / 2**30
-    return {"method": method.name, "model": recipe.model, "finetuning": recipe.finetuning,
-            "steps": steps, "trained_tokens": tokens, "wall_time_s": round(wall_s, 2),
-            "tokens_per_s": round(tokens / wall_s, 1) if wall_s else None,
-            "peak_memory_gb": round(peak_gb, 3), "before": initial, "after": final,
-            "final": final}
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else peak_rss_gb()
+    return {"name": recipe.name, "model": recipe.model, "method": method.name,
+            "finetuning": recipe.finetuning, "steps": state.step, "trained_tokens": state.tokens_seen,
+            "train_seconds": round(state.train_seconds, 2),
+            "tokens_per_s": round(state.tokens_seen / max(state.train_seconds, 1e-9), 1),
+            "peak_memory_gb": round(peak, 3), **final,
+            "before": initial, "after": final}

@@ -123,8 +123,9 @@ def loss(session: Session, indices: list[int]):
         ref_logits, _, _ = answer_logits(reference, batch)
     session.model.train()
     logits, targets, rows = answer_logits(session.model, batch)
-    token_logp = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    ref_logp = ref_logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    # The answers were sampled at this temperature, so that is the distribution being optimised.
+    token_logp = (logits / config.temperature).log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    ref_logp = (ref_logits / config.temperature).log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     value, metrics = grpo_loss(token_logp, ref_logp, rows, advantages, config.beta)
     metrics.update(reward_mean=float(rewards.mean()), reward_std=float(rewards.std()),
                    completion_length=sum(map(len, completions)) / len(completions))
