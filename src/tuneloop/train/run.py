@@ -105,6 +105,8 @@ def setup(recipe, resume: bool = False) -> Run:
     if recipe.method not in ("full", "lora", "dora", "qlora"):
         raise UserError(f"method: {recipe.method} is not an SFT method; this trainer runs full, lora, dora, qlora")
     dist = init_distributed()
+    # Refuse an incompatible checkpoint before spending time on data and model.
+    resume_from = _checkpoint_to_resume(recipe) if resume else None
     _seed_everything(recipe.train.seed, recipe.train.deterministic)
     resolved = resolve_model(recipe.model)
     tokenizer = load_tokenizer(resolved)
@@ -119,8 +121,8 @@ def setup(recipe, resume: bool = False) -> Run:
     steps = loop.total_steps(len(data.train_rows), rows_per_step, t.epochs, t.max_steps)
     run_dir = recipe.run_dir()
     state = ckpt.TrainState()
-    if resume:
-        state = _resume(run_dir, recipe, prepared.model, optimizer)
+    if resume_from is not None:
+        state = ckpt.restore_checkpoint(resume_from, prepared.model, optimizer)
     elif dist.is_main and (run_dir / "checkpoints").exists():
         shutil.rmtree(run_dir / "checkpoints")  # a fresh run must not resume someone's old steps
     loss_model = SupervisedCausalLM(prepared.model, precision.autocast)
@@ -170,13 +172,13 @@ def _make_optimizer(model, t) -> torch.optim.Optimizer:
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=t.learning_rate, betas=(0.9, 0.999))
 
 
-def _resume(run_dir: Path, recipe, model, optimizer) -> ckpt.TrainState:
-    found = ckpt.step_checkpoints(run_dir / "checkpoints")
+def _checkpoint_to_resume(recipe) -> Path:
+    found = ckpt.step_checkpoints(recipe.run_dir() / "checkpoints")
     if not found:
-        raise UserError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}",
+        raise UserError(f"--resume: no checkpoint in {recipe.run_dir() / 'checkpoints'}",
                         hint="run without --resume to start, or check name/output_dir")
     ckpt.check_compatible(found[-1], recipe)
-    return ckpt.restore_checkpoint(found[-1], model, optimizer)
+    return found[-1]
 
 
 # ---------------------------------------------------------------------------------------------
