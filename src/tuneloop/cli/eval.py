@@ -38,7 +38,7 @@ GATE_FAILED_EXIT = 3
               help="Flag a gap between groups larger than this (0-1 metrics).")
 @click.option("--task", type=click.Choice(["auto", "classification", "generation"]), default="auto",
               show_default=True, help="auto: classification when records carry a label.")
-@click.option("--max-samples", type=click.IntRange(min=1), default=None, help="Evaluate only the first N records.")
+@click.option("--max-samples", type=click.IntRange(min=1), default=None, help="Evaluate a fixed random sample (seed 0) of N records.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
               help="Default: longest label + 4 (classification) or longest reference + 16, at most 256.")

@@ -72,7 +72,7 @@ def _messages(obj: dict, where: str) -> tuple[list[dict], str]:
     return prompt, messages[last]["content"]
 
 
-def example_from_record(obj, where: str, index: int) -> Example:
+def example_from_record(obj, where: str) -> Example:
     """One example from a parsed record; ``where`` is ``file:line``."""
     if not isinstance(obj, dict):
         raise _bad(where, f"expected a JSON object, got {type(obj).__name__}")
@@ -120,18 +120,26 @@ def _read_other(path: Path):
         yield raw.source, raw.obj
 
 
-def load_examples(path: str | Path, max_samples: int | None = None) -> list[Example]:
+def load_examples(path: str | Path, max_samples: int | None = None, seed: int = 0) -> list[Example]:
+    """All examples of a file, or a fixed random sample of ``max_samples`` of them (kept in file order).
+
+    A sample, not the first N: prepared files are often in source order, and Banking77's source is
+    sorted by label, so its first 200 records cover two labels.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file", hint="pass --data a .jsonl file, e.g. prepared/test.jsonl")
     reader = _read_jsonl(path) if path.suffix in (".jsonl", ".ndjson") else _read_other(path)
     examples = []
     for where, obj in reader:
-        examples.append(example_from_record(obj, where, len(examples)))
-        if max_samples is not None and len(examples) >= max_samples:
-            break
+        examples.append(example_from_record(obj, where))
     if not examples:
         raise UserError(f"{path}: no records", hint="the file is empty")
+    if max_samples is not None and max_samples < len(examples):
+        import random
+
+        keep = sorted(random.Random(seed).sample(range(len(examples)), max_samples))
+        examples = [examples[i] for i in keep]
     return examples
 
 

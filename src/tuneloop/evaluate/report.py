@@ -17,6 +17,7 @@ from tuneloop.evaluate.compare import LOWER_IS_BETTER
 from tuneloop.evaluate.plots import bar_chart, heatmap, histogram
 
 FULL_MATRIX_MAX_LABELS = 20
+MAX_CHART_GROUPS = 30
 WRONG_SAMPLE_SIZE = 15
 
 CSS = """
@@ -142,27 +143,44 @@ def _slices_section(result: dict) -> str:
     slices = result.get("slices")
     if not slices:
         return ""
+    metric = "accuracy" if result["task"] == "classification" else "rougeL"
     groups = list(slices["groups"])
-    metric = "accuracy" if "accuracy" in slices["gaps"] or result["task"] == "classification" else "rougeL"
+    caption = f"{metric} per group"
+    if len(groups) > MAX_CHART_GROUPS:
+        # Too many bars to read: show the groups where the model does worst.
+        groups = sorted(groups, key=lambda g: (slices["groups"][g].get(metric, 0.0), g))[:MAX_CHART_GROUPS]
+        caption += f": the {MAX_CHART_GROUPS} lowest of {len(slices['groups'])} groups"
     series = {"model": [slices["groups"][g].get(metric, 0.0) for g in groups]}
     base = (result.get("baseline") or {}).get("slices")
     if base:
         series = {"baseline": [base["groups"].get(g, {}).get(metric, 0.0) for g in groups], **series}
-    chart = bar_chart(groups[:40], {k: v[:40] for k, v in series.items()}, metric, ylim=(0, 1), rotate=len(groups) > 6)
-    gap_rows = "".join(
+    chart = f"<p class=meta>{_e(caption)}</p>" + bar_chart(groups, series, metric, ylim=(0, 1), rotate=len(groups) > 6)
+    return (f"<h2>Slices by <code>{_e(slices['field'])}</code></h2>{_gap_table(slices)}{chart}"
+            f"{_group_table(slices)}")
+
+
+def _gap_table(slices: dict) -> str:
+    intro = (f"<p class=meta>Largest gap between groups of at least {slices['min_group_size']} samples; "
+             f"flagged above {slices['threshold']:g}.</p>")
+    if not slices["gaps"]:
+        return intro + "<p>No two groups are large enough to compare.</p>"
+    rows = "".join(
         f"<tr><td>{_e(name)}</td><td class=num>{_fmt(g['gap'], name)}</td><td>{_e(g['best_group'])}</td>"
         f"<td>{_e(g['worst_group'])}</td><td>{'<span class=flag>FLAGGED</span>' if g['flagged'] else 'ok'}</td></tr>"
         for name, g in slices["gaps"].items())
-    group_rows = "".join(
-        f"<tr><td>{_e(g)}</td><td class=num>{row['n']}</td>"
-        + "".join(f"<td class=num>{_fmt(row[m], m)}</td>" for m in slices["gaps"] or [])
-        + "</tr>" for g, row in list(slices["groups"].items())[:100])
-    return (f"<h2>Slices by <code>{_e(slices['field'])}</code></h2>"
-            f"<p class=meta>Largest gap between groups of at least {slices['min_group_size']} samples; flagged above "
-            f"{slices['threshold']:g}.</p><table><tr><th>metric</th><th class=num>gap</th><th>best group</th>"
-            f"<th>worst group</th><th></th></tr>{gap_rows}</table>{chart}"
-            f"<table><tr><th>group</th><th class=num>n</th>{''.join(f'<th class=num>{_e(m)}</th>' for m in slices['gaps'])}</tr>"
-            f"{group_rows}</table>")
+    return (f"{intro}<table><tr><th>metric</th><th class=num>gap</th><th>best group</th><th>worst group</th>"
+            f"<th></th></tr>{rows}</table>")
+
+
+def _group_table(slices: dict, limit: int = 100) -> str:
+    groups = list(slices["groups"].items())
+    metrics = [m for m in groups[0][1] if m != "n"]
+    head = "".join(f"<th class=num>{_e(m)}</th>" for m in metrics)
+    rows = "".join(f"<tr><td>{_e(g)}</td><td class=num>{row['n']}</td>"
+                   + "".join(f"<td class=num>{_fmt(row[m], m)}</td>" for m in metrics) + "</tr>"
+                   for g, row in groups[:limit])
+    more = f"<p class=note>{len(groups) - limit} more groups are in eval.json.</p>" if len(groups) > limit else ""
+    return f"<table><tr><th>group</th><th class=num>n</th>{head}</tr>{rows}</table>{more}"
 
 
 def _latency_section(rows, baseline_rows) -> str:

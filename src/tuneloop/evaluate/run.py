@@ -157,6 +157,25 @@ def check_slice_field(examples: list[Example], field: str) -> None:
                     where="--slice-by", hint="fields in this data: " + ", ".join(keys))
 
 
+def parse_gates(rules, names: list[str], have_baseline: bool) -> list:
+    """Parse every rule up front, so a typo fails before any model is loaded."""
+    gates = [parse_gate(rule, names) for rule in rules]
+    for gate in gates:
+        if gate.uses_baseline and not have_baseline:
+            raise UserError("the rule compares with the baseline but no baseline was given",
+                            where=f"--gate {gate.rule!r}", hint="add --baseline MODEL")
+    return gates
+
+
+def compare_results(main: ModelResult, base: ModelResult) -> dict:
+    """Deltas with bootstrap CIs; memory and size are single figures, so they get no CI."""
+    comparison = compare_metrics(main.stats, base.stats)
+    for name in SCALAR_METRICS:
+        comparison[name] = {"model": main.scalars[name], "baseline": base.scalars[name],
+                            "delta": main.scalars[name] - base.scalars[name], "ci95": None}
+    return comparison
+
+
 def run_eval(model: str, data: str | Path, baseline: str | None = None, out_dir: str | Path | None = None,
              gates=(), slice_by: str | None = None, max_samples: int | None = None, task: str = "auto",
              batch_size: int = 16, max_new_tokens: int | None = None,
@@ -165,12 +184,7 @@ def run_eval(model: str, data: str | Path, baseline: str | None = None, out_dir:
     started = time.perf_counter()
     examples = load_examples(data, max_samples)
     task = detect_task(examples, task)
-    names = metric_names(task, examples)
-    parsed_gates = [parse_gate(rule, names) for rule in gates]
-    if baseline is None and any(g.uses_baseline for g in parsed_gates):
-        rule = next(g.rule for g in parsed_gates if g.uses_baseline)
-        raise UserError("the rule compares with the baseline but no baseline was given",
-                        where=f"--gate {rule!r}", hint="add --baseline MODEL")
+    parsed_gates = parse_gates(gates, metric_names(task, examples), baseline is not None)
     if slice_by:
         check_slice_field(examples, slice_by)
     groups = [field_value(e.record, slice_by) for e in examples] if slice_by else None
@@ -181,18 +195,12 @@ def run_eval(model: str, data: str | Path, baseline: str | None = None, out_dir:
     slices = [slice_metrics(r.stats, groups, slice_by, slice_threshold) if groups else None for r in results]
     main, base = results[0], (results[1] if baseline is not None else None)
 
-    comparison = None
-    if base is not None:
-        comparison = compare_metrics(main.stats, base.stats)
-        for name in SCALAR_METRICS:
-            comparison[name] = {"model": main.scalars[name], "baseline": base.scalars[name],
-                                "delta": main.scalars[name] - base.scalars[name], "ci95": None}
     result = {
         "model": model, "data": str(data), "task": task, "n": len(examples),
         "metrics": main.metrics,
         "baseline": ({"model": base.reference, "metrics": base.metrics, "slices": slices[1],
                       "confusion": base.confusion, "timing": base.timing} if base else None),
-        "comparison": comparison,
+        "comparison": compare_results(main, base) if base else None,
         "gate": evaluate_gates(parsed_gates, main.metrics, base.metrics if base else None),
         "slices": slices[0],
         "confusion": main.confusion,
