@@ -41,7 +41,9 @@ def data():
                    "chosen/rejected, classification text+label; auto accepts every shape.")
 @_with_columns
 def validate(files, task, text_column, label_column):
-    """Check FILE... (or directories) and print one line per problem: FILE:LINE: FIELD: message.
+    """Check data files for format problems, one FILE:LINE: FIELD: message line each.
+
+    FILES may be files or directories.
 
     Exits 0 when every record is valid, 1 otherwise.
     """
@@ -116,8 +118,13 @@ def _print_summary(report, out_dir) -> None:
         note = " (estimated)" if t["estimated"] else ""
         click.echo(f"tokens{note}: median {t['p50']}, p95 {t['p95']}, max {t['max']}; "
                    f"{t['over_max_seq_len']} over --max-seq-len {t['max_seq_len']}")
+        click.echo(f"training: {t['tokens_per_epoch']:,} tokens per epoch; {t.get('train_time', 'no estimate')}")
+    invalid = [i for i in report.issues if i["kind"] == "invalid"]
+    for issue in invalid[:3]:  # the first few, so a wrong column or shape is obvious without opening files
+        click.echo(f"  {issue['source']}: {issue['message']}", err=True)
     if report.issues:
-        click.echo(f"{len(report.issues):,} issues listed in {out_dir}/report.json")
+        click.echo(f"{len(report.issues):,} issues listed in {out_dir}/report.json "
+                   f"(`tuneloop data validate` prints every invalid record)")
     click.echo(f"wrote {out_dir}/ (train/validation/test.jsonl, report.json, report.html, manifest.json)")
 
 

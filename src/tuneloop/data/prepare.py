@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from tuneloop.data import augment_provenance, clean, dedup, ingest, pii, split, stats
-from tuneloop.data.records import content_text, map_texts, texts, to_canonical
+from tuneloop.data.records import content_text, map_texts, to_canonical
 from tuneloop.data.validate import TASKS, detect_shape, validate_record
 from tuneloop.errors import UserError
 
@@ -150,6 +150,8 @@ def check_and_clean(raw: list[ingest.RawRecord], task: str, options: PrepareOpti
                     progress: bool = False) -> tuple[list[_Candidate], Counter, Counter, int]:
     """Validate, convert, clean and redact each record; returns survivors, shapes, PII counts, #cleaned."""
     survivors, shapes, pii_counts, cleaned = [], Counter(), Counter(), 0
+    # Augmented records name their sources by origin id; hashing every record is only needed then.
+    need_origin = any(isinstance(r.obj, dict) and "augmented_from" in r.obj for r in raw)
     for item in _progress(raw, "checking", progress):
         if item.error is not None:
             books.drop("invalid", item.source, "invalid", f"record: {item.error}")
@@ -163,24 +165,36 @@ def check_and_clean(raw: list[ingest.RawRecord], task: str, options: PrepareOpti
         shapes[shape] += 1
         record = to_canonical(item.obj, shape)
         record.update(augment_provenance.provenance_fields(item.obj))
-        before = texts(record)
-        map_texts(record, clean.clean_text)
-        after = texts(record)
-        cleaned += before != after
-        if any(not t for t in after):
+        text_state = _TextPass(pii_counts if options.pii else None)
+        map_texts(record, text_state)  # one pass: clean, then redact, every free text
+        cleaned += text_state.changed
+        if text_state.empty:
             books.drop("filtered", item.source, "empty", "a text is empty after cleaning "
                        "(it held only whitespace or control characters)")
             continue
-        if options.pii:
-            found = Counter()
-            map_texts(record, lambda s: pii.redact(s, found))
-            if found:
-                books.counts["pii_redacted"] += 1
-                pii_counts.update(found)
+        if text_state.redacted:
+            books.counts["pii_redacted"] += 1
+            pii_counts.update(text_state.redacted)
         label = record.get("label")
         survivors.append(_Candidate(item.source, record, clean.normalise_for_dedup(content_text(record, task)),
-                                    label, augment_provenance.origin_id(item.obj)))
+                                    label, augment_provenance.origin_id(item.obj) if need_origin else ""))
     return survivors, shapes, pii_counts, cleaned
+
+
+class _TextPass:
+    """Called on each free text of one record: cleans it, then redacts PII (when ``pii_counts`` is
+    given); remembers whether cleaning changed or emptied any text and what was redacted."""
+
+    def __init__(self, pii_counts: Counter | None):
+        self.redact = pii_counts is not None
+        self.changed = self.empty = False
+        self.redacted: Counter = Counter()
+
+    def __call__(self, text: str) -> str:
+        result = clean.clean_text(text)
+        self.changed |= result != text
+        self.empty |= not result
+        return pii.redact(result, self.redacted) if self.redact and result else result
 
 
 def drop_exact_duplicates(candidates: list[_Candidate], books: _Accounting) -> list[_Candidate]:
@@ -202,8 +216,11 @@ def drop_exact_duplicates(candidates: list[_Candidate], books: _Accounting) -> l
 
 
 def filter_lengths(candidates: list[_Candidate], counter: stats.TokenCounter, options: PrepareOptions,
-                   books: _Accounting) -> tuple[list[_Candidate], list[int]]:
-    lengths = stats.record_lengths(counter, [c.record for c in candidates])
+                   books: _Accounting) -> tuple[list[_Candidate], list[int], dict]:
+    # Exact counts for every record only when a filter needs them (min_tokens 1 only drops empty
+    # records, and those are gone already); otherwise a sample (see stats.corpus_lengths).
+    exact_all = options.min_tokens > 1 or options.max_tokens is not None
+    lengths, counting = stats.corpus_lengths(counter, [c.record for c in candidates], options.max_seq_len, exact_all)
     kept, kept_lengths = [], []
     unit = "estimated tokens" if counter.estimated else "tokens"
     for candidate, length in zip(candidates, lengths.tolist()):
@@ -216,7 +233,7 @@ def filter_lengths(candidates: list[_Candidate], counter: stats.TokenCounter, op
         else:
             kept.append(candidate)
             kept_lengths.append(length)
-    return kept, kept_lengths
+    return kept, kept_lengths, counting
 
 
 def cluster_near_duplicates(candidates: list[_Candidate], options: PrepareOptions,
@@ -283,7 +300,7 @@ def prepare(paths, out_dir, options: PrepareOptions | None = None, progress: boo
     candidates = drop_exact_duplicates(augment_provenance.originals_first(candidates), books)
     clock.lap("exact_dedup")
     counter = stats.load_token_counter(options.model)
-    candidates, lengths = filter_lengths(candidates, counter, options, books)
+    candidates, lengths, counting = filter_lengths(candidates, counter, options, books)
     # Augmented records (data augment) skip near-dup clustering and the split; they join train at the end.
     candidates, lengths, augmented = augment_provenance.set_aside_augmented(candidates, lengths)
     clock.lap("tokens")
@@ -299,7 +316,10 @@ def prepare(paths, out_dir, options: PrepareOptions | None = None, progress: boo
     books.counts["output"] = len(kept) + len(augmented_lengths)
     token_stats = stats.length_statistics(np.asarray([lengths[i] for i in kept] + augmented_lengths, dtype=np.int64),
                                           options.max_seq_len, counter)
-    token_stats.update(training_estimate(options.model, token_stats["total"]))
+    token_stats["counted"] = counting
+    # Sequences are about as long as the records (p95), not max_seq_len: that is what the estimate needs.
+    seq_len = min(options.max_seq_len, max(16, token_stats.get("p95", options.max_seq_len)))
+    token_stats.update(training_estimate(options.model, token_stats["total"], seq_len))
     clock.lap("split")
     report = PrepareReport(
         task=task, counts=books.counts, splits={k: len(v) for k, v in by_split.items()}, tokens=token_stats,
@@ -337,19 +357,25 @@ def _check_accounting(counts: dict) -> None:
         raise RuntimeError(f"record accounting does not add up: {counts}")
 
 
-def training_estimate(model: str | None, tokens_per_epoch: int) -> dict:
-    """Tokens per epoch and, where the model layer can estimate speed, the time for one epoch."""
+def training_estimate(model: str | None, tokens_per_epoch: int, seq_len: int) -> dict:
+    """Tokens per epoch and, for a catalog model, the model layer's LoRA time estimate for one epoch."""
     estimate = {"tokens_per_epoch": tokens_per_epoch}
-    try:
-        from tuneloop.models.estimate import estimate_seconds_per_1k_tokens  # type: ignore[import-not-found]
-    except ImportError:
-        estimate["train_time"] = "unavailable (the model layer has no speed estimate)"
+    from tuneloop.models.catalog import find_card
+
+    card = find_card(model or DEFAULT_MODEL)
+    if card is None:
+        estimate["train_time"] = f"unavailable ({model} is not a catalog model)"
         return estimate
     try:
-        seconds = estimate_seconds_per_1k_tokens(model or DEFAULT_MODEL, method="lora")
-        estimate["train_seconds_per_epoch_lora"] = round(seconds * tokens_per_epoch / 1000, 1)
+        from tuneloop.models.estimate import estimate as estimate_training
+
+        seconds = estimate_training(card, "lora", seq_len=seq_len, batch_size=8).seconds_per_1k_tokens
     except Exception as e:  # an estimate is a nicety; its failure must not stop preparation
         estimate["train_time"] = f"unavailable ({e})"
+        return estimate
+    estimate["train_seconds_per_epoch"] = round(seconds * tokens_per_epoch / 1000, 1)
+    estimate["train_time"] = (f"~{seconds * tokens_per_epoch / 60000:.1f} min per epoch (LoRA r16, batch 8, "
+                              f"{card.name}, from `tuneloop models estimate`)")
     return estimate
 
 

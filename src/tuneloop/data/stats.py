@@ -5,6 +5,10 @@ is ~50x quicker than calling it record by record. A chat record's length is the 
 contents plus the chat template's overhead, measured once on the model's own template (a fixed part
 and a per-message part), so that no record has to be rendered through Jinja.
 
+On large corpora (over 10,000 records) :func:`corpus_lengths` tokenizes a seeded sample plus every
+record that could exceed ``max_seq_len``, and estimates the rest from their byte length; the report
+says how many were counted exactly.
+
 When the tokenizer cannot be loaded (no model, no converted copy, a broken file), the counter falls
 back to a regex estimate (words and punctuation x 1.3, close to BPE on English) and says so in
 ``TokenCounter.description``; the report shows the counts as estimates.
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+EXACT_TOKEN_LIMIT = 10_000  # records tokenized one by one; beyond this, a sample (see corpus_lengths)
 HISTOGRAM_EDGES = (0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 _WORDISH = re.compile(r"\w+|[^\w\s]")
 
@@ -83,8 +88,8 @@ def _template_overhead(counter: TokenCounter) -> tuple[int, int]:
         return 0, 0
 
 
-def record_lengths(counter: TokenCounter, records: list[dict]) -> np.ndarray:
-    """Tokens per canonical record: contents (one batched tokenizer call) plus template overhead."""
+def _pieces(records: list[dict]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """All free texts, the record each belongs to, and each record's message count (0: plain text)."""
     from tuneloop.data.records import texts
 
     pieces: list[str] = []
@@ -95,12 +100,56 @@ def record_lengths(counter: TokenCounter, records: list[dict]) -> np.ndarray:
         pieces.extend(parts)
         owners.extend([i] * len(parts))
         messages[i] = len(parts) if "text" not in record else 0
-    counts = counter.count_texts(pieces)
-    lengths = np.bincount(np.asarray(owners, dtype=np.int64), weights=counts,
-                          minlength=len(records)).astype(np.int64)
+    return pieces, np.asarray(owners, dtype=np.int64), messages
+
+
+def _add_overhead(counter: TokenCounter, lengths: np.ndarray, messages: np.ndarray) -> np.ndarray:
     chat = messages > 0
     lengths[chat] += counter.fixed_overhead + counter.per_message_overhead * messages[chat]
     return lengths
+
+
+def record_lengths(counter: TokenCounter, records: list[dict]) -> np.ndarray:
+    """Tokens per canonical record: contents (one batched tokenizer call) plus template overhead."""
+    pieces, owners, messages = _pieces(records)
+    # Repeated texts (system prompts, class labels) are tokenized once.
+    unique = list(dict.fromkeys(pieces))
+    position = {text: i for i, text in enumerate(unique)}
+    unique_counts = counter.count_texts(unique)
+    counts = unique_counts[np.fromiter((position[p] for p in pieces), dtype=np.int64, count=len(pieces))]
+    lengths = np.bincount(owners, weights=counts, minlength=len(records)).astype(np.int64)
+    return _add_overhead(counter, lengths, messages)
+
+
+def corpus_lengths(counter: TokenCounter, records: list[dict], max_seq_len: int, exact_all: bool = False,
+                   exact_limit: int = EXACT_TOKEN_LIMIT, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """Tokens per record, and how they were counted.
+
+    Up to ``exact_limit`` records (or with ``exact_all``, needed by the length filters) every record
+    is tokenized. Beyond that, a seeded sample of ``exact_limit`` records is tokenized, and so is
+    every record whose byte length says it could exceed ``max_seq_len`` (a byte-level BPE token
+    covers at least one byte), so ``over_max_seq_len`` stays exact; the rest are estimated as bytes x
+    the sample's tokens per byte.
+    """
+    n = len(records)
+    if counter.estimated or exact_all or n <= exact_limit:
+        return record_lengths(counter, records), {"exact": n, "estimated_from_bytes": 0}
+    pieces, owners, messages = _pieces(records)
+    piece_bytes = np.fromiter((len(p) if p.isascii() else len(p.encode("utf-8")) for p in pieces),
+                              dtype=np.int64, count=len(pieces))
+    content_bytes = np.bincount(owners, weights=piece_bytes, minlength=n).astype(np.int64)
+    upper_bound = _add_overhead(counter, content_bytes + 2 * np.bincount(owners, minlength=n), messages)
+    sample = np.random.default_rng(seed).choice(n, exact_limit, replace=False)
+    exact_index = np.union1d(sample, np.flatnonzero(upper_bound > max_seq_len))
+    exact = record_lengths(counter, [records[i] for i in exact_index])
+    sample_exact = record_lengths(counter, [records[i] for i in sample]) if len(exact_index) > len(sample) \
+        else exact
+    sample_content = sample_exact - _add_overhead(counter, np.zeros(len(sample), np.int64), messages[sample])
+    ratio = float(sample_content.sum()) / max(1, int(content_bytes[sample].sum()))
+    lengths = _add_overhead(counter, np.round(content_bytes * ratio).astype(np.int64), messages.copy())
+    lengths[exact_index] = exact
+    return lengths, {"exact": int(len(exact_index)), "estimated_from_bytes": int(n - len(exact_index)),
+                     "tokens_per_byte": round(ratio, 4)}
 
 
 def length_statistics(lengths: np.ndarray, max_seq_len: int, counter: TokenCounter) -> dict:
