@@ -30,10 +30,6 @@ def _vote_key(event: LabelEvent) -> str:
     return normalise_for_dedup(event.value)
 
 
-def votes_by_record(store: LabelStore) -> dict[str, list[LabelEvent]]:
-    return store.latest_by_record()
-
-
 @dataclass
 class Resolution:
     resolved: dict[str, LabelEvent] = field(default_factory=dict)  # record -> an event with the winner
@@ -42,7 +38,7 @@ class Resolution:
 
 def resolve(store: LabelStore) -> Resolution:
     result = Resolution()
-    for record_id, events in votes_by_record(store).items():
+    for record_id, events in store.latest_by_record().items():
         keys = [_vote_key(e) for e in events]
         winner = majority(keys)
         if len(set(keys)) > 1:
@@ -57,7 +53,7 @@ def resolve(store: LabelStore) -> Resolution:
 
 
 def agreement_report(store: LabelStore) -> dict:
-    grouped = votes_by_record(store)
+    grouped = store.latest_by_record()
     annotators = sorted({e.annotator for events in grouped.values() for e in events})
     tasks = {e.task for events in grouped.values() for e in events}
     task = tasks.pop() if len(tasks) == 1 else "mixed"
@@ -113,7 +109,7 @@ def _round(x: float) -> float:
 def export_records(store: LabelStore) -> tuple[list[dict], list[dict]]:
     """(canonical records for every resolved record, disputed records left out as ties)."""
     resolution = resolve(store)
-    grouped = votes_by_record(store)
+    grouped = store.latest_by_record()
     records = []
     for record_id, event in resolution.resolved.items():
         record = {"id": record_id, "source": event.source,
