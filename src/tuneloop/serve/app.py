@@ -110,6 +110,10 @@ def build(model_options: list[str], settings: ServeSettings) -> Served:
     """Load the models and open the store: a ready-to-run app (used by ``tuneloop serve`` and tests)."""
     from tuneloop.serve.adapters import plan_models
 
+    if settings.engine == "vllm":  # fail in a second, before anything is loaded or created
+        from tuneloop.serve.vllm_engine import check_vllm_available
+
+        check_vllm_available()
     table = plan_models(model_options)
     store = Store(settings.db_url)
     metrics = ServeMetrics(list(table.models))

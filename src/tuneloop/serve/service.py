@@ -67,7 +67,11 @@ class CompletionService:
     def prompt_ids(self, body, kind: str, max_tokens: int) -> list[int]:
         tokenizer = self.engine.tokenizer
         if kind == "chat":
-            ids = render_prompt_ids(tokenizer, [m.as_dict() for m in body.messages])
+            try:
+                ids = render_prompt_ids(tokenizer, [m.as_dict() for m in body.messages])
+            except Exception as e:  # templates raise on e.g. non-alternating roles: the messages are wrong
+                raise APIError(400, f"the model's chat template rejects these messages: {e}",
+                               param="messages", code="invalid_messages") from e
         else:
             ids = tokenize_text(tokenizer, body.prompt)
         if not ids:
