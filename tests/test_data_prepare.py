@@ -176,3 +176,17 @@ def test_banking77_every_label_in_every_split_no_leak(tmp_path, banking77_csv):
              if split_of[i] != split_of[j] and len(shingles[i] & shingles[j]) / len(shingles[i] | shingles[j]) >= 0.8]
     assert leaks == []
     assert Counter(split_of) == Counter(report.splits)
+
+
+def test_sampled_token_counts_keep_over_max_exact(tiny_model_dir):
+    from tuneloop.data.stats import corpus_lengths, load_token_counter, record_lengths
+
+    counter = load_token_counter(str(tiny_model_dir))
+    records = [{"messages": [{"role": "user", "content": "word " * (i % 40 + 1)},
+                             {"role": "assistant", "content": f"answer number {i}"}]} for i in range(300)]
+    exact = record_lengths(counter, records)
+    max_seq_len = int(sorted(exact)[-20])  # a limit a few dozen records exceed
+    lengths, counted = corpus_lengths(counter, records, max_seq_len, exact_limit=100)
+    assert counted["exact"] < 300 and counted["estimated_from_bytes"] == 300 - counted["exact"]
+    assert (lengths > max_seq_len).sum() == (exact > max_seq_len).sum()
+    assert abs(lengths.sum() - exact.sum()) / exact.sum() < 0.05

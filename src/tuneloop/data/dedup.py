@@ -62,28 +62,45 @@ def shingle_hashes(texts: list[str], n: int = SHINGLE) -> tuple[np.ndarray, np.n
 
 def minhash_signatures(hashes: np.ndarray, offsets: np.ndarray, num_perm: int = 128,
                        seed: int = 1) -> np.ndarray:
-    """``(documents, num_perm)`` uint32 MinHash signatures from :func:`shingle_hashes` output."""
+    """``(documents, num_perm)`` uint32 MinHash signatures from :func:`shingle_hashes` output.
+
+    Numpy releases the GIL in these loops, so blocks of documents run on a thread per core.
+    """
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
     rng = np.random.default_rng(seed)
     a = rng.integers(1, 2**32, num_perm, dtype=np.uint64).astype(np.uint32) | np.uint32(1)
     b = rng.integers(0, 2**32, num_perm, dtype=np.uint64).astype(np.uint32)
     n_docs = len(offsets) - 1
     signatures = np.empty((n_docs, num_perm), dtype=np.uint32)
-    doc = 0
+    blocks, doc = [], 0
     while doc < n_docs:
         # A block of whole documents with about _BLOCK_SHINGLES shingles stays in cache for all perms.
         end = int(np.searchsorted(offsets, offsets[doc] + _BLOCK_SHINGLES, side="right")) - 1
         end = min(max(end, doc + 1), n_docs)
-        block = hashes[offsets[doc]:offsets[end]]
-        starts = offsets[doc:end] - offsets[doc]
-        permuted = np.empty_like(block)
-        shifted = np.empty_like(block)
+        blocks.append((doc, end))
+        doc = end
+
+    def fill(block: tuple[int, int]) -> None:
+        first, last = block
+        values = hashes[offsets[first]:offsets[last]]
+        starts = offsets[first:last] - offsets[first]
+        permuted, shifted = np.empty_like(values), np.empty_like(values)
         for i in range(num_perm):
-            np.multiply(block, a[i], out=permuted)
+            np.multiply(values, a[i], out=permuted)
             np.add(permuted, b[i], out=permuted)
             np.right_shift(permuted, 15, out=shifted)
             np.bitwise_xor(permuted, shifted, out=permuted)
-            signatures[doc:end, i] = np.minimum.reduceat(permuted, starts)
-        doc = end
+            signatures[first:last, i] = np.minimum.reduceat(permuted, starts)
+
+    workers = min(os.cpu_count() or 1, 4, len(blocks))
+    if workers < 2:
+        for block in blocks:
+            fill(block)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(fill, blocks))
     return signatures
 
 

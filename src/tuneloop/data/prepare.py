@@ -181,6 +181,61 @@ def check_and_clean(raw: list[ingest.RawRecord], task: str, options: PrepareOpti
     return survivors, shapes, pii_counts, cleaned
 
 
+PARALLEL_MIN_RECORDS = 20_000  # below this, starting worker processes costs more than it saves
+_SHARED_RAW: list[ingest.RawRecord] = []  # what forked workers read (inherited, never pickled)
+
+
+def _check_chunk(args: tuple[int, int, str, PrepareOptions]) -> tuple:
+    start, end, task, options = args
+    books = _Accounting(0)
+    result = check_and_clean(_SHARED_RAW[start:end], task, options, books)
+    return result, books.counts, books.issues
+
+
+def check_and_clean_parallel(raw: list[ingest.RawRecord], task: str, options: PrepareOptions,
+                             books: _Accounting, progress: bool = False):
+    """:func:`check_and_clean` over chunks in forked worker processes (one per core) for big inputs.
+
+    Validation, cleaning and PII are pure Python per record, so threads would not help; forked
+    workers inherit ``raw`` without copying it, and chunks are merged in input order, so the result
+    is the same as the sequential one.
+    """
+    import multiprocessing
+    import os
+
+    workers = min(os.cpu_count() or 1, 4)
+    if len(raw) < PARALLEL_MIN_RECORDS or workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return check_and_clean(raw, task, options, books, progress)
+    global _SHARED_RAW
+    _SHARED_RAW = raw
+    size = -(-len(raw) // (workers * 4))  # a few chunks per worker evens out uneven records
+    chunks = [(start, min(start + size, len(raw)), task, options) for start in range(0, len(raw), size)]
+    survivors, shapes, pii_counts, cleaned = [], Counter(), Counter(), 0
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            results = pool.imap(_check_chunk, chunks)
+            for (part, part_shapes, part_pii, part_cleaned), counts, issues in _progress_chunks(
+                    results, len(chunks), progress):
+                survivors += part
+                shapes.update(part_shapes)
+                pii_counts.update(part_pii)
+                cleaned += part_cleaned
+                for key in ("invalid", "filtered", "pii_redacted"):
+                    books.counts[key] += counts[key]
+                books.issues += issues
+    finally:
+        _SHARED_RAW = []
+    return survivors, shapes, pii_counts, cleaned
+
+
+def _progress_chunks(results, total: int, enabled: bool):
+    if not enabled:
+        return results
+    from tqdm import tqdm
+
+    return tqdm(results, total=total, desc="checking", unit="chunk", file=sys.stderr, leave=False, disable=None)
+
+
 class _TextPass:
     """Called on each free text of one record: cleans it, then redacts PII (when ``pii_counts`` is
     given); remembers whether cleaning changed or emptied any text and what was redacted."""
@@ -294,7 +349,7 @@ def prepare(paths, out_dir, options: PrepareOptions | None = None, progress: boo
     task = resolve_task(raw, options.task)
     books = _Accounting(len(raw))
     clock.lap("read")
-    candidates, shapes, pii_counts, cleaned = check_and_clean(raw, task, options, books, progress)
+    candidates, shapes, pii_counts, cleaned = check_and_clean_parallel(raw, task, options, books, progress)
     del raw
     clock.lap("validate_clean_pii")
     candidates = drop_exact_duplicates(augment_provenance.originals_first(candidates), books)
