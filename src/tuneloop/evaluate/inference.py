@@ -98,6 +98,9 @@ def answer_prompts(model, tokenizer, conversations: list[list[dict]], max_new_to
     # Longest first: the most memory-hungry batch runs first, and the ETA starts pessimistic.
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     n = len(prompts)
+    # Warm-up: one-off costs (CUDA context, kernel selection, first allocations) must not be timed
+    # as the first batch's latency.
+    generate_ids(model, tokenizer, [prompts[order[-1]]], max_new_tokens=2)
     texts, tokens, latency, amortised, finish = [""] * n, [0] * n, [0.0] * n, [0.0] * n, ["stop"] * n
     started = time.perf_counter()
     for begin in range(0, n, batch_size):

@@ -44,13 +44,21 @@ def bar_chart(categories: list[str], series: dict[str, list[float]], ylabel: str
                       color=COLORS.get(name, None))
         if len(categories) <= 12:
             ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
-    ax.set_xticks(x, categories, rotation=60 if rotate else 0, ha="right" if rotate else "center")
+    ax.set_xticks(x, [shorten(c) for c in categories], rotation=60 if rotate else 0, ha="right" if rotate else "center")
     ax.set_ylabel(ylabel)
     if ylim:
         ax.set_ylim(*ylim)
     if len(series) > 1:
         ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _svg(fig)
+
+
+def shorten(label: str, width: int = 32) -> str:
+    """Cut in the middle: Banking77-style labels share long prefixes and differ at the end."""
+    if len(label) <= width:
+        return label
+    keep = (width - 1) // 2
+    return label[:keep] + "\u2026" + label[-(width - 1 - keep):]
 
 
 def heatmap(matrix: np.ndarray, labels: list[str], annotate: bool = False) -> str:
@@ -60,7 +68,7 @@ def heatmap(matrix: np.ndarray, labels: list[str], annotate: bool = False) -> st
     size = min(9.0, max(3.5, 0.32 * n + 2.5))
     fig, ax = plt.subplots(figsize=(size, size))
     image = ax.imshow(matrix, cmap="Blues", aspect="equal")
-    short = [label if len(label) <= 28 else label[:26] + "..." for label in labels]
+    short = [shorten(label) for label in labels]
     ax.set_xticks(range(n), short, rotation=90, fontsize=7)
     ax.set_yticks(range(n), short, fontsize=7)
     ax.set_xlabel("predicted")

@@ -28,7 +28,7 @@ th{background:#f4f6f9;font-weight:600}td.num,th.num{text-align:right;font-varian
 .good{color:#137333;font-weight:600}.bad{color:#b3261e;font-weight:600}.flat{color:#5b6675}
 .banner{padding:10px 14px;border-radius:6px;margin:14px 0;font-weight:600}.pass{background:#e6f4ea;color:#137333}
 .fail{background:#fce8e6;color:#b3261e}.note{color:#5b6675;font-size:12.5px}.flag{color:#b3261e;font-weight:600}
-.wrong td{max-width:330px;word-wrap:break-word}svg{max-width:100%;height:auto}.two{display:flex;gap:20px;flex-wrap:wrap}
+.wrong td{max-width:330px;word-wrap:break-word}summary{cursor:pointer;color:#1a73e8;margin:6px 0}svg{max-width:100%;height:auto}.two{display:flex;gap:20px;flex-wrap:wrap}
 """
 
 METRIC_NOTES = ("accuracy, precision, recall, f1 (macro over labels), exact_match, rouge1/2/L and fact_accuracy are "
@@ -41,8 +41,11 @@ def _e(value) -> str:
     return html.escape(str(value))
 
 
-def _answer(text: str) -> str:
-    return _e(text) if text.strip() else "<i class=note>(empty answer)</i>"
+def _answer(row: dict) -> str:
+    if not row["prediction"].strip():
+        return "<i class=note>(empty answer)</i>"
+    # Cut answers get an ellipsis, so a reader does not take the cut for the model's own ending.
+    return _e(row["prediction"]) + ("&hellip;" if row.get("finish_reason") == "length" else "")
 
 
 def _fmt(value, name: str = "") -> str:
@@ -144,12 +147,15 @@ def _slices_section(result: dict) -> str:
     if not slices:
         return ""
     metric = "accuracy" if result["task"] == "classification" else "rougeL"
-    groups = list(slices["groups"])
-    caption = f"{metric} per group"
+    table = slices["groups"]
+    eligible = [g for g, row in table.items() if row["n"] >= slices["min_group_size"]]
+    groups = sorted(eligible or table, key=lambda g: (-table[g].get(metric, 0.0), g))
+    caption = f"{metric} per group, best first" + (f" (groups of at least {slices['min_group_size']} samples)"
+                                                   if eligible and len(eligible) < len(table) else "")
     if len(groups) > MAX_CHART_GROUPS:
-        # Too many bars to read: show the groups where the model does worst.
-        groups = sorted(groups, key=lambda g: (slices["groups"][g].get(metric, 0.0), g))[:MAX_CHART_GROUPS]
-        caption += f": the {MAX_CHART_GROUPS} lowest of {len(slices['groups'])} groups"
+        half = MAX_CHART_GROUPS // 2  # too many bars to read: the best and the worst groups
+        groups = groups[:half] + groups[-half:]
+        caption += f": the {half} best and the {half} worst of {len(eligible or table)}"
     series = {"model": [slices["groups"][g].get(metric, 0.0) for g in groups]}
     base = (result.get("baseline") or {}).get("slices")
     if base:
@@ -161,7 +167,7 @@ def _slices_section(result: dict) -> str:
 
 def _gap_table(slices: dict) -> str:
     intro = (f"<p class=meta>Largest gap between groups of at least {slices['min_group_size']} samples; "
-             f"flagged above {slices['threshold']:g}.</p>")
+             f"flagged above {slices['threshold']:g} (perplexity: relative to the best group; bleu: per 100).</p>")
     if not slices["gaps"]:
         return intro + "<p>No two groups are large enough to compare.</p>"
     rows = "".join(
@@ -180,7 +186,10 @@ def _group_table(slices: dict, limit: int = 100) -> str:
                    + "".join(f"<td class=num>{_fmt(row[m], m)}</td>" for m in metrics) + "</tr>"
                    for g, row in groups[:limit])
     more = f"<p class=note>{len(groups) - limit} more groups are in eval.json.</p>" if len(groups) > limit else ""
-    return f"<table><tr><th>group</th><th class=num>n</th>{head}</tr>{rows}</table>{more}"
+    table = f"<table><tr><th>group</th><th class=num>n</th>{head}</tr>{rows}</table>{more}"
+    if len(groups) <= 12:
+        return table
+    return f"<details><summary>All {len(groups)} groups</summary>{table}</details>"
 
 
 def _latency_section(rows, baseline_rows) -> str:
@@ -191,7 +200,7 @@ def _latency_section(rows, baseline_rows) -> str:
             + histogram(series, "latency per sample (ms)"))
 
 
-def _wrong_section(rows, baseline_rows) -> str:
+def _wrong_section(rows, baseline_rows, max_new_tokens=None) -> str:
     wrong = [i for i, r in enumerate(rows) if not r.get("correct")]
     if not wrong:
         return "<h2>Wrong answers</h2><p>None.</p>"
@@ -201,12 +210,14 @@ def _wrong_section(rows, baseline_rows) -> str:
     body = []
     for i in picked:
         r = rows[i]
-        answer = _answer(r["prediction"]) + (f"<br><span class=note>&rarr; {_e(r['predicted_label'])} ({_e(r['matched_by'])})</span>"
+        answer = _answer(r) + (f"<br><span class=note>&rarr; {_e(r['predicted_label'])} ({_e(r['matched_by'])})</span>"
                                         if "predicted_label" in r else "")
-        base = f"<td>{_answer(baseline_rows[i]['prediction'])}</td>" if baseline_rows else ""
+        base = f"<td>{_answer(baseline_rows[i])}</td>" if baseline_rows else ""
         body.append(f"<tr><td>{_e(r['prompt'])}</td><td>{_e(r['reference'])}</td><td>{answer}</td>{base}</tr>")
+    cut = (f" Answers end after {max_new_tokens} new tokens (&hellip; marks a cut): enough for any label."
+           if max_new_tokens and "predicted_label" in rows[0] else "")
     return (f"<h2>Wrong answers</h2><p class=meta>{len(picked)} of the model's {len(wrong)} wrong answers "
-            f"(fixed random sample; all are in predictions.jsonl).</p><table class=wrong>{head}{''.join(body)}</table>")
+            f"(fixed random sample; all are in predictions.jsonl).{cut}</p><table class=wrong>{head}{''.join(body)}</table>")
 
 
 def render_report(result: dict, rows: list[dict], baseline_rows: list[dict] | None = None) -> str:
@@ -221,6 +232,6 @@ def render_report(result: dict, rows: list[dict], baseline_rows: list[dict] | No
     out.write(_classification_section(result, rows, baseline_rows))
     out.write(_slices_section(result))
     out.write(_latency_section(rows, baseline_rows))
-    out.write(_wrong_section(rows, baseline_rows))
+    out.write(_wrong_section(rows, baseline_rows, (result.get("timing") or {}).get("max_new_tokens")))
     out.write(f"<h2>Notes</h2><p class=note>{_e(METRIC_NOTES)}</p></body></html>\n")
     return out.getvalue()
