@@ -190,3 +190,15 @@ def test_sampled_token_counts_keep_over_max_exact(tiny_model_dir):
     assert counted["exact"] < 300 and counted["estimated_from_bytes"] == 300 - counted["exact"]
     assert (lengths > max_seq_len).sum() == (exact > max_seq_len).sum()
     assert abs(lengths.sum() - exact.sum()) / exact.sum() < 0.05
+
+
+def test_shared_system_prompt_does_not_make_near_duplicates(tmp_path):
+    system = "You are the support assistant of Example Bank. " * 12  # long, shared by every record
+    rows = [{"messages": [{"role": "system", "content": system}, {"role": "user", "content": question},
+                          {"role": "assistant", "content": answer}]}
+            for question, answer in [("Where is my card?", "It ships today."), ("How do I close my account?",
+                                     "Use the app settings."), ("Why was I charged twice?", "A hold; it drops.")]]
+    path = tmp_path / "chats.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = prepare([path], tmp_path / "out", PrepareOptions(model=None))
+    assert report.counts["near_duplicates"] == 0 and report.counts["output"] == 3

@@ -84,17 +84,21 @@ _NOT_PHONE = re.compile(r"^(?:\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[
 _NAME_WORD = r"(?!(?:Mr|Mrs|Ms|Miss|Dr|Prof)\b)[A-Z][a-z]+(?:[-'][A-Z][a-z]+)?"
 _NAME_TAIL = re.compile(rf"\s+({_NAME_WORD}(?:\s+{_NAME_WORD}){{0,2}})")
 _TITLE_TAIL = re.compile(rf"\.?\s+({_NAME_WORD}(?:\s+{_NAME_WORD}){{0,2}})")
-_NAME_TRIGGERS = ("my name is", "my name's", "this is", "call me", "i am called", "name:")  # any case
-_SIGN_OFFS = ("Dear", "Regards,", "regards,", "Sincerely,", "Thanks,", "Cheers,")  # as written
-_TITLES = ("Mr", "Mrs", "Ms", "Miss", "Dr", "Prof")
-# Words (lower case, punctuation split off) without which a trigger cannot occur: one set
-# intersection per text decides whether the trigger searches run at all.
-_NAME_WORDS = frozenset("name this call called dear regards sincerely thanks cheers mr mrs ms miss dr prof".split())
+# Name triggers by the word (lower case, punctuation split off) without which they cannot occur:
+# a text's word set then says which triggers to look for at all. Values: (trigger, case-sensitive?).
+_NAME_TRIGGERS = {
+    b"name": [("my name is", False), ("my name's", False), ("name:", False)], b"this": [("this is", False)],
+    b"call": [("call me", False)], b"called": [("i am called", False)], b"dear": [("Dear", True)],
+    b"regards": [("Regards,", True), ("regards,", True)], b"sincerely": [("Sincerely,", True)],
+    b"thanks": [("Thanks,", True)], b"cheers": [("Cheers,", True)],
+    **{title.lower().encode(): [(title, True)] for title in ("Mr", "Mrs", "Ms", "Miss", "Dr", "Prof")},
+}
+_TITLES = frozenset(("Mr", "Mrs", "Ms", "Miss", "Dr", "Prof"))
+_NAME_WORDS = frozenset(_NAME_TRIGGERS)
 _SECRET_WORD_SET = frozenset("password passwd pwd passcode pin secret key apikey token bearer".split())
 # bytes.translate is ~8x faster than str.translate (a flat 256-byte table instead of dict lookups).
 _PUNCTUATION_BYTES = b"!\"#$%&'()*+,-./:;<=>?@[\\]^`{|}~_"
 _WORD_SPLIT = bytes.maketrans(_PUNCTUATION_BYTES, b" " * len(_PUNCTUATION_BYTES))
-_NAME_WORDS = frozenset(w.encode() for w in _NAME_WORDS)
 _SECRET_WORD_SET = frozenset(w.encode() for w in _SECRET_WORD_SET)
 # Capitalised words after a trigger that are not names ("this is Monday", "Dear Sir").
 _NOT_NAMES = frozenset("""Sir Madam Team Support Customer Customers All Everyone Friend Friends Monday Tuesday
@@ -244,9 +248,12 @@ def _phones_in_context(text: str) -> Iterator[Span]:
         yield m.start(1), m.end(1), "PHONE"
 
 
-def _names(text: str, lower: str) -> Iterator[Span]:
-    matches = [*_after_words(text, lower, _NAME_TRIGGERS, _NAME_TAIL),
-               *_after_words(text, text, _SIGN_OFFS, _NAME_TAIL), *_after_words(text, text, _TITLES, _TITLE_TAIL)]
+def _names(text: str, lower: str, words: frozenset) -> Iterator[Span]:
+    matches = []
+    for key in _NAME_WORDS & words:
+        for trigger, case_sensitive in _NAME_TRIGGERS[key]:
+            tail = _TITLE_TAIL if trigger in _TITLES else _NAME_TAIL
+            matches += _after_words(text, text if case_sensitive else lower, (trigger,), tail)
     for m in matches:
         # Keep the leading run of words that are not common capitalised non-names ("Dear Sir").
         end = None
@@ -293,8 +300,8 @@ def find_pii(text: str) -> list[Span]:
     found += [_phones(text, pos, end) for pos, end in windows]
     if any(_LONG_DIGITS.search(text, pos, end) for pos, end in windows):
         found.append(_phones_in_context(text))
-    if words & _NAME_WORDS:
-        found.append(_names(text, lower))
+    if not _NAME_WORDS.isdisjoint(words):
+        found.append(_names(text, lower, words))
     spans: list[Span] = []
     for detector in found:  # generators: each runs only now, in priority order
         for span in detector:

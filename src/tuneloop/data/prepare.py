@@ -95,7 +95,7 @@ class _Candidate:
 
     source: str
     record: dict
-    key: str = ""
+    key: str = ""  # normalised content: equal keys are exact duplicates
     label: str | None = None
     origin: str = ""  # the id augmented records name this record by (augment_provenance.origin_id)
 
@@ -152,6 +152,7 @@ def check_and_clean(raw: list[ingest.RawRecord], task: str, options: PrepareOpti
     survivors, shapes, pii_counts, cleaned = [], Counter(), Counter(), 0
     # Augmented records name their sources by origin id; hashing every record is only needed then.
     need_origin = any(isinstance(r.obj, dict) and "augmented_from" in r.obj for r in raw)
+    text_cache: dict = {}
     for item in _progress(raw, "checking", progress):
         if item.error is not None:
             books.drop("invalid", item.source, "invalid", f"record: {item.error}")
@@ -165,7 +166,7 @@ def check_and_clean(raw: list[ingest.RawRecord], task: str, options: PrepareOpti
         shapes[shape] += 1
         record = to_canonical(item.obj, shape)
         record.update(augment_provenance.provenance_fields(item.obj))
-        text_state = _TextPass(pii_counts if options.pii else None)
+        text_state = _TextPass(options.pii, text_cache)
         map_texts(record, text_state)  # one pass: clean, then redact, every free text
         cleaned += text_state.changed
         if text_state.empty:
@@ -237,19 +238,34 @@ def _progress_chunks(results, total: int, enabled: bool):
 
 
 class _TextPass:
-    """Called on each free text of one record: cleans it, then redacts PII (when ``pii_counts`` is
-    given); remembers whether cleaning changed or emptied any text and what was redacted."""
+    """Called on each free text of one record: cleans it, then redacts PII (unless off); remembers
+    whether cleaning changed or emptied any text and what was redacted.
 
-    def __init__(self, pii_counts: Counter | None):
-        self.redact = pii_counts is not None
+    ``cache`` maps texts already seen in this run to their result: system prompts, stock answers
+    and class labels repeat across records and are processed once.
+    """
+
+    CACHE_LIMIT = 200_000
+
+    def __init__(self, redact: bool, cache: dict):
+        self.redact, self.cache = redact, cache
         self.changed = self.empty = False
         self.redacted: Counter = Counter()
 
     def __call__(self, text: str) -> str:
-        result = clean.clean_text(text)
-        self.changed |= result != text
-        self.empty |= not result
-        return pii.redact(result, self.redacted) if self.redact and result else result
+        hit = self.cache.get(text)
+        if hit is None:
+            cleaned = clean.clean_text(text)
+            found = Counter()
+            result = pii.redact(cleaned, found) if self.redact and cleaned else cleaned
+            hit = (result, cleaned != text, not cleaned, found)
+            if len(self.cache) < self.CACHE_LIMIT:
+                self.cache[text] = hit
+        result, changed, empty, found = hit
+        self.changed |= changed
+        self.empty |= empty
+        self.redacted.update(found)
+        return result
 
 
 def drop_exact_duplicates(candidates: list[_Candidate], books: _Accounting) -> list[_Candidate]:
@@ -296,7 +312,7 @@ def cluster_near_duplicates(candidates: list[_Candidate], options: PrepareOption
     """Each survivor's group (its cluster representative); drops non-representatives unless kept."""
     if options.near_dup_threshold <= 0:
         return list(range(len(candidates))), {"threshold": None, "clusters": 0, "candidates": 0}
-    found = dedup.near_duplicate_clusters([c.key for c in candidates], options.near_dup_threshold)
+    found = dedup.near_duplicate_clusters([_near_key(c) for c in candidates], options.near_dup_threshold)
     clustered = sum(1 for i, rep in enumerate(found.cluster) if rep != i)
     summary = {"threshold": options.near_dup_threshold, "candidates": found.candidates,
                "clusters": len({rep for i, rep in enumerate(found.cluster) if rep != i}),
@@ -310,6 +326,14 @@ def cluster_near_duplicates(candidates: list[_Candidate], options: PrepareOption
                            f"{found.similarity.get(i, options.near_dup_threshold):.2f}); kept "
                            f"{candidates[rep].source} for the cluster")
     return found.cluster, summary
+
+
+def _near_key(candidate: _Candidate) -> str:
+    """The key without system messages (see records.content_text); most records have none."""
+    messages = candidate.record.get("messages")
+    if isinstance(messages, list) and any(m.get("role") == "system" for m in messages):
+        return clean.normalise_for_dedup(content_text(candidate.record, "sft", system=False))
+    return candidate.key
 
 
 def record_id(candidate: _Candidate) -> str:
@@ -383,6 +407,7 @@ def prepare(paths, out_dir, options: PrepareOptions | None = None, progress: boo
         shapes=dict(shapes), near_duplicates=near_summary, cleaning={"records_changed": cleaned},
         inputs=[str(f) for f in files], settings=_settings(options, task), stage_seconds=clock.stages)
     _check_accounting(report.counts)
+    report.seconds = round(clock.total, 3)  # what report.json/.html show (writing them not included)
     write_outputs(Path(out_dir), by_split, report, files)
     clock.lap("write")
     report.seconds = round(clock.total, 3)

@@ -130,12 +130,13 @@ def texts(record: dict) -> list[str]:
     return found
 
 
-def content_text(record: dict, task: str) -> str:
+def content_text(record: dict, task: str, system: bool = True) -> str:
     """The text that identifies a record for de-duplication.
 
     For classification it is the input text alone, so that one text with two labels is caught as a
     conflict; otherwise all free texts with their roles (a question with two different answers is two
-    records).
+    records). ``system=False`` leaves out system messages: near-duplicate detection must not find
+    two unrelated conversations similar because they share a long system prompt.
     """
     if task == "classification" and "label" in record:
         return record["messages"][-2]["content"]
@@ -146,7 +147,8 @@ def content_text(record: dict, task: str) -> str:
     for key in ("messages", "chosen", "rejected"):
         value = record.get(key)
         if isinstance(value, list):
-            parts.extend(f"{m.get('role')}: {m.get('content') or ''}" for m in value)
+            parts.extend(f"{m.get('role')}: {m.get('content') or ''}" for m in value
+                         if system or m.get("role") != "system")
         elif isinstance(value, str):
             parts.append(f"{key}: {value}")
     return "\n".join(parts)

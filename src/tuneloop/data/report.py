@@ -27,17 +27,17 @@ def _cell(value) -> str:
     return f"<td>{escape(str(value))}</td>"
 
 
-def _bar_chart(items: list[tuple[str, int]], width: int = 640, bar: int = 16) -> str:
+def _bar_chart(items: list[tuple[str, int]], width: int = 760, bar: int = 16) -> str:
     """Horizontal bars, one per (name, value)."""
     if not items:
         return '<p class="note">nothing to show</p>'
-    label_w, top = 210, max(v for _, v in items) or 1
+    label_w, top = 300, max(v for _, v in items) or 1
     height = bar * len(items) + 4
     parts = [f'<svg width="{width}" height="{height}" role="img" xmlns="http://www.w3.org/2000/svg">']
     for i, (name, value) in enumerate(items):
         y = i * bar + 2
         w = (width - label_w - 60) * value / top
-        parts.append(f'<text x="{label_w - 6}" y="{y + bar - 5}" text-anchor="end">{escape(str(name))[:34]}</text>'
+        parts.append(f'<text x="{label_w - 6}" y="{y + bar - 5}" text-anchor="end">{escape(str(name)[:48])}</text>'
                      f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar - 3}" fill="#4a7bd0"/>'
                      f'<text x="{label_w + w + 4:.1f}" y="{y + bar - 5}">{value:,}</text>')
     parts.append("</svg>")
