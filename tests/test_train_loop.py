@@ -122,3 +122,26 @@ def test_qlora_without_cuda_is_a_clear_error(tiny_model_dir, tmp_path):
         pytest.skip("this machine has CUDA: QLoRA can run")
     with pytest.raises(UserError, match="qlora needs a CUDA GPU"):
         run_training(recipe_from_dict(tiny_recipe(tiny_model_dir, tmp_path, method="qlora")))
+
+
+def test_packed_attention_matches_stock_sdpa_block_mask(tiny_model_dir):
+    """Our per-sample attention gives the loss of transformers' own block-diagonal-mask SDPA."""
+    from tuneloop.models.loading import load_model_and_tokenizer
+    from tuneloop.train.attention import segment_buckets
+    from tuneloop.train.data import make_rows, read_chat_jsonl, tokenize_records
+    from tuneloop.train.loss import SupervisedCausalLM
+
+    model, tokenizer = load_model_and_tokenizer(tiny_model_dir)
+    samples, _ = tokenize_records(tokenizer, read_chat_jsonl(TRAIN)[:12], max_seq_len=256)
+    rows = make_rows(samples, 256, packing=True)
+    stock = SupervisedCausalLM(model, packed_attention=False)
+    stock_loss = _loss(stock, rows, tokenizer.pad_token_id)
+    packed = SupervisedCausalLM(model, packed_attention=True)
+    assert packed.packed_attention
+    assert _loss(packed, rows, tokenizer.pad_token_id) == pytest.approx(stock_loss, rel=1e-5)
+    # Buckets: every token gathered exactly once.
+    from tuneloop.train.data import collate
+
+    positions = collate(rows, tokenizer.pad_token_id)["position_ids"]
+    gathered = torch.cat([b[b >= 0] for b in segment_buckets(positions)])
+    assert sorted(gathered.tolist()) == list(range(positions.numel()))

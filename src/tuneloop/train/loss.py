@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tuneloop.chat.template import IGNORE_INDEX
+from tuneloop.train.attention import segment_buckets
 
 
 def causal_lm_parts(model) -> tuple[nn.Module, nn.Module]:
@@ -50,14 +51,17 @@ class SupervisedCausalLM(nn.Module):
 
     A module (rather than a function) so DistributedDataParallel and torch.compile can wrap it.
     ``autocast_dtype`` (e.g. bfloat16) runs the matmuls in that dtype while weights stay as stored.
+    ``packed_attention`` computes attention per packed sample (train/attention.py) instead of over
+    whole rows with a block-diagonal mask; the results are the same, the work is not.
     """
 
     def __init__(self, model: nn.Module, autocast_dtype: torch.dtype | None = None,
-                 chunk_size: int = 2048):
+                 chunk_size: int = 2048, packed_attention: bool = True):
         super().__init__()
         self.model = model
         self.autocast_dtype = autocast_dtype
         self.chunk_size = chunk_size
+        self.packed_attention = packed_attention and _use_packed_attention(model)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
                 targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,10 +69,24 @@ class SupervisedCausalLM(nn.Module):
         device_type = input_ids.device.type
         with torch.autocast(device_type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
-            # No attention mask: transformers derives a block-diagonal causal mask from position
-            # ids that restart at 0 for each packed sample (see train/data.py).
-            hidden = decoder(input_ids=input_ids, position_ids=position_ids,
-                             use_cache=False).last_hidden_state
+            # No attention mask: position ids restart at 0 for each packed sample (train/data.py);
+            # from them transformers derives a block-diagonal causal mask, or our packed attention
+            # the per-sample index buckets.
+            extra = {"packed_segments": segment_buckets(position_ids)} if self.packed_attention else {}
+            hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False,
+                             **extra).last_hidden_state
             keep = targets != IGNORE_INDEX
             loss_sum = chunked_cross_entropy(hidden[keep], targets[keep], lm_head, self.chunk_size)
         return loss_sum, keep.sum()
+
+
+def _use_packed_attention(model) -> bool:
+    """Switch a model that runs on SDPA to the packed implementation (generation still gets SDPA)."""
+    from tuneloop.train import attention
+
+    config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
+    if getattr(config, "_attn_implementation", None) not in ("sdpa", attention.NAME):
+        return False  # eager, flash-attention or a custom kernel: leave the model's choice alone
+    attention.register()
+    config._attn_implementation = attention.NAME
+    return True
