@@ -45,13 +45,17 @@ class QuickstartSettings:
     """Knobs of one quickstart run (CLI flags of the same names). Defaults: the embedded model."""
 
     model: str = "smollm2-135m-instruct"
-    epochs: float = 3
+    # Chosen by a sweep on the embedded model (held-out fact accuracy of the tuned model; base: 0%):
+    # batch 8 / 3 epochs / lr 2e-3: 27%; batch 4 / 3 epochs: 49%; batch 4 / 5 epochs: 62%;
+    # batch 2 / 3 epochs: 56%; batch 2 / 4 epochs: 69% and 76% (seeds 0, 1); lr 3e-3 or r 32: worse.
+    # Many small steps beat few large ones at the same token budget (~67k tokens for 4 epochs).
+    epochs: float = 4
     max_steps: int | None = None  # caps training (tests use a handful of steps)
     learning_rate: float = 2e-3
     lora_r: int = 16
     lora_alpha: float = 32
-    batch_size: int = 8
-    max_seq_len: int = 256
+    batch_size: int = 2
+    max_seq_len: int = 256  # packed rows of 256 tokens: every conversation fits, padding stays small
     heldout_limit: int | None = None  # evaluate only the first N held-out questions
     eval_batch_size: int = 16
     eval_max_new_tokens: int | None = None  # default: the longest reference answer + 16
@@ -60,7 +64,7 @@ class QuickstartSettings:
 
     @classmethod
     def fast(cls, **overrides) -> "QuickstartSettings":
-        """A quick look (about half the time): one epoch less, a third of the held-out questions."""
+        """A quick look (about half the time): half the epochs, a third of the held-out questions."""
         return cls(**{"epochs": 2, "heldout_limit": 15, **overrides})
 
 

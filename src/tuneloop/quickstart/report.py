@@ -82,13 +82,16 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _verdict(correct: bool) -> str:
+    return '<span class="good">contains the fact</span>' if correct else '<span class="bad">misses it</span>'
+
+
 def _side_by_side_html(examples: list[dict]) -> str:
     rows = []
     for e in examples:
-        mark = lambda ok: '<span class="good">contains the fact</span>' if ok else '<span class="bad">misses it</span>'
         rows.append([html.escape(e["question"]), html.escape(", ".join(e["facts"])),
-                     f"{html.escape(e['base'])}<br><span class=small>{mark(e['base_correct'])}</span>",
-                     f"{html.escape(e['tuned'])}<br><span class=small>{mark(e['tuned_correct'])}</span>",
+                     f"{html.escape(e['base'])}<br><span class=small>{_verdict(e['base_correct'])}</span>",
+                     f"{html.escape(e['tuned'])}<br><span class=small>{_verdict(e['tuned_correct'])}</span>",
                      html.escape(e.get("exported", "")) or "-"])
     return _table(["question", "fact", "base model", "tuned model", "exported model (plain transformers)"], rows)
 
