@@ -158,7 +158,7 @@ def test_banking77_sample_on_the_tiny_model(banking77_csv, tiny_model_dir, tmp_p
 def test_embedded_model_on_banking77(banking77_csv, tmp_path):
     from tuneloop.evaluate import run_eval
 
-    data = banking77_jsonl(banking77_csv, tmp_path, n=24)
+    data = banking77_jsonl(banking77_csv, tmp_path, n=16)
     result = run_eval("smollm2-135m-instruct", data, out_dir=tmp_path / "eval", progress=False)
     predictions = read_jsonl(tmp_path / "eval" / "predictions.jsonl")
     assert len(predictions) == result["n"]

@@ -18,6 +18,7 @@ from tuneloop.evaluate.plots import bar_chart, heatmap, histogram
 
 FULL_MATRIX_MAX_LABELS = 20
 MAX_CHART_GROUPS = 30
+TIMING_METRICS = {"latency_ms_p50", "latency_ms_p95", "tokens_per_s"}
 WRONG_SAMPLE_SIZE = 15
 
 CSS = """
@@ -60,7 +61,8 @@ def _fmt(value, name: str = "") -> str:
 
 def _delta_class(name: str, delta: float, ci) -> str:
     """good/bad only when the CI excludes zero, i.e. the difference is more than resampling noise."""
-    if ci is None or ci[0] is None or (ci[0] <= 0 <= ci[1]):
+    if ci is None or ci[0] is None or (ci[0] <= 0 <= ci[1]) or name in TIMING_METRICS:
+        # Timing depends on machine load and batching, which resampling samples cannot capture.
         return "flat"
     better = delta < 0 if name in LOWER_IS_BETTER else delta > 0
     return "good" if better else "bad"
@@ -99,7 +101,7 @@ def _metrics_section(result: dict) -> str:
     chart = bar_chart(unit, {"baseline": [comparison[n]["baseline"] for n in unit],
                              "model": [comparison[n]["model"] for n in unit]}, "score (0-1)", ylim=(0, 1)) if unit else ""
     return (f"<h2>Model vs baseline</h2><p class=meta>model <b>{_e(result['model'])}</b> vs baseline "
-            f"<b>{_e(result['baseline']['model'])}</b>. Green/red: the 95% CI of the delta excludes 0.</p>"
+            f"<b>{_e(result['baseline']['model'])}</b>. Green/red: the 95% CI of the delta excludes 0 (quality metrics only: timings depend on machine load, so compare them on an idle machine).</p>"
             f"<table>{head}{''.join(rows)}</table>{chart}")
 
 
