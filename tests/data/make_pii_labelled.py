@@ -1,4 +1,5 @@
-# Source of tests/data/pii_labelled.jsonl: hand-written sentences; each entry lists the PII it holds.
+# Source of tests/data/pii_labelled.jsonl (run from the repository root to regenerate it): hand-written
+# support-style sentences; each entry lists the PII it holds (type, exact text). Hard negatives at the end.
 import json
 E = []
 def add(text, *pii):

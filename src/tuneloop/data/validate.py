@@ -110,7 +110,7 @@ def _unknown_keys(obj: dict, shape: str) -> list[Issue]:
         guess = did_you_mean(str(key), sorted(allowed))
         fix = f"did you mean '{guess}'?" if guess else f"allowed keys: {', '.join(sorted(SHAPE_KEYS[shape]))}"
         if shape in ("text", "classification") and not guess:
-            fix += "; for a CSV column use --text-column/--label-column"
+            fix = f"to use it as the class label pass --label-column {key}"
         issues.append(Issue(str(key), f"unknown key for a {shape} record; {fix} (or remove it)"))
     return issues
 
