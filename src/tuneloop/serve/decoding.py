@@ -104,7 +104,7 @@ def sample_next(logits, params: list[SamplingParams], generators: list) -> list[
     return chosen
 
 
-@dataclass
+@dataclass(eq=False)
 class Sequence:
     """One request inside a batch: its prompt, settings and what it has produced so far."""
 
@@ -112,6 +112,7 @@ class Sequence:
     params: SamplingParams
     stream: TextStream
     generator: object = None  # torch.Generator for seeded sampling
+    owner: object = None  # whoever waits for this sequence (the engine's job)
     generated: list[int] = field(default_factory=list)
     finish_reason: str | None = None
 
@@ -154,35 +155,100 @@ def _decode_step(model, tokens: list[int], cache, mask):
     return out.logits[:, -1, :], mask
 
 
-def generate_batch(model, sequences: list[Sequence], pad_id: int, eos_ids: set[int], max_context: int,
-                   on_delta: Callable[[int, str], None], is_cancelled: Callable[[int], bool]) -> None:
-    """Run ``sequences`` to completion as one batch; ``on_delta(index, text)`` after every token.
+class RunningBatch:
+    """Sequences decoding together; new ones can join between steps (continuous batching).
 
-    A sequence that finishes (or whose client went away) leaves the batch at once: its rows are cut
-    from the KV cache so later steps only compute the ones still running.
+    Joining: the newcomers are prefilled as their own left-padded batch, then both KV caches are
+    left-padded to the same length and stacked. Padding is masked out and every row has its own
+    positions, so a row's tokens do not depend on who it shares the batch with. A finished row (or
+    one whose client left) is cut out at once, and padding columns no row needs any more are
+    trimmed, so the batch only ever computes what is still running.
     """
-    import torch
 
-    with torch.inference_mode():
-        logits, cache, mask = _prefill(model, [s.prompt_ids for s in sequences], pad_id)
-        active = list(range(len(sequences)))
-        while active:
-            running = [sequences[i] for i in active]
-            tokens = sample_next(logits, [s.params for s in running], [s.generator for s in running])
-            keep = []
-            for row, (i, seq, token) in enumerate(zip(active, running, tokens)):
-                context_left = max_context - len(seq.prompt_ids) - len(seq.generated) - 1
-                delta = seq.advance(token, eos_ids, context_left)
-                if delta or seq.finish_reason:
-                    on_delta(i, delta)
-                if seq.finish_reason is None and not is_cancelled(i):
-                    keep.append(row)
-            if not keep:
-                return
-            if len(keep) < len(active):
-                index = torch.tensor(keep)
-                cache.batch_select_indices(index)
-                mask = mask[index]
+    def __init__(self, model, pad_id: int, eos_ids: set[int], max_context: int):
+        self.model, self.pad_id, self.eos_ids, self.max_context = model, pad_id, eos_ids, max_context
+        self.sequences: list[Sequence] = []
+        self.cache = self.mask = self.logits = None
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def can_join(self) -> bool:
+        """Only plain growing caches can be stacked (not sliding-window or quantized ones)."""
+        from transformers.cache_utils import DynamicLayer
+
+        return self.cache is None or all(type(layer) is DynamicLayer for layer in self.cache.layers)
+
+    def add(self, sequences: list[Sequence]) -> None:
+        import torch
+
+        with torch.inference_mode():
+            logits, cache, mask = _prefill(self.model, [s.prompt_ids for s in sequences], self.pad_id)
+            if self.cache is None:
+                self.cache, self.mask, self.logits = cache, mask, logits
+            else:
+                self.mask = _stack_left_padded(self.cache, cache, self.mask, mask)
+                self.logits = torch.cat([self.logits, logits])
+        self.sequences += sequences
+
+    def step(self, on_delta: Callable[[Sequence, str], None], is_cancelled: Callable[[Sequence], bool]) -> list[Sequence]:
+        """Sample one token for every row; returns the sequences that finished (or were cancelled)."""
+        import torch
+
+        running = self.sequences
+        tokens = sample_next(self.logits, [s.params for s in running], [s.generator for s in running])
+        keep, done = [], []
+        for row, (seq, token) in enumerate(zip(running, tokens)):
+            context_left = self.max_context - len(seq.prompt_ids) - len(seq.generated) - 1
+            delta = seq.advance(token, self.eos_ids, context_left)
+            if delta or seq.finish_reason:
+                on_delta(seq, delta)
+            (done if seq.finish_reason or is_cancelled(seq) else keep).append(row)
+        if not keep:
+            self.sequences, self.cache, self.mask, self.logits = [], None, None, None
+            return [running[r] for r in done]
+        with torch.inference_mode():
+            if done:
+                self._keep_rows(keep)
                 tokens = [tokens[r] for r in keep]
-                active = [active[r] for r in keep]
-            logits, mask = _decode_step(model, tokens, cache, mask)
+            self.logits, self.mask = _decode_step(self.model, tokens, self.cache, self.mask)
+        return [running[r] for r in done]
+
+    def _keep_rows(self, keep: list[int]) -> None:
+        import torch
+
+        index = torch.tensor(keep)
+        self.cache.batch_select_indices(index)
+        self.mask = self.mask[index]
+        self.sequences = [self.sequences[r] for r in keep]
+        used = self.mask.any(dim=0).nonzero()
+        first = int(used[0]) if len(used) else 0
+        if first > 0 and self.can_join():  # columns that are padding in every remaining row
+            self.mask = self.mask[:, first:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+
+
+def _stack_left_padded(cache, new_cache, mask, new_mask):
+    """Stack ``new_cache`` under ``cache`` (in place), left-padding the shorter one; returns the mask."""
+    import torch
+    import torch.nn.functional as F
+
+    width = max(mask.shape[1], new_mask.shape[1])
+    for layer, new in zip(cache.layers, new_cache.layers):
+        parts = []
+        for keys, values in ((layer.keys, layer.values), (new.keys, new.values)):
+            pad = width - keys.shape[2]
+            parts.append((F.pad(keys, (0, 0, pad, 0)), F.pad(values, (0, 0, pad, 0))))
+        layer.keys = torch.cat([parts[0][0], parts[1][0]])
+        layer.values = torch.cat([parts[0][1], parts[1][1]])
+    return torch.cat([F.pad(mask, (width - mask.shape[1], 0)), F.pad(new_mask, (width - new_mask.shape[1], 0))])
+
+
+def generate_batch(model, sequences: list[Sequence], pad_id: int, eos_ids: set[int], max_context: int,
+                   on_delta: Callable[[Sequence, str], None] = lambda s, d: None) -> None:
+    """Run ``sequences`` to completion as one batch (no joiners): for scripts and tests."""
+    batch = RunningBatch(model, pad_id, eos_ids, max_context)
+    batch.add(sequences)
+    while len(batch):
+        batch.step(on_delta, lambda s: False)

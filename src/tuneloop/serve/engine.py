@@ -1,10 +1,11 @@
 """Dynamic batching: requests that arrive together share forward passes, on one worker thread.
 
 Handlers call :meth:`BatchingEngine.submit`, which puts a :class:`Job` on a queue; the job's
-asyncio queue then receives its events (text deltas, then the result). One worker thread takes the oldest job's model id, gathers
-up to ``max_batch_size`` jobs for that model (waiting ``batch_wait_s`` for more when the batch is not
-full), selects the adapter and runs :func:`tuneloop.serve.decoding.generate_batch`. Jobs that arrive
-while a batch runs wait for the next one, so under load batches fill up by themselves.
+asyncio queue then receives its events (text deltas, then the result). One worker thread takes the
+oldest job's model id, gathers up to ``max_batch_size`` jobs for that model (waiting
+``batch_wait_s`` for more when the batch is not full), selects the adapter and decodes them as a
+:class:`tuneloop.serve.decoding.RunningBatch`. Requests for the same model that arrive while it runs
+join it between two steps (continuous batching), so a request never waits for a whole batch to end.
 
 One worker on purpose: the model runs on all cores already, and a second batch in parallel would
 only fight it for them.
@@ -21,7 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tuneloop.serve.decoding import SamplingParams, Sequence, TextStream, generate_batch
+from tuneloop.serve.decoding import RunningBatch, SamplingParams, Sequence, TextStream
 
 log = logging.getLogger("tuneloop.serve")
 
@@ -91,6 +92,7 @@ class BatchingEngine:
         self._thread.join(timeout=10)
 
     def _next_batch(self) -> list[Job]:
+        """Wait for work; then the oldest job's model id and up to max_batch_size of its jobs."""
         with self._wakeup:
             while not self._pending and not self._stopping:
                 self._wakeup.wait()
@@ -100,49 +102,75 @@ class BatchingEngine:
             deadline = time.monotonic() + self.batch_wait_s
             while self._count(model_id) < self.max_batch_size and time.monotonic() < deadline:
                 self._wakeup.wait(timeout=max(0.0, deadline - time.monotonic()))
-            batch = [j for j in self._pending if j.model_id == model_id][: self.max_batch_size]
-            for job in batch:
+        return self._take(model_id, self.max_batch_size)
+
+    def _take(self, model_id: str, room: int) -> list[Job]:
+        with self._wakeup:
+            taken = [j for j in self._pending if j.model_id == model_id][:room]
+            for job in taken:
                 self._pending.remove(job)
-        return [job for job in batch if not job.cancelled.is_set()]
+        return [job for job in taken if not job.cancelled.is_set()]
 
     def _count(self, model_id: str) -> int:
         return sum(1 for j in self._pending if j.model_id == model_id)
 
+    def _others_waiting(self, model_id: str) -> bool:
+        with self._wakeup:
+            return any(j.model_id != model_id for j in self._pending)
+
     def _work(self) -> None:
         while not self._stopping:
-            batch = self._next_batch()
-            if not batch:
+            jobs = self._next_batch()
+            if not jobs:
                 continue
+            active: list[Job] = []
             try:
-                self._run(batch)
-            except Exception as e:  # a bug or an out-of-memory: fail these requests, keep serving
+                self._serve_model(jobs, active)
+            except Exception as e:  # a bug or out of memory: fail these requests, keep serving
                 log.exception("generation failed")
-                for job in batch:
+                for job in active:
                     job.send("error", f"generation failed: {type(e).__name__}: {e}")
 
-    def _run(self, batch: list[Job]) -> None:
+    def _serve_model(self, jobs: list[Job], active: list[Job]) -> None:
+        """Decode ``jobs`` and every same-model job that arrives meanwhile, until none is left.
+
+        Newcomers join between steps, unless another model's requests are waiting: then the batch
+        drains and that model gets its turn.
+        """
+        model_id = jobs[0].model_id
+        batch = RunningBatch(self.model, self.pad_id, self.eos_ids, self.max_context)
+        with self._adapter(self.adapters[model_id]):
+            self._admit(batch, jobs, active)
+            while len(batch):
+                if self.on_batch:
+                    self.on_batch(model_id, len(batch))
+                for seq in batch.step(self._send_delta, lambda s: s.owner.cancelled.is_set()):
+                    seq.owner.send("done", GenerationResult(seq.stream.text, len(seq.prompt_ids),
+                                                            len(seq.generated), seq.finish_reason or "cancelled"))
+                    active.remove(seq.owner)
+                room = self.max_batch_size - len(batch)
+                if room > 0 and len(batch) and batch.can_join() and not self._others_waiting(model_id):
+                    self._admit(batch, self._take(model_id, room), active)
+
+    def _admit(self, batch: RunningBatch, jobs: list[Job], active: list[Job]) -> None:
         import torch
 
-        if self.on_batch:
-            self.on_batch(batch[0].model_id, len(batch))
+        if not jobs:
+            return
         sequences = []
-        for job in batch:
+        for job in jobs:
             generator = None
             if job.params.seed is not None and job.params.temperature > 0:
                 generator = torch.Generator().manual_seed(job.params.seed)
             sequences.append(Sequence(job.prompt_ids, job.params, TextStream(self.tokenizer, job.params.stop),
-                                      generator))
+                                      generator, owner=job))
+        active.extend(jobs)
+        batch.add(sequences)
 
-        def on_delta(i: int, delta: str) -> None:
-            if delta:
-                batch[i].send("delta", delta)
-
-        with self._adapter(self.adapters[batch[0].model_id]):
-            generate_batch(self.model, sequences, self.pad_id, self.eos_ids, self.max_context, on_delta,
-                           lambda i: batch[i].cancelled.is_set())
-        for job, seq in zip(batch, sequences):
-            job.send("done", GenerationResult(seq.stream.text, len(seq.prompt_ids), len(seq.generated),
-                                              seq.finish_reason or "cancelled"))
+    @staticmethod
+    def _send_delta(seq: Sequence, delta: str) -> None:
+        if delta:
+            seq.owner.send("delta", delta)
 
     def _adapter(self, name: str | None):
         if not hasattr(self.model, "peft_config"):
