@@ -6,7 +6,7 @@ import click
 
 
 @click.command()
-@click.option("--out", "out_dir", default="quickstart", show_default=True, type=click.Path(file_okay=False),
+@click.option("--out", "out_dir", default="quickstart-out", show_default=True, type=click.Path(file_okay=False),
               help="Output folder (report.html, data, run, evaluation, exported model).")
 @click.option("--model", default="smollm2-135m-instruct", show_default=True,
               help="Model to fine-tune: catalog name, hub id, local dir or .gguf.")
@@ -34,6 +34,9 @@ def quickstart(out_dir, model, epochs, max_steps, fast):
         click.echo(f"Q: {example['question']}")
         click.echo(f"   base : {example['base']}")
         click.echo(f"   tuned: {example['tuned']}")
+    same = sum(e["exported"] == e["tuned"] for e in summary["side_by_side"])
+    click.echo(f"The exported model, loaded with plain transformers, gives the same answers: "
+               f"{same}/{len(summary['side_by_side'])}")
     click.echo("")
     click.echo(f"Finished in {summary['seconds']['total'] / 60:.1f} min. Report: {out_dir}/report.html")
     click.echo(f"Exported model: {out_dir}/exported (tuneloop export {out_dir}/{summary['links']['run_dir']} "

@@ -70,7 +70,7 @@ def export_model(run_dir, fmt: str, out_dir, overwrite: bool = False, log=None, 
     started = time.perf_counter()
     tmp = _prepare_out_dir(out_dir, overwrite)
     try:
-        log(f"export: loading {run_dir} in float32 and merging the adapter...")
+        log(f"export: loading {run_dir} in float32 (and merging its adapter, if it has one)...")
         merged = load_merged(run_dir)
         if merged.merge_max_abs_diff is not None:
             log(f"export: merge check passed (max |logit difference| {merged.merge_max_abs_diff:.1e})")

@@ -1,14 +1,14 @@
 """The quickstart pipeline: bundled data -> prepare -> LoRA -> evaluate base vs tuned -> report -> export.
 
     from tuneloop.quickstart import run_quickstart
-    summary = run_quickstart("quickstart")            # the embedded SmolLM2-135M-Instruct, ~5 min on 2 cores
+    summary = run_quickstart("quickstart-out")  # the embedded SmolLM2-135M-Instruct, ~5 min on 2 cores
     summary["metrics"]["tuned"]["fact_accuracy"]
 
 Each stage calls the library's own entry point (``data.prepare``, ``train.run_training``,
 ``evaluate.run_eval``, ``export.export_model``), so the quickstart is also a worked example of the
 Python API. Output folder layout::
 
-    quickstart/
+    quickstart-out/
       report.html  quickstart.json  training_curve.svg  heldout.jsonl
       data/       prepared train/validation files + data report
       runs/brightcart-support/   the training run (adapter/, metrics.jsonl, summary.json)
@@ -112,7 +112,7 @@ def training_recipe(out_dir: Path, settings: QuickstartSettings):
         "train": {"epochs": settings.epochs, "max_steps": settings.max_steps,
                   "learning_rate": settings.learning_rate, "warmup_ratio": 0.05, "batch_size": settings.batch_size,
                   "max_seq_len": settings.max_seq_len, "packing": True, "seed": settings.seed,
-                  "eval_every": 1000, "save_every": 100000},
+                  "eval_every": 50, "save_every": 100000},
         "tracking": {"backend": "none"},
     }, source="quickstart recipe")
 
@@ -176,7 +176,7 @@ def _stage(seconds: dict, key: str, title: str):
     _log(f"   ({key}: {seconds[key]:.0f} s)")
 
 
-def run_quickstart(out_dir="quickstart", model: str = "smollm2-135m-instruct",
+def run_quickstart(out_dir="quickstart-out", model: str = "smollm2-135m-instruct",
                    settings: QuickstartSettings | None = None) -> dict:
     """Run every stage; returns (and writes to quickstart.json) the summary the report is made of."""
     from tuneloop.export import export_model
