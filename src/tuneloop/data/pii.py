@@ -315,17 +315,22 @@ def find_pii(text: str) -> list[Span]:
     return sorted(spans)
 
 
-def redact(text: str, counts: Counter | None = None) -> str:
-    """``text`` with each PII span replaced by ``<TYPE>``; adds what it replaced to ``counts``."""
-    spans = find_pii(text)
-    if not spans:
-        return text
+def replace_spans(text: str, spans: list[Span]) -> str:
+    """``text`` with each ``(start, end, type)`` span replaced by ``<TYPE>``."""
     out, position = [], 0
     for start, end, kind in spans:
         out.append(text[position:start])
         out.append(f"<{kind}>")
         position = end
-        if counts is not None:
-            counts[kind] += 1
     out.append(text[position:])
     return "".join(out)
+
+
+def redact(text: str, counts: Counter | None = None) -> str:
+    """``text`` with each PII span replaced by ``<TYPE>``; adds what it replaced to ``counts``."""
+    spans = find_pii(text)
+    if not spans:
+        return text
+    if counts is not None:
+        counts.update(kind for _, _, kind in spans)
+    return replace_spans(text, spans)

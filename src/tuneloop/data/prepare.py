@@ -256,15 +256,16 @@ class _TextPass:
         hit = self.cache.get(text)
         if hit is None:
             cleaned = clean.clean_text(text)
-            found = Counter()
-            result = pii.redact(cleaned, found) if self.redact and cleaned else cleaned
-            hit = (result, cleaned != text, not cleaned, found)
+            spans = pii.find_pii(cleaned) if self.redact and cleaned else []
+            result = pii.replace_spans(cleaned, spans) if spans else cleaned
+            hit = (result, cleaned != text, not cleaned, [kind for _, _, kind in spans])
             if len(self.cache) < self.CACHE_LIMIT:
                 self.cache[text] = hit
         result, changed, empty, found = hit
         self.changed |= changed
         self.empty |= empty
-        self.redacted.update(found)
+        if found:
+            self.redacted.update(found)
         return result
 
 
