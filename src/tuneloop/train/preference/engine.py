@@ -190,12 +190,13 @@ def run(recipe, method: Method, resume: bool = False):
     started = time.time()
     torch.manual_seed(recipe.train.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    run_dir = runtime.start_run_dir(recipe, resume)
+    run_dir = runtime.check_run_dir(recipe, resume)
     model, tokenizer, autocast_dtype = build_model(recipe, method.head, device)
     session = Session(recipe, run_dir, model, tokenizer, device, autocast_dtype=autocast_dtype)
     if recipe.finetuning == "full" and method.keeps_reference:
         session.reference_model = copy.deepcopy(model).eval().requires_grad_(False)
-    n_items = method.prepare(session)
+    n_items = method.prepare(session)  # bad data or reward settings stop here, before any file
+    runtime.start_run_dir(recipe, resume)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=recipe.train.learning_rate,
                                   weight_decay=recipe.train.weight_decay)

@@ -17,14 +17,20 @@ from tuneloop.paths import read_jsonl, write_json_atomic, write_text_atomic
 from tuneloop.train import checkpoint as ckpt
 
 
+def check_run_dir(recipe, resume: bool) -> Path:
+    """The run directory, after checking that ``--resume`` has a checkpoint to continue from."""
+    run_dir = recipe.run_dir()
+    if resume and not ckpt.step_checkpoints(run_dir / "checkpoints"):
+        raise UserError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}",
+                        hint="run without --resume to start, or check name/output_dir")
+    return run_dir
+
+
 def start_run_dir(recipe, resume: bool) -> Path:
     """Create (or, resuming, reopen) the run directory; write the resolved recipe and base model."""
     from tuneloop.train.run import recipe_yaml
 
     run_dir = recipe.run_dir()
-    if resume and not ckpt.step_checkpoints(run_dir / "checkpoints"):
-        raise UserError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}",
-                        hint="run without --resume to start, or check name/output_dir")
     if not resume and (run_dir / "checkpoints").exists():
         shutil.rmtree(run_dir / "checkpoints")  # a fresh run must not resume someone's old steps
     run_dir.mkdir(parents=True, exist_ok=True)

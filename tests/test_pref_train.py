@@ -1,0 +1,133 @@
+"""Preference and RL methods on the tiny model: each trains, writes its run directory, and its own
+metric moves the right way on a learnable synthetic set (chosen answers are short and start with
+"Sure", rejected ones ramble)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from tuneloop.config.recipe import recipe_from_dict
+from tuneloop.errors import UserError
+from tuneloop.paths import read_jsonl
+from tuneloop.train import run_training
+
+TOPICS = ["refund", "shipping", "password", "invoice", "account", "delivery", "order", "card"]
+
+
+def synthetic_pairs(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        topic = rng.choice(TOPICS)
+        rows.append({"prompt": f"Question {i}: how do I fix my {topic}?",
+                     "chosen": f"Sure: check your {topic} page.",
+                     "rejected": f"Well, {topic} questions depend on so many things that, honestly, "
+                                 "it is hard to say anything at all before we discuss them at length."})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def pref_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pref")
+    for name, n, seed in (("train", 32, 0), ("validation", 8, 1)):
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in synthetic_pairs(n, seed)))
+    return folder
+
+
+def make_recipe(tmp_path, model, data_dir, method, **sections):
+    raw = {"name": f"{method}-tiny", "model": str(model), "method": method, "output_dir": str(tmp_path),
+           "data": {"train": str(data_dir / "train.jsonl"), "validation": str(data_dir / "validation.jsonl")},
+           "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+           "train": {"max_steps": 6, "learning_rate": 5e-3, "batch_size": 4, "max_seq_len": 96,
+                     "eval_every": 100, "save_every": 100, "warmup_ratio": 0.0},
+           "tracking": {"backend": "none"}}
+    for key, value in sections.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    return recipe_from_dict(raw)
+
+
+def first_and_last(run_dir):
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    return rows[0], rows[-1], json.loads((run_dir / "summary.json").read_text())
+
+
+def test_dpo_raises_the_held_out_margin_and_writes_the_run_dir(tmp_path, tiny_model_dir, pref_data):
+    run_dir = run_training(make_recipe(tmp_path, tiny_model_dir, pref_data, "dpo"))
+    for name in ("recipe.resolved.yaml", "metrics.jsonl", "summary.json", "tuneloop_base.json",
+                 "adapter/adapter_config.json"):
+        assert (run_dir / name).is_file(), name
+    before, after, summary = first_and_last(run_dir)
+    assert before["step"] == 0 and before["validation_reward_margin"] == pytest.approx(0, abs=1e-4)
+    assert after["validation_reward_margin"] > 0.3 and after["validation_reward_accuracy"] == 1.0
+    assert after["validation_logp_rejected"] < before["validation_logp_rejected"]
+    assert after["validation_kl"] > 0 and after["tokens_per_s"] > 0
+    assert summary["validation_reward_margin"] == after["validation_reward_margin"]
+    assert summary["before"]["validation_reward_margin"] == before["validation_reward_margin"]
+    # the run directory is a model reference like any other
+    from tuneloop.models.loading import resolve_model
+
+    assert resolve_model(run_dir).adapter == run_dir / "adapter"
+
+
+def test_dpo_full_fine_tuning_writes_model_dir(tmp_path, tiny_model_dir, pref_data):
+    recipe = make_recipe(tmp_path, tiny_model_dir, pref_data, "dpo", finetuning="full",
+                         train={"max_steps": 3, "learning_rate": 1e-3})
+    run_dir = run_training(recipe)
+    before, after, _ = first_and_last(run_dir)
+    assert (run_dir / "model" / "config.json").is_file() and not (run_dir / "adapter").exists()
+    assert after["validation_reward_margin"] > before["validation_reward_margin"]
+
+
+@pytest.mark.parametrize("method", ["orpo", "kto"])
+def test_orpo_and_kto_separate_chosen_from_rejected(tmp_path, tiny_model_dir, pref_data, method):
+    run_dir = run_training(make_recipe(tmp_path, tiny_model_dir, pref_data, method))
+    before, after, _ = first_and_last(run_dir)
+    assert after["validation_reward_margin"] > before["validation_reward_margin"] + 0.1
+    assert after["validation_loss"] < before["validation_loss"]
+
+
+def test_reward_model_ranks_held_out_pairs(tmp_path, tiny_model_dir, pref_data):
+    run_dir = run_training(make_recipe(tmp_path, tiny_model_dir, pref_data, "reward",
+                                       train={"max_steps": 10}))
+    before, after, summary = first_and_last(run_dir)
+    assert after["validation_reward_accuracy"] >= 0.85
+    assert after["validation_loss"] < before["validation_loss"]
+    assert summary["method"] == "reward" and (run_dir / "adapter" / "adapter_config.json").is_file()
+
+
+def test_grpo_mean_reward_rises(tmp_path, tiny_model_dir, pref_data):
+    recipe = make_recipe(tmp_path, tiny_model_dir, pref_data, "grpo", finetuning="full",
+                         train={"max_steps": 8, "learning_rate": 1e-2, "lr_scheduler": "constant"},
+                         grpo={"reward_function": "tuneloop.train.preference.rewards:short",
+                               "num_generations": 4, "max_completion_length": 8, "temperature": 0.1,
+                               "beta": 0.0})
+    rows = read_jsonl(run_training(recipe) / "metrics.jsonl")
+    rewards = [r["reward_mean"] for r in rows if "reward_mean" in r]
+    assert len(rewards) == 8
+    assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.2
+
+
+def test_resume_continues_exactly(tmp_path, tiny_model_dir, pref_data):
+    settings = {"max_steps": 4, "save_every": 2}
+    straight = run_training(make_recipe(tmp_path / "a", tiny_model_dir, pref_data, "dpo", train=settings))
+    recipe = make_recipe(tmp_path / "b", tiny_model_dir, pref_data, "dpo", train=settings)
+    interrupted = run_training(recipe)
+    (interrupted / "summary.json").unlink()  # as if killed after the step-2 checkpoint
+    resumed = run_training(recipe, resume=True)
+    expected = [r["loss"] for r in read_jsonl(straight / "metrics.jsonl")[1:]]
+    got = read_jsonl(resumed / "metrics.jsonl")
+    assert [r["step"] for r in got] == [0, 1, 2, 3, 4]
+    assert [r["loss"] for r in got[1:]] == pytest.approx(expected, rel=1e-5)
+
+
+def test_grpo_reward_errors_name_the_recipe_key(tmp_path, tiny_model_dir, pref_data):
+    with pytest.raises(UserError, match="grpo.reward_function"):
+        make_recipe(tmp_path, tiny_model_dir, pref_data, "grpo")
+    recipe = make_recipe(tmp_path, tiny_model_dir, pref_data, "grpo",
+                         grpo={"reward_function": str(tmp_path / "missing.py") + ":f"})
+    with pytest.raises(UserError, match="grpo.reward_function.*reward file not found"):
+        run_training(recipe)
+    assert not recipe.run_dir().exists()  # nothing half-written
