@@ -10,13 +10,18 @@ from tuneloop.export import FORMATS
 @click.command()
 @click.argument("run_dir")
 @click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default="safetensors", show_default=True,
-              help="safetensors: a Hugging Face directory; gguf: one file for llama.cpp, Ollama, LM Studio.")
+              help="safetensors: a Hugging Face directory; gguf: one file for llama.cpp, Ollama, LM Studio; "
+                   "quantized: the integer model a quantization-aware run was trained for.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Directory to write (must be new or empty unless --overwrite).")
 @click.option("--gguf-dtype", type=click.Choice(["f32", "f16"]), default="f32", show_default=True,
               help="Tensor precision of a GGUF export (f16 halves the file).")
+@click.option("--quantize", type=click.Choice(["int4", "int8"]),
+              help="Post-training quantization (int weights, int8 dynamic activations); implies "
+                   "--format quantized. A QAT run exports with --format quantized alone.")
+@click.option("--group-size", type=int, default=32, show_default=True, help="Weights per scale (--quantize).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it already holds files.")
-def export(run_dir, fmt, out_dir, gguf_dtype, overwrite):
+def export(run_dir, fmt, out_dir, gguf_dtype, quantize, group_size, overwrite):
     """Merge a run's adapter into its base and write a standalone model.
 
     RUN_DIR is a run directory (its adapter/ on its base, or its full model/) or any model reference.
@@ -25,5 +30,8 @@ def export(run_dir, fmt, out_dir, gguf_dtype, overwrite):
     """
     from tuneloop.export import export_model
 
-    record = export_model(run_dir, fmt, out_dir, overwrite=overwrite, gguf_dtype=gguf_dtype)
+    if quantize:
+        fmt = "quantized"
+    record = export_model(run_dir, fmt, out_dir, overwrite=overwrite, gguf_dtype=gguf_dtype,
+                          quantize=quantize, group_size=group_size)
     click.echo(f"exported {fmt} to {out_dir} ({', '.join(record['files'])})")

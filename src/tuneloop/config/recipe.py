@@ -118,6 +118,14 @@ class GrpoConfig(Strict):
         return self
 
 
+class QuantizationAwareConfig(Strict):
+    weights: Literal["int4", "int8"] = Field("int4", description="Integer width of deployed weights.")
+    activations: Literal["int8", "none"] = Field(
+        "int8", description="int8: dynamic per-token activation quantization; none: weight-only."
+    )
+    group_size: int = Field(32, ge=8, description="Weights per quantization scale (per-group).")
+
+
 class Recipe(Strict):
     name: str = Field("run", description="Run name; the run directory is runs/<name>/.")
     model: str = Field("smollm2-135m-instruct", description="Catalog name, hub id, local dir, .gguf.")
@@ -132,6 +140,15 @@ class Recipe(Strict):
     )
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     grpo: GrpoConfig = Field(default_factory=GrpoConfig)
+    quantization_aware: QuantizationAwareConfig | None = Field(
+        None, description="Train for the quantized form it will be deployed in (full and lora)."
+    )
+
+    @model_validator(mode="after")
+    def _qat_methods(self):
+        if self.quantization_aware is not None and self.method not in ("full", "lora"):
+            raise ValueError(f"quantization_aware works with method full or lora, not {self.method}")
+        return self
 
     @model_validator(mode="after")
     def _grpo_needs_reward(self):

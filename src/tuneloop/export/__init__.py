@@ -32,10 +32,17 @@ def _write_gguf(merged, out_dir: Path, gguf_dtype: str = "f32", **options) -> di
     return write_gguf(merged, out_dir, dtype=gguf_dtype)
 
 
+def _write_quantized(merged, out_dir: Path, **options) -> dict:
+    from tuneloop.export.quantized import write_quantized
+
+    return write_quantized(merged, out_dir, **options)
+
+
 # format name -> writer. Writers receive the merged model and an empty directory to fill.
 FORMATS = {
     "safetensors": _write_safetensors,
     "gguf": _write_gguf,
+    "quantized": _write_quantized,
 }
 
 

@@ -125,6 +125,10 @@ def load_model(reference: str | Path | ResolvedModel, dtype=None, merge_adapter:
 
     hf_logging.disable_progress_bar()  # a per-tensor bar for a one-second load is noise
     resolved = reference if isinstance(reference, ResolvedModel) else resolve_model(reference)
+    if (resolved.path / "tuneloop_quantization.json").is_file():  # `export --format quantized`
+        from tuneloop.export.quantized import load_quantized
+
+        return load_quantized(resolved.path)
     model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=dtype or torch.float32)
     if resolved.adapter is not None:
         from peft import PeftModel

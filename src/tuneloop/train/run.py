@@ -113,6 +113,10 @@ def setup(recipe, resume: bool = False) -> Run:
     data = prepare_data(recipe, tokenizer, show_progress=dist.is_main)
     precision = resolve_precision(recipe.train.precision, dist.device, recipe.method)
     prepared = setup_model(recipe, resolved.path, precision, dist.device)
+    if recipe.quantization_aware is not None:
+        from tuneloop.train import qat
+
+        qat.prepare(prepared.model, recipe)
     _set_threads(dist, prepared.total_parameters)
     params = [p for p in prepared.model.parameters() if p.requires_grad]
     optimizer = _make_optimizer(prepared.model, recipe.train)
@@ -371,6 +375,10 @@ def save_final(run: Run) -> None:
     target = run.run_dir / name
     tmp = run.run_dir / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
+    if recipe.quantization_aware is not None and name == "model":
+        from tuneloop.train import qat
+
+        qat.strip_fake_quant(model)  # plain float weights; `export --format quantized` makes the ints
     model.save_pretrained(tmp)
     run.tokenizer.save_pretrained(tmp)
     shutil.rmtree(target, ignore_errors=True)

@@ -1,0 +1,108 @@
+"""Quantization-aware training and quantized export on the tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tuneloop.config.recipe import QuantizationAwareConfig, recipe_from_dict
+from tuneloop.errors import UserError
+
+CHATS = [{"messages": [{"role": "user", "content": f"What is code {i}?"},
+                       {"role": "assistant", "content": f"Code {i} means {'red' if i % 2 else 'blue'}."}]}
+         for i in range(24)]
+
+
+@pytest.fixture(scope="module")
+def chat_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("qat") / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in CHATS))
+    return path
+
+
+def qat_recipe(tiny_model_dir, chat_file, out, method="lora", qa=None):
+    return recipe_from_dict({
+        "name": f"qat-{method}", "model": str(tiny_model_dir), "method": method, "output_dir": str(out),
+        "data": {"train": str(chat_file), "validation": str(chat_file)},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+        "train": {"max_steps": 6, "batch_size": 4, "learning_rate": 5e-3, "max_seq_len": 128,
+                  "eval_every": 6, "save_every": 100},
+        "tracking": {"backend": "none"},
+        "quantization_aware": qa if qa is not None else {"weights": "int4", "activations": "int8", "group_size": 32},
+    })
+
+
+def test_qat_only_for_full_and_lora(tiny_model_dir, chat_file, tmp_path):
+    with pytest.raises(UserError, match="quantization_aware works with method full or lora"):
+        qat_recipe(tiny_model_dir, chat_file, tmp_path, method="dora")
+
+
+def test_lora_qat_forward_equals_the_deployed_integer_model(tiny_model_dir):
+    """Training sees exactly what serving computes: fake-quantized merged weights == real int model."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tuneloop.train import qat
+
+    qa = QuantizationAwareConfig()
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.05)
+    ids = torch.randint(0, 2000, (2, 12))
+    float_logits = model(ids).logits.detach()
+    assert qat.prepare_lora(model, qa) == 14  # 7 linears x 2 layers
+    fake = model(ids).logits
+    fake.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
+    twin = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                          LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0))
+    twin.load_state_dict(model.state_dict(), strict=False)
+    real = qat.quantize_model(twin.merge_and_unload(), qa)
+    with torch.no_grad():
+        real_logits = real(ids).logits
+    assert torch.allclose(fake.detach(), real_logits, atol=1e-4)
+    assert (float_logits - real_logits).abs().max() > 1e-3  # quantization really changes the model
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_qat_run_exports_a_smaller_integer_model_that_loads(tiny_model_dir, chat_file, tmp_path, method):
+    from tuneloop.export import export_model
+    from tuneloop.models.generation import generate_chat
+    from tuneloop.models.loading import load_model_and_tokenizer
+    from tuneloop.train import run_training
+
+    run_dir = run_training(qat_recipe(tiny_model_dir, chat_file, tmp_path, method))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["validation_loss"] < summary["initial_validation_loss"]
+    record = export_model(run_dir, "quantized", tmp_path / "int4")
+    assert record["trained"] == "quantization-aware" and record["quantization"]["weights"] == "int4"
+    model, tokenizer = load_model_and_tokenizer(tmp_path / "int4")
+    assert type(model.model.layers[0].self_attn.q_proj.weight).__name__ != "Parameter"
+    answer = generate_chat(model, tokenizer, [[{"role": "user", "content": "What is code 3?"}]], 8)[0]
+    assert answer.completion_tokens > 0
+    float_export = export_model(run_dir, "safetensors", tmp_path / "float")
+    int_size = (tmp_path / "int4" / "quantized_model.pt").stat().st_size
+    float_size = sum(p.stat().st_size for p in (tmp_path / "float").glob("*.safetensors"))
+    assert float_export and int_size < float_size
+
+
+def test_post_training_quantization_of_a_plain_model(tiny_model_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from tuneloop.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["export", str(tiny_model_dir), "--quantize", "int8",
+                                      "--out", str(tmp_path / "ptq")])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "ptq" / "tuneloop_quantization.json").read_text())
+    assert meta == {"weights": "int8", "activations": "int8", "group_size": 32, "trained": "post-training"}
+    refused = CliRunner().invoke(cli, ["export", str(tiny_model_dir), "--format", "quantized",
+                                       "--out", str(tmp_path / "q2")])
+    assert isinstance(refused.exception, UserError)
+    assert "was not trained with quantization_aware" in str(refused.exception)
+    assert not (tmp_path / "q2").exists()
