@@ -121,6 +121,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--model", default="smollm2-135m-instruct", help="tokenizer for lengths; 'none' = estimate")
+    parser.add_argument("--workers", type=int, default=None, help="processes for validate/clean/PII (1: none)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "prepare.json"))
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
@@ -142,7 +143,7 @@ def main() -> None:
             training_estimate(args.model, 1000, 1024)
         load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         started, cpu_started = time.perf_counter(), cpu_time()
-        report = prepare([source], Path(tmp) / "out", PrepareOptions(model=args.model))
+        report = prepare([source], Path(tmp) / "out", PrepareOptions(model=args.model, workers=args.workers))
         seconds, cpu_seconds = time.perf_counter() - started, cpu_time() - cpu_started
         info["load_average_1m_during"] = load_before
     # On a shared machine wall time depends on the other processes; CPU time (all threads of this
@@ -150,7 +151,7 @@ def main() -> None:
     result = {"benchmark": "data prepare", "records": args.records, "seconds": round(seconds, 2),
               "records_per_s": round(args.records / seconds), "goal_records_per_s": 5000,
               "cpu_seconds": round(cpu_seconds, 2), "records_per_cpu_s": round(args.records / cpu_seconds),
-              "stage_seconds": report.stage_seconds, "counts": report.counts,
+              "workers": args.workers or "auto", "stage_seconds": report.stage_seconds, "counts": report.counts,
               "pii": {k: v for k, v in report.pii.items() if k != "enabled"},
               "tokenizer": report.tokens["tokenizer"], "machine": info}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -116,7 +116,7 @@ def _read_jsonl(path: Path) -> Iterator[RawRecord]:
             if not line.strip():
                 continue
             try:
-                yield RawRecord(str(path), number, loads(line))
+                yield RawRecord(str(path), number, loads(line.rstrip("\r\n")))  # error columns on this line
             except json.JSONDecodeError as e:
                 yield RawRecord(str(path), number, error=_json_error(e))
             except RecursionError:

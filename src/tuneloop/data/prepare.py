@@ -50,6 +50,7 @@ class PrepareOptions:
     max_seq_len: int = 1024  # records longer than this are counted in tokens.over_max_seq_len
     min_tokens: int = 1  # records shorter than this are filtered
     max_tokens: int | None = None  # records longer than this are filtered (None: keep all)
+    workers: int | None = None  # processes for validate/clean/PII on big inputs (None: one per core, up to 4)
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -204,7 +205,7 @@ def check_and_clean_parallel(raw: list[ingest.RawRecord], task: str, options: Pr
     import multiprocessing
     import os
 
-    workers = min(os.cpu_count() or 1, 4)
+    workers = options.workers or min(os.cpu_count() or 1, 4)
     if len(raw) < PARALLEL_MIN_RECORDS or workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
         return check_and_clean(raw, task, options, books, progress)
     global _SHARED_RAW
