@@ -111,16 +111,14 @@ def test_grpo_mean_reward_rises(tmp_path, tiny_model_dir, pref_data):
 
 
 def test_resume_continues_exactly(tmp_path, tiny_model_dir, pref_data):
-    settings = {"max_steps": 4, "save_every": 2}
-    straight = run_training(make_recipe(tmp_path / "a", tiny_model_dir, pref_data, "dpo", train=settings))
-    recipe = make_recipe(tmp_path / "b", tiny_model_dir, pref_data, "dpo", train=settings)
-    interrupted = run_training(recipe)
-    (interrupted / "summary.json").unlink()  # as if killed after the step-2 checkpoint
-    resumed = run_training(recipe, resume=True)
-    expected = [r["loss"] for r in read_jsonl(straight / "metrics.jsonl")[1:]]
-    got = read_jsonl(resumed / "metrics.jsonl")
-    assert [r["step"] for r in got] == [0, 1, 2, 3, 4]
-    assert [r["loss"] for r in got[1:]] == pytest.approx(expected, rel=1e-5)
+    recipe = make_recipe(tmp_path, tiny_model_dir, pref_data, "dpo", train={"max_steps": 4, "save_every": 2})
+    run_dir = run_training(recipe)
+    straight = read_jsonl(run_dir / "metrics.jsonl")
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-2"]
+    run_training(recipe, resume=True)  # as if killed after the step-2 checkpoint: redo steps 3-4
+    resumed = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in resumed] == [0, 1, 2, 3, 4]
+    assert [r["loss"] for r in resumed[1:]] == pytest.approx([r["loss"] for r in straight[1:]], rel=1e-5)
 
 
 def test_grpo_reward_errors_name_the_recipe_key(tmp_path, tiny_model_dir, pref_data):

@@ -195,6 +195,7 @@ def run(recipe, method: Method, resume: bool = False):
     session = Session(recipe, run_dir, model, tokenizer, device, autocast_dtype=autocast_dtype)
     if recipe.finetuning == "full" and method.keeps_reference:
         session.reference_model = copy.deepcopy(model).eval().requires_grad_(False)
+    _set_threads(sum(p.numel() for p in model.parameters()))
     n_items = method.prepare(session)  # bad data or reward settings stop here, before any file
     runtime.start_run_dir(recipe, resume)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -234,6 +235,19 @@ def run(recipe, method: Method, resume: bool = False):
     tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))}, state.step)
     tracker.close()
     return run_dir
+
+
+def _set_threads(model_parameters: int) -> None:
+    """As the SFT engine does: tiny models (tests) on one thread, else one per physical core.
+
+    On a busy machine, idle-spinning worker threads made tiny-model steps many times slower.
+    """
+    import os
+
+    if os.environ.get("TUNELOOP_NUM_THREADS"):
+        torch.set_num_threads(int(os.environ["TUNELOOP_NUM_THREADS"]))
+    elif model_parameters < 20_000_000:
+        torch.set_num_threads(1)
 
 
 def _log(metrics, tracker, row: dict) -> None:
