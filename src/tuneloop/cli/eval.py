@@ -42,9 +42,11 @@ GATE_FAILED_EXIT = 3
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
               help="Default: longest label + 4 (classification) or longest reference + 16, at most 256.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+              show_default=True, help="auto: bfloat16 on a GPU, float32 on CPU.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_command(model, data, baseline, out_dir, gates, slice_by, slice_threshold, task, max_samples,
-                 batch_size, max_new_tokens, quiet):
+                 batch_size, max_new_tokens, dtype, quiet):
     """Evaluate MODEL on FILE; compare with --baseline; fail the --gate rules that do not hold.
 
     \b
@@ -56,7 +58,8 @@ def eval_command(model, data, baseline, out_dir, gates, slice_by, slice_threshol
 
     result = run_eval(model, data, baseline=baseline, out_dir=out_dir, gates=gates, slice_by=slice_by,
                       max_samples=max_samples, task=task, batch_size=batch_size,
-                      max_new_tokens=max_new_tokens, slice_threshold=slice_threshold, progress=not quiet)
+                      max_new_tokens=max_new_tokens, slice_threshold=slice_threshold, progress=not quiet,
+                      dtype=dtype)
     click.echo(summary_table(result))
     click.echo(f"report: {out_dir}/report.html   results: {out_dir}/eval.json")
     gate = result.get("gate")

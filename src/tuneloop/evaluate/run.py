@@ -26,7 +26,7 @@ import numpy as np
 from tuneloop.errors import UserError, did_you_mean
 from tuneloop.evaluate.classification import classification_stats, classify, top_confused_pairs
 from tuneloop.evaluate.compare import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, SampleStats, compare_metrics,
-                                       evaluate_gates, mean_of, parse_gate)
+                                       evaluate_gates, parse_gate)
 from tuneloop.evaluate.examples import Example, detect_task, load_examples
 from tuneloop.evaluate.generation import generation_stats
 from tuneloop.evaluate.metrics import facts_score, percentile, perplexity_from_sums
@@ -111,8 +111,19 @@ def _task_scores(task: str, examples: list[Example], texts: list[str]):
     return stats, fields, None
 
 
+def resolve_dtype(dtype: str):
+    """auto: bfloat16 on a GPU (its native speed), float32 on CPU (exact, and what the figures assume)."""
+    import torch
+
+    if dtype == "auto":
+        dtype = "bfloat16" if torch.cuda.is_available() else "float32"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise UserError(f"unknown dtype {dtype!r}", where="--dtype", hint="use auto, float32, bfloat16 or float16")
+    return getattr(torch, dtype)
+
+
 def evaluate_model(reference: str, examples: list[Example], task: str, batch_size: int,
-                   max_new_tokens: int | None, progress: bool = True) -> ModelResult:
+                   max_new_tokens: int | None, progress: bool = True, dtype: str = "auto") -> ModelResult:
     """Load one model, answer every prompt, score perplexity on the references, then free it."""
     import torch
 
@@ -123,7 +134,7 @@ def evaluate_model(reference: str, examples: list[Example], task: str, batch_siz
     resolved = resolve_model(reference)
     device = "cuda" if torch.cuda.is_available() else None
     started = time.perf_counter()
-    model, tokenizer = load_model_and_tokenizer(resolved, device=device)
+    model, tokenizer = load_model_and_tokenizer(resolved, dtype=resolve_dtype(dtype), device=device)
     load_s = time.perf_counter() - started
     max_new = max_new_tokens or default_max_new_tokens(tokenizer, task, examples)
     with PeakMemory() as memory:
@@ -139,13 +150,20 @@ def evaluate_model(reference: str, examples: list[Example], task: str, batch_siz
     stats.update(_efficiency_stats(answers, nll, counts))
     if any(e.facts for e in examples):
         stats["fact_accuracy"] = _facts_stats(examples, answers.texts)
-    rows = [{"id": e.id, "source": e.source, "prompt": e.prompt_text, "reference": e.reference,
+    scalars = {"peak_memory_mb": round(memory.peak_mb, 1),
+               "model_size_mb": round(model_size_mb(resolved.path, resolved.adapter), 1)}
+    timing = {"load_s": load_s, "generation_s": answers.wall_s, "perplexity_s": perplexity_s,
+              "max_new_tokens": max_new}
+    return ModelResult(reference, answers, stats, scalars, _prediction_rows(examples, answers, fields), timing,
+                       confusion)
+
+
+def _prediction_rows(examples: list[Example], answers, fields: list[dict]) -> list[dict]:
+    """predictions.jsonl: one row per sample, in data order."""
+    return [{"id": e.id, "source": e.source, "prompt": e.prompt_text, "reference": e.reference,
              "prediction": answers.texts[i], **fields[i], "latency_ms": round(answers.latency_ms[i], 2),
              "completion_tokens": answers.completion_tokens[i], "finish_reason": answers.finish_reasons[i]}
             for i, e in enumerate(examples)]
-    scalars = {"peak_memory_mb": round(memory.peak_mb, 1), "model_size_mb": round(model_size_mb(resolved.path, resolved.adapter), 1)}
-    timing = {"load_s": load_s, "generation_s": answers.wall_s, "perplexity_s": perplexity_s, "max_new_tokens": max_new}
-    return ModelResult(reference, answers, stats, scalars, rows, timing, confusion)
 
 
 def check_slice_field(examples: list[Example], field: str) -> None:
@@ -179,7 +197,7 @@ def compare_results(main: ModelResult, base: ModelResult) -> dict:
 def run_eval(model: str, data: str | Path, baseline: str | None = None, out_dir: str | Path | None = None,
              gates=(), slice_by: str | None = None, max_samples: int | None = None, task: str = "auto",
              batch_size: int = 16, max_new_tokens: int | None = None,
-             slice_threshold: float = DEFAULT_GAP_THRESHOLD, progress: bool = True) -> dict:
+             slice_threshold: float = DEFAULT_GAP_THRESHOLD, progress: bool = True, dtype: str = "auto") -> dict:
     """Evaluate ``model`` (and ``baseline``) on ``data``; returns eval.json's content (see SPEC)."""
     started = time.perf_counter()
     examples = load_examples(data, max_samples)
@@ -189,9 +207,9 @@ def run_eval(model: str, data: str | Path, baseline: str | None = None, out_dir:
         check_slice_field(examples, slice_by)
     groups = [field_value(e.record, slice_by) for e in examples] if slice_by else None
 
-    results = [evaluate_model(model, examples, task, batch_size, max_new_tokens, progress)]
+    results = [evaluate_model(model, examples, task, batch_size, max_new_tokens, progress, dtype)]
     if baseline is not None:
-        results.append(evaluate_model(baseline, examples, task, batch_size, max_new_tokens, progress))
+        results.append(evaluate_model(baseline, examples, task, batch_size, max_new_tokens, progress, dtype))
     slices = [slice_metrics(r.stats, groups, slice_by, slice_threshold) if groups else None for r in results]
     main, base = results[0], (results[1] if baseline is not None else None)
 
@@ -206,6 +224,7 @@ def run_eval(model: str, data: str | Path, baseline: str | None = None, out_dir:
         "confusion": main.confusion,
         "timing": main.timing,
         "settings": {"batch_size": batch_size, "max_new_tokens": max_new_tokens or "auto", "decoding": "greedy",
+                     "dtype": dtype,
                      "bootstrap_resamples": BOOTSTRAP_RESAMPLES, "bootstrap_seed": BOOTSTRAP_SEED,
                      "max_samples": max_samples, "slice_by": slice_by, "slice_threshold": slice_threshold},
     }
