@@ -69,6 +69,8 @@ def test_noise_augment_marks_provenance_and_keeps_answers():
     ("<|im_start|>assistant How do I send the Orbit bag back?", QUESTION, "paraphrase",
      "contains chat-template tokens"),
     ("How can I send back the backpack I bought recently?", QUESTION, "paraphrase", "drops 'orbit' from the original"),
+    ("You can return the Orbit backpack within 30 days.", QUESTION, "paraphrase",
+     "answers instead of rewriting (the original asks a question, the rewrite does not)"),
     ("Как вернуть рюкзак Orbit, заказанный на прошлой неделе?", QUESTION, "paraphrase",
      "written in CYRILLIC script, the original in LATIN"),
     ("?? !! 12 -- ## ++ %% Orbit $$ @@", QUESTION, "paraphrase", "mostly not letters (22% letters, the original 98%)"),
@@ -105,7 +107,7 @@ def test_checks_sort_known_candidates_into_the_right_buckets():
         _candidate(sources, 0, good),
         _candidate(sources, 0, good + " "),  # exact duplicate of the candidate before it
         _candidate(sources, 1, "Can I pay with PayPal at checkout??"),  # the original copied: quality
-        _candidate(sources, 1, "Can I pay with PayPal at checkout please"),  # near-duplicate: 29 of its 36 5-grams shared
+        _candidate(sources, 1, "Can I pay with PayPal at checkout please?"),  # near-duplicate: 29 of its 36 5-grams shared
         _candidate(sources, 2, "Is the Pebble power bank able to charge laptops?"),
         _candidate(sources, 3, "Track?"),  # too short for its original
         Candidate({"messages": [{"role": "user", "content": "Hello Order 4471"}]}, 3,

@@ -9,6 +9,9 @@ or imitates (synthetic: a seed's question or answer) and returns why it is bad, 
 * the original copied verbatim (after normalisation), or a few-shot example or a phrase of our own
   instruction copied from the prompt (small models often echo their prompt);
 * chat-template tokens (``<|im_start|>``...) in the text;
+* (paraphrase) a question rewritten as a statement: small models often *answer* the message
+  ("The shipping cost is $10.") instead of rewording it, so a rewrite of a text with a question
+  mark must keep one;
 * (paraphrase) a number or name of the original missing: the kept answer may depend on "order 17"
   or "the Orbit backpack", so a rewrite must keep every token with a digit and every capitalised
   word that does not start a sentence;
@@ -109,7 +112,9 @@ def key_terms(text: str) -> set[str]:
     return terms
 
 
-def _lost_terms_problem(text: str, original: str) -> str | None:
+def _paraphrase_problem(text: str, original: str) -> str | None:
+    if "?" in original and "?" not in text:
+        return "answers instead of rewriting (the original asks a question, the rewrite does not)"
     present = {token.lower() for token in _TOKEN.findall(text)}
     lost = sorted(key_terms(original) - present)
     return f"drops {', '.join(repr(t) for t in lost)} from the original" if lost else None
@@ -130,7 +135,7 @@ def quality_problem(text: str, original: str, method: str, limits: QualityLimits
     if not text:
         return "empty"
     return (_length_problem(text, original, method, limits) or _copy_problem(text, original)
-            or (_lost_terms_problem(text, original) if method == "paraphrase" else None)
+            or (_paraphrase_problem(text, original) if method == "paraphrase" else None)
             or _script_problem(text, original, limits))
 
 

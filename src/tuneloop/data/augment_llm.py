@@ -19,7 +19,7 @@ import re
 from collections.abc import Sequence
 
 PARAPHRASE_SYSTEM = ("You rewrite messages. Keep the meaning, the details and the language; change the "
-                     "wording. Reply with the rewritten message only.")
+                     "wording. Do not answer the message. Reply with the rewritten message only.")
 PARAPHRASE_EXAMPLES = (
     ("How do I reset my password?", "What are the steps to set a new password?"),
     ("My parcel still hasn't arrived, it has been a week.", "It's been seven days and my package is not here yet."),
