@@ -69,14 +69,34 @@ class TrainConfig(Strict):
     )
 
 
+class MixtureTask(Strict):
+    name: str = Field(description="Task name, used in per-task metrics (validation_loss/<name>).")
+    train: str = Field(description="The task's training JSONL.")
+    validation: str | None = Field(None, description="The task's validation JSONL.")
+    weight: float = Field(1.0, gt=0, description="Sampling weight (sampling: weighted).")
+
+
 class DataConfig(Strict):
     train: str | None = Field(None, description="Training JSONL (from `tuneloop data prepare`).")
     validation: str | None = Field(None, description="Validation JSONL.")
     test: str | None = None
+    mixture: list[MixtureTask] | None = Field(
+        None, description="Multi-task training: several datasets sampled together (instead of train)."
+    )
+    sampling: Literal["proportional", "weighted", "temperature"] = Field(
+        "proportional", description="Task shares: by size, by weight, or by size^(1/temperature)."
+    )
+    temperature: float = Field(2.0, gt=0, description="For sampling: temperature (higher = more even).")
 
     @model_validator(mode="after")
     def _needs_train(self):
-        if self.train is None:
+        if self.mixture is not None:
+            if self.train is not None:
+                raise ValueError("give data.train or data.mixture, not both")
+            names = [task.name for task in self.mixture]
+            if len(self.mixture) < 1 or len(set(names)) != len(names):
+                raise ValueError("data.mixture needs at least one task, each with a unique name")
+        elif self.train is None:
             raise ValueError("data.train is required")
         return self
 
@@ -148,6 +168,8 @@ class Recipe(Strict):
     def _qat_methods(self):
         if self.quantization_aware is not None and self.method not in ("full", "lora"):
             raise ValueError(f"quantization_aware works with method full or lora, not {self.method}")
+        if self.data.mixture and self.method not in ("full", "lora", "dora", "qlora"):
+            raise ValueError(f"data.mixture works with the SFT methods (full, lora, dora, qlora), not {self.method}")
         return self
 
     @model_validator(mode="after")
@@ -249,9 +271,11 @@ def recipe_from_dict(raw: dict, source: str = "recipe", base_dir: Path | None = 
 
 
 def _resolve_data_paths(recipe: Recipe, base_dir: Path) -> None:
-    for field in ("train", "validation", "test"):
-        value = getattr(recipe.data, field)
-        if value and not Path(value).is_absolute() and not Path(value).exists():
-            candidate = base_dir / value
-            if candidate.exists():
-                setattr(recipe.data, field, str(candidate))
+    sections = [recipe.data, *(recipe.data.mixture or [])]
+    for section in sections:
+        for field in ("train", "validation", "test"):
+            value = getattr(section, field, None)
+            if value and not Path(value).is_absolute() and not Path(value).exists():
+                candidate = base_dir / value
+                if candidate.exists():
+                    setattr(section, field, str(candidate))

@@ -20,7 +20,7 @@ import json
 import os
 import random
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -48,6 +48,7 @@ class TrainState:
     best_step: int | None = None
     evals_without_improvement: int = 0
     initial_validation_loss: float | None = None
+    task_tokens: dict = field(default_factory=dict)  # multi-task: tokens trained per task
 
 
 def recipe_hash(recipe) -> str:
@@ -55,7 +56,7 @@ def recipe_hash(recipe) -> str:
     train = recipe.train.model_dump()
     key = {
         "model": recipe.model, "method": recipe.method, "lora": recipe.lora.model_dump(),
-        "data.train": recipe.data.train, "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "data.train": recipe.data.train or [task.model_dump() for task in recipe.data.mixture or []], "world_size": int(os.environ.get("WORLD_SIZE", "1")),
         "train": {k: train[k] for k in HASHED_TRAIN_FIELDS},
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]

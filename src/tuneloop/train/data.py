@@ -34,6 +34,7 @@ class Sample:
     input_ids: list[int]
     labels: list[int]
     source: str = ""
+    task: str = ""  # the data.mixture task it came from (multi-task training)
 
     def __len__(self) -> int:
         return len(self.input_ids)

@@ -36,6 +36,7 @@ class TrainData:
     report: TokenizeReport
     validation_report: TokenizeReport | None
     sample_prompts: list[list[dict]]
+    validation_by_task: dict = field(default_factory=dict)  # task -> rows (multi-task only)
 
 
 @dataclass
@@ -67,6 +68,10 @@ class Run:
 def prepare_data(recipe, tokenizer, show_progress: bool = True) -> TrainData:
     """Tokenise, check and pack train (and validation) data. Deterministic, so every rank agrees."""
     t = recipe.train
+    if recipe.data.mixture:
+        from tuneloop.train.mixture import prepare_mixture_data
+
+        return prepare_mixture_data(recipe, tokenizer, show_progress)
     records = read_chat_jsonl(recipe.data.train)
     samples, report = tokenize_records(tokenizer, records, t.max_seq_len, t.overlong, t.train_on,
                                        show_progress=show_progress)
@@ -263,6 +268,11 @@ def train(run: Run, tracker) -> None:
         state.train_seconds += time.perf_counter() - started
         state.step += 1
         state.tokens_seen += result.tokens
+        if run.data.validation_by_task or run.recipe.data.mixture:
+            from tuneloop.train.mixture import task_token_counts
+
+            for task, n in task_token_counts(step_rows).items():
+                state.task_tokens[task] = state.task_tokens.get(task, 0) + n
         record = {"step": state.step, "loss": round(result.loss, 6), "learning_rate": lr,
                   "tokens_per_s": round(state.tokens_seen / max(state.train_seconds, 1e-9), 1),
                   "grad_norm": result.grad_norm, "epoch": state.epoch}
@@ -310,6 +320,10 @@ def _maybe_evaluate(run: Run, record: dict, tracker) -> bool:
     value = loop.evaluate(run.loss_model, run.data.validation_rows, t.batch_size,
                           run.tokenizer.pad_token_id, run.dist)
     record["validation_loss"] = round(value, 6)
+    if run.data.validation_by_task:
+        from tuneloop.train.mixture import evaluate_tasks
+
+        value = evaluate_tasks(run, record)
     if run.dist.is_main:
         _write_samples(run)
     min_delta = t.early_stopping.min_delta if t.early_stopping else 0.0
@@ -420,5 +434,10 @@ def write_summary(run: Run) -> dict:
         "targeted_modules": run.prepared.targeted_modules,
         "rows": len(run.data.train_rows), "data": report.as_dict(),
     }
+    if state.task_tokens:
+        total = sum(state.task_tokens.values())
+        summary["task_token_share"] = {k: round(v / total, 4) for k, v in sorted(state.task_tokens.items())}
+        summary["task_validation_loss"] = {k.split("/", 1)[1]: v for k, v in (metrics[-1] if metrics else {}).items()
+                                           if k.startswith("validation_loss/")}
     write_json_atomic(run.run_dir / "summary.json", summary)
     return summary
