@@ -22,7 +22,7 @@ from common import SHARED_DATA, ensure_workdir
 SUPPORT_CHATS = Path(__file__).resolve().parents[1] / "src/tuneloop/quickstart/data/support_chats.jsonl"
 BANKING77 = SHARED_DATA / "banking77" / "train.csv"
 # (support train, banking train, support validation, banking validation)
-SIZES = {"quick": (128, 128, 32, 32), "full": (320, 960, 48, 80)}
+SIZES = {"quick": (64, 64, 32, 32), "full": (256, 768, 48, 80)}
 
 
 def support_chats(out: Path) -> list[dict]:

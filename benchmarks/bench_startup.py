@@ -4,8 +4,8 @@ Each is timed in a fresh process, best of a few (a busy machine only ever makes 
 
 - ``import tuneloop`` and ``tuneloop --help``: wall time of the whole process, and the same for a bare
   ``python -c pass`` so the interpreter's own start-up can be subtracted (STYLE.md: both < 1 s);
-- model load, cold process: import torch/transformers + resolve the embedded model from the local
-  store + ``load_model`` (the HF directory already converted), and the ``load_model`` call alone.
+- model load in a fresh process, in parts: importing torch + transformers, resolving the embedded
+  model in the local store (already converted to an HF directory), and the ``load_model`` call.
 
 ``python benchmarks/bench_startup.py`` writes results/startup.json.
 """
@@ -25,12 +25,15 @@ from common import PYTHON, REPO, write_result
 LOAD_SNIPPET = """
 import json, time
 t0 = time.perf_counter()
+import torch, transformers
+from transformers import AutoModelForCausalLM
+t1 = time.perf_counter()
 from tuneloop.models.loading import load_model, resolve_model
 resolved = resolve_model("smollm2-135m-instruct")
-t1 = time.perf_counter()
-model = load_model(resolved)
 t2 = time.perf_counter()
-print(json.dumps({"import_and_resolve_s": t1 - t0, "load_model_s": t2 - t1}))
+model = load_model(resolved)
+t3 = time.perf_counter()
+print(json.dumps({"import_torch_transformers_s": t1 - t0, "resolve_s": t2 - t1, "load_model_s": t3 - t2}))
 """
 
 

@@ -110,6 +110,7 @@ def run_worker(args: list[str], timeout: float, env: dict | None = None) -> dict
     """
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
                 "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", **(env or {})}
+    load_before = [round(x, 2) for x in os.getloadavg()]
     start = time.perf_counter()
     try:
         proc = subprocess.run([PYTHON, *args], capture_output=True, text=True, timeout=timeout,
@@ -122,6 +123,8 @@ def run_worker(args: list[str], timeout: float, env: dict | None = None) -> dict
         return {"error": f"exit {proc.returncode}", "args": args, "stderr_tail": proc.stderr[-3000:]}
     result = json.loads(lines[-1])
     result["process_wall_s"] = round(wall, 2)
+    result["load_average_before"] = load_before  # how busy the machine was around this run
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     return result
 
 

@@ -54,10 +54,10 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args(argv)
-    data = bench_data.build("quick")
+    data = bench_data.build("full")  # enough chats for full 8 x 512-token packed batches
     est = estimate_terms()
     out = ensure_workdir() / "runs" / "estimate"
-    measured = run_worker([str(BENCH_DIR / "worker_tuneloop.py"), "--data", str(ensure_workdir() / "data-quick"),
+    measured = run_worker([str(BENCH_DIR / "worker_tuneloop.py"), "--data", str(ensure_workdir() / "data-full"),
                            "--out", str(out), "--max-steps", str(args.steps), "--batch-size", str(BATCH),
                            "--packing"], timeout=1800)
     if "error" in measured:

@@ -19,8 +19,8 @@ README = BENCH_DIR.parent / "README.md"
 START, END = "<!-- benchmarks -->", "<!-- /benchmarks -->"
 SIDE_LABELS = {
     "tuneloop": "tuneloop (packing, supervised-only head)",
-    "trl_defaults": "TRL `SFTTrainer` defaults (a)",
-    "trl_defaults_fp32": "TRL defaults, bf16 off",
+    "trl_defaults": "TRL `SFTTrainer` defaults, bf16 on (a)",
+    "trl_defaults_fp32": "TRL defaults with bf16 off (a_fp32)",
     "trl_packing": "TRL defaults + `packing=True`",
     "trl_best": "TRL best CPU settings (b)",
 }
@@ -74,13 +74,17 @@ def train_section(train: dict) -> list[str]:
     ours = summary.get("tuneloop", {}).get("tokens_per_s")
     for name, s in summary.items():
         ratio = f"{ours / s['tokens_per_s']:.2f}x" if ours and name != "tuneloop" else "-"
+        loss = (f"{fmt(s['validation_loss'], 4)}" if not s.get("partial_epoch")
+                else f"n/a ({s.get('steps')} steps only)")
         lines.append(f"| {SIDE_LABELS.get(name, name)} | {fmt(s['tokens_per_s'])} | {ratio} | "
-                     f"{fmt(100 * s['mfu'])}% | {fmt(s['peak_rss_gb'], 2)} | {fmt(s['validation_loss'], 4)} |")
+                     f"{fmt(100 * s['mfu'])}% | {fmt(s['peak_rss_gb'], 2)} | {loss} |")
+    lines.append("")
     for key, c in compare.items():
-        lines.append("")
+        loss = (f"validation loss {c['validation_loss_delta']:+.4f}" if c.get("loss_comparable")
+                else "validation loss not compared (baseline stopped early)")
         lines.append(f"- vs ({key}) {SIDE_LABELS.get(c['baseline'], c['baseline'])}: **{c['speedup']}x** "
-                     f"(goal {c['goal']}x), memory {c['memory_ratio']}x, validation loss "
-                     f"{c['validation_loss_delta']:+.4f}: goal {'met' if c['met'] else 'not met'}.")
+                     f"(goal {c['goal']}x), memory {c['memory_ratio']}x, {loss}: goal "
+                     f"{'met' if c['met'] else 'not met'}.")
     return lines
 
 

@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--head", default="supervised", choices=("supervised", "full"))
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-validation", action="store_true", help="skip the validation loss (speed only)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -138,7 +139,7 @@ def main() -> None:
     val = [json.loads(x)["messages"] for x in Path(args.data, "validation.jsonl").read_text().splitlines()]
     model = run.prepared.model
     model.to(torch.float32)  # a bf16 base is measured in fp32, like every side
-    val_loss = validation_loss(model, run.tokenizer, val)
+    val_loss = None if args.no_validation else validation_loss(model, run.tokenizer, val)
     counted = count_tokens(run.tokenizer, train)
     from tuneloop.train.loop import steps_per_epoch
 
@@ -155,7 +156,7 @@ def main() -> None:
         "steady_tokens_per_s": steady_tokens_per_s(step_log),
         "first_step_s": round(step_log[0][0], 2) if step_log else None,
         "peak_rss_gb": round(rss_after_train, 3), "rss_after_setup_gb": round(rss_after_setup, 3),
-        "validation_loss": round(val_loss, 4), "torch_threads": torch.get_num_threads(),
+        "validation_loss": round(val_loss, 4) if val_loss is not None else None, "torch_threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
     })
 
