@@ -129,3 +129,23 @@ def test_grpo_reward_errors_name_the_recipe_key(tmp_path, tiny_model_dir, pref_d
     with pytest.raises(UserError, match="grpo.reward_function.*reward file not found"):
         run_training(recipe)
     assert not recipe.run_dir().exists()  # nothing half-written
+
+
+def test_cli_bad_pair_exits_1_with_file_line_and_writes_nothing(tmp_path, tiny_model_dir, pref_data, capsys):
+    from tuneloop.cli.main import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "Q", "chosen": "A", "rejected": "B"}) + "\n"
+                   + json.dumps({"prompt": "Q", "chosen": "A"}) + "\n")
+    recipe = tmp_path / "dpo.yaml"
+    recipe.write_text(f"model: {tiny_model_dir}\nmethod: dpo\noutput_dir: {tmp_path / 'runs'}\n"
+                      f"data: {{train: {bad}}}\ntracking: {{backend: none}}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(recipe)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "Traceback" not in err
+    assert f"{bad}:2: rejected: missing" in err
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(SystemExit):  # --dry-run reads the same data through the same checks
+        main(["train", str(recipe), "--dry-run"])
+    assert f"{bad}:2: rejected" in capsys.readouterr().err

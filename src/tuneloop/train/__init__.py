@@ -23,6 +23,12 @@ def run_training(recipe, resume: bool = False):
 
 def dry_run(recipe) -> str:
     """The ``--dry-run`` report: sample preview, length histogram, memory estimate, steps and ETA."""
+    from tuneloop.train.preference import METHODS
+
+    if recipe.method in METHODS:
+        from tuneloop.train.preference.preview import dry_run_report as preference_report
+
+        return preference_report(recipe)
     from tuneloop.train.preview import dry_run_report
 
     return dry_run_report(recipe)
