@@ -42,7 +42,7 @@ def test_macro_average_skips_labels_absent_from_truth_and_predictions():
     assert scores["f1"] == pytest.approx((2 / 3 + 0.0) / 2)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 4)), min_size=1, max_size=40))
 def test_classification_scores_agree_with_scikit_learn(pairs):
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
