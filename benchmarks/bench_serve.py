@@ -32,14 +32,15 @@ QUESTIONS = [
 ]
 
 
-def start_server(model: str, max_batch_size: int, workdir: Path) -> tuple[subprocess.Popen, str]:
+def start_server(model: str, max_batch_size: int, threads: int | None, workdir: Path) -> tuple[subprocess.Popen, str]:
     import httpx
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     args = [PYTHON, "-m", "tuneloop.cli.main", "serve", "--model", model, "--port", str(port),
-            "--db", f"sqlite:///{workdir / 'serve.db'}", "--max-batch-size", str(max_batch_size)]
+            "--db", f"sqlite:///{workdir / 'serve.db'}", "--max-batch-size", str(max_batch_size),
+            "--request-timeout", "3600"] + (["--threads", str(threads)] if threads else [])
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(workdir / "server.log", "wb"))
     url = f"http://127.0.0.1:{port}"
     for _ in range(1800):
@@ -75,12 +76,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="server's CPU threads (default: all cores; use 1 on a machine shared with other jobs)")
     args = parser.parse_args()
     import openai
 
     questions = (QUESTIONS * (args.requests // len(QUESTIONS) + 1))[: args.requests]
     with tempfile.TemporaryDirectory() as tmp:
-        process, url = start_server(args.model, args.clients, Path(tmp))
+        process, url = start_server(args.model, args.clients, args.threads, Path(tmp))
         try:
             model_id = openai.OpenAI(base_url=url + "/v1", api_key="x").models.list().data[0].id
             client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=600)
@@ -92,6 +95,7 @@ def main() -> None:
             process.wait(timeout=30)
     speedup = concurrent_run["tokens_per_s"] / sequential["tokens_per_s"]
     result = {"model": args.model, "max_tokens": args.max_tokens, "decoding": "greedy",
+              "server_threads": args.threads or "all cores",
               "one_at_a_time": sequential, "concurrent": concurrent_run, "speedup": round(speedup, 2),
               "goals": {"one_stream_tokens_per_s": 50, "concurrent_8_tokens_per_s": 150, "speedup": 3}}
     path = write_result("serve", result)

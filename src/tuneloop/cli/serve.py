@@ -33,8 +33,10 @@ import click
               help="Seconds a generation may take (more: 408).")
 @click.option("--max-body-bytes", default=1_000_000, show_default=True, type=click.IntRange(1),
               help="Largest request body (more: 413).")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="CPU threads for the model [default: all cores]; 1 is often faster on a busy shared machine.")
 def serve(models, host, port, api_key, db_url, engine, max_batch_size, batch_wait_ms, max_tokens_limit,
-          max_concurrency, request_timeout, max_body_bytes):
+          max_concurrency, request_timeout, max_body_bytes, threads):
     """OpenAI-compatible server: /v1/models, /v1/chat/completions, /v1/completions, /v1/feedback,
     /metrics, /health. Every request and feedback is stored (see `tuneloop monitor`)."""
     from tuneloop.serve.app import build
@@ -45,11 +47,12 @@ def serve(models, host, port, api_key, db_url, engine, max_batch_size, batch_wai
                              max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
                              max_tokens_limit=max_tokens_limit,
                              default_max_tokens=min(256, max_tokens_limit), max_concurrency=max_concurrency,
-                             request_timeout_s=request_timeout, max_body_bytes=max_body_bytes)
+                             request_timeout_s=request_timeout, max_body_bytes=max_body_bytes, threads=threads)
     sock = bind_socket(host, port)  # before loading weights: a busy port fails in a second
     served = build(list(models), settings)
     shown_host = f"[{host}]" if ":" in host else host
-    click.echo(f"serving {', '.join(served.service.table.models)} at http://{shown_host}:{sock.getsockname()[1]}/v1"
+    ids = ", ".join(served.service.table.models)
+    click.echo(f"serving {ids} at http://{shown_host}:{sock.getsockname()[1]}/v1"
                f" (store: {served.store.url}; auth: {'API key' if api_key else 'none'})", err=True)
     try:
         run_foreground(served.app, sock)

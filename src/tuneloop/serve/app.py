@@ -130,6 +130,10 @@ def _make_engine(table: ModelTable, settings: ServeSettings, metrics: ServeMetri
     from tuneloop.serve.adapters import load_served
     from tuneloop.serve.engine import BatchingEngine
 
+    if settings.threads:
+        import torch
+
+        torch.set_num_threads(settings.threads)
     model, tokenizer = load_served(table)
     adapters = {m.id: m.adapter_name for m in table.models.values()}
     return BatchingEngine(model, tokenizer, adapters, settings.max_batch_size, settings.batch_wait_ms / 1000,

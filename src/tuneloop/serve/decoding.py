@@ -191,7 +191,8 @@ class RunningBatch:
                 self.logits = torch.cat([self.logits, logits])
         self.sequences += sequences
 
-    def step(self, on_delta: Callable[[Sequence, str], None], is_cancelled: Callable[[Sequence], bool]) -> list[Sequence]:
+    def step(self, on_delta: Callable[[Sequence, str], None],
+             is_cancelled: Callable[[Sequence], bool]) -> list[Sequence]:
         """Sample one token for every row; returns the sequences that finished (or were cancelled)."""
         import torch
 

@@ -28,7 +28,8 @@ class ServeMetrics:
                               ["model", "type"], registry=r)
         self.feedback = Counter("tuneloop_feedback", "Feedback by model and rating", ["model", "rating"],
                                 registry=r)
-        self.batch_size = Histogram("tuneloop_batch_size", "Requests sharing each decode step (forward pass)", ["model"],
+        self.batch_size = Histogram("tuneloop_batch_size", "Requests sharing each decode step (forward pass)",
+                                    ["model"],
                                     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32), registry=r)
         self.in_flight = Gauge("tuneloop_requests_in_flight", "Generations running or queued", registry=r)
 

@@ -19,3 +19,6 @@ class ServeSettings:
     max_concurrency: int = 64  # generations in flight (running or queued); more get 429
     request_timeout_s: float = 300.0  # a generation still running after this gets 408
     max_body_bytes: int = 1_000_000  # larger request bodies get 413
+    # CPU threads for the model (None: torch's default, all cores). On a machine shared with other
+    # busy processes, 1 thread is often much faster: multi-threaded ops wait for descheduled peers.
+    threads: int | None = None
