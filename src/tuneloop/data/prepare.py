@@ -451,7 +451,11 @@ def training_estimate(model: str | None, tokens_per_epoch: int, seq_len: int) ->
     try:
         from tuneloop.models.estimate import estimate as estimate_training
 
-        seconds = estimate_training(card, "lora", seq_len=seq_len, batch_size=8).seconds_per_1k_tokens
+        # Importing torch only to ask for CUDA would cost seconds; a GPU shows itself as a device node.
+        device = "cuda" if Path("/dev/nvidia0").exists() or "torch" in sys.modules and \
+            sys.modules["torch"].cuda.is_available() else "cpu"
+        seconds = estimate_training(card, "lora", seq_len=seq_len, batch_size=8,
+                                    device=device).seconds_per_1k_tokens
     except Exception as e:  # an estimate is a nicety; its failure must not stop preparation
         estimate["train_time"] = f"unavailable ({e})"
         return estimate

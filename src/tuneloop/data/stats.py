@@ -16,6 +16,7 @@ back to a regex estimate (words and punctuation x 1.3, close to BPE on English) 
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from dataclasses import dataclass
@@ -54,8 +55,12 @@ class TokenCounter:
         return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(texts))
 
 
+@functools.lru_cache(maxsize=4)
 def load_token_counter(model: str | None) -> TokenCounter:
-    """A counter for ``model``'s tokenizer, or the regex estimate (with the reason) if it can't load."""
+    """A counter for ``model``'s tokenizer, or the regex estimate (with the reason) if it can't load.
+
+    Cached: loading a tokenizer takes seconds, and quickstart or a notebook may prepare several times.
+    """
     if not model or model.lower() == "none":
         return TokenCounter(description="estimate (no --model given)")
     try:
