@@ -85,7 +85,10 @@ def main(argv=None):
     from tuneloop.errors import UserError
 
     try:
-        cli.main(args=argv, prog_name="tuneloop", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="tuneloop", standalone_mode=False)
+        # Without standalone mode click returns (not raises) the code of ctx.exit(code).
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except UserError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
