@@ -5,6 +5,7 @@ metric moves the right way on a learnable synthetic set (chosen answers are shor
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import pytest
@@ -96,6 +97,12 @@ def test_reward_model_ranks_held_out_pairs(tmp_path, tiny_model_dir, pref_data):
     assert after["validation_reward_accuracy"] >= 0.85
     assert after["validation_loss"] < before["validation_loss"]
     assert summary["method"] == "reward" and (run_dir / "adapter" / "adapter_config.json").is_file()
+    # the run is a reward source for GRPO: the saved adapter and score head load back
+    grpo = make_recipe(tmp_path, tiny_model_dir, pref_data, "grpo",
+                       train={"max_steps": 1}, grpo={"reward_model": str(run_dir), "num_generations": 2,
+                                                     "max_completion_length": 4})
+    rows = read_jsonl(run_training(grpo) / "metrics.jsonl")
+    assert math.isfinite(rows[-1]["reward_mean"]) and "validation_reward_mean" in rows[0]
 
 
 def test_grpo_mean_reward_rises(tmp_path, tiny_model_dir, pref_data):
