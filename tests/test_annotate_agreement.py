@@ -73,7 +73,7 @@ def test_report_and_export_from_a_labels_file(tmp_path):
     records, ties = export_records(store)
     assert [r["id"] for r in records] == ["1", "2", "3", "5"]
     assert records[2]["label"] == "yes"
-    assert records[2]["messages"] == [{"role": "user", "content": "text 3"}, {"role": "assistant", "content": "yes"}]
+    assert records[2]["text"] == "text 3"
     assert [t["record_id"] for t in ties] == ["4"]
 
 

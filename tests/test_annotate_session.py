@@ -98,6 +98,12 @@ def test_answer_task_in_the_terminal_keeps_multiline_answers(tmp_path):
     run_terminal(session, "ana", read=lambda prompt: next(answers), write=lambda line: None)
     event = LabelStore(tmp_path / "labels.jsonl").events[0]
     assert event.value == "Yes, in 5-7 days.\nCustoms fees may apply." and event.suggestion == "Yes."
+    from tuneloop.annotate.report import export_records
+
+    records, ties = export_records(LabelStore(tmp_path / "labels.jsonl"))
+    assert ties == [] and records[0]["messages"] == [
+        {"role": "user", "content": "Do you ship to Canada?"},
+        {"role": "assistant", "content": "Yes, in 5-7 days.\nCustoms fees may apply."}]
 
 
 def test_suggestions_from_the_tiny_model(tmp_path, queue, tiny_model_dir):
@@ -137,7 +143,7 @@ def test_stats_and_export_cli(tmp_path, queue):
     assert "2 resolved records written" in export.output and "tie" in export.output
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["id"], r["label"]) for r in records] == [("r1", "refund"), ("r3", "other")]
-    check = runner.invoke(cli, ["data", "validate", str(out)], standalone_mode=False)
+    check = runner.invoke(cli, ["data", "validate", str(out), "--task", "classification"], standalone_mode=False)
     assert check.exit_code == 0, check.output
     text = runner.invoke(cli, ["annotate", "stats", str(labels)], standalone_mode=False).output
     assert "cohen kappa: 0.500" in text and "TIE" in text

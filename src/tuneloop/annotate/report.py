@@ -8,8 +8,10 @@
   the share of multiply-answered records where all answers agree.
 * :func:`resolve`: one value per record by majority vote (a single annotator's label is its own
   majority); ties are left out and listed as disputed.
-* :func:`export_records`: resolved records in the canonical chat format ``data prepare`` reads:
-  ``{"id", "source", "messages": [..., assistant], "label"?, "metadata": {"annotators", "votes"}}``.
+* :func:`export_records`: resolved records ready for ``data prepare``, with ``id``, ``source`` and
+  ``metadata: {"annotators", "votes"}``. Answers are canonical chat records (``messages`` ending in
+  the chosen answer); labels are ``{"text", "label"}`` classification records, which ``prepare``
+  accepts with ``--task classification`` as well as ``auto`` and turns into chat + ``label``.
 """
 
 from __future__ import annotations
@@ -112,10 +114,11 @@ def export_records(store: LabelStore) -> tuple[list[dict], list[dict]]:
     grouped = store.latest_by_record()
     records = []
     for record_id, event in resolution.resolved.items():
-        record = {"id": record_id, "source": event.source,
-                  "messages": [*event.messages, {"role": "assistant", "content": event.value}]}
+        record = {"id": record_id, "source": event.source}
         if event.task == "classification":
-            record["label"] = event.value
+            record.update(text=event.messages[-1]["content"], label=event.value)
+        else:
+            record["messages"] = [*event.messages, {"role": "assistant", "content": event.value}]
         record["metadata"] = {"annotators": sorted(e.annotator for e in grouped[record_id]),
                               "votes": dict(Counter(e.value for e in grouped[record_id]))}
         records.append(record)
