@@ -110,7 +110,8 @@ def stats(labels_file, as_json):
 @annotate.command("export")
 @click.argument("labels_file", metavar="LABELS", type=click.Path(dir_okay=False))
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
-              help="JSONL of resolved records in the canonical chat format (input for `data prepare`).")
+              help="JSONL of resolved records for `data prepare`: text+label (classification) or chat "
+                   "messages ending in the answer.")
 def export(labels_file, out):
     """Resolve labels by majority vote and write them for `data prepare`; ties are listed, not written."""
     from tuneloop.annotate.report import export_records
