@@ -1,4 +1,4 @@
-"""Slow: a LoRA run on the embedded SmolLM2-135M lowers validation loss and records speed and memory."""
+"""Slow (~1-2 minutes on 2 idle cores): a LoRA run on the embedded SmolLM2-135M lowers validation loss and records speed and memory."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ def test_lora_on_embedded_model_lowers_validation_loss(tmp_path, banking77_csv):
     import csv
 
     with open(banking77_csv, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))[:272]
+        rows = list(csv.DictReader(f))[::52][:192]  # the file is sorted by label
     # Banking77 as chat: the customer's message in, the intent label out.
     chats = [{"messages": [{"role": "user", "content": r["text"]},
                            {"role": "assistant", "content": r["category"]}]} for r in rows]
-    write_jsonl_atomic(tmp_path / "train.jsonl", chats[:240])
-    write_jsonl_atomic(tmp_path / "validation.jsonl", chats[240:272])
+    write_jsonl_atomic(tmp_path / "train.jsonl", [c for i, c in enumerate(chats) if i % 6])
+    write_jsonl_atomic(tmp_path / "validation.jsonl", chats[::6])
     recipe = recipe_from_dict({
         "name": "embedded", "model": "smollm2-135m-instruct", "method": "lora", "output_dir": str(tmp_path),
         "data": {"train": str(tmp_path / "train.jsonl"), "validation": str(tmp_path / "validation.jsonl")},

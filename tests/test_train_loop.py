@@ -145,3 +145,16 @@ def test_packed_attention_matches_stock_sdpa_block_mask(tiny_model_dir):
     positions = collate(rows, tokenizer.pad_token_id)["position_ids"]
     gathered = torch.cat([b[b >= 0] for b in segment_buckets(positions)])
     assert sorted(gathered.tolist()) == list(range(positions.numel()))
+
+
+def test_early_stopping_keeps_the_best_checkpoint(tiny_model_dir, tmp_path):
+    # min_delta larger than any step's improvement: only the first evaluation counts as a gain.
+    raw = tiny_recipe(tiny_model_dir, tmp_path, validation=True, max_steps=12, eval_every=1,
+                      early_stopping={"patience": 2, "min_delta": 5.0})
+    run_dir = run_training(recipe_from_dict(raw))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    evaluated = [m for m in read_jsonl(run_dir / "metrics.jsonl") if "validation_loss" in m]
+    assert summary["steps"] == 3 and [m["step"] for m in evaluated] == [1, 2, 3]  # patience 2
+    assert summary["best_step"] == 1
+    best_meta = json.loads((run_dir / "checkpoints" / "best" / "state.json").read_text())
+    assert best_meta["state"]["step"] == 1

@@ -66,7 +66,6 @@ def setup_model(recipe, model_path, precision: Precision, device: torch.device) 
     else:
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=precision.base_dtype)
         model.to(device)
-    model.config.use_cache = False
     targeted = {}
     if method in ADAPTER_METHODS:
         model, targeted = _add_adapters(model, recipe)
