@@ -166,3 +166,17 @@ def test_model_methods_on_the_tiny_model_go_through_every_check(method, tiny):
     for rejected in result.rejected:
         assert rejected["reason"] and rejected["kind"] in ("invalid", "quality", "exact_duplicate", "near_duplicate")
     json.dumps(result.records)  # serialisable as written by the CLI
+
+
+@pytest.mark.slow
+def test_paraphrase_with_the_embedded_model():
+    result = augment(SUPPORT, "paraphrase", seed=0, max_new_tokens=40)
+    c = result.counts
+    assert c["generated"] == 4
+    assert c["generated"] == c["invalid"] + c["exact_duplicates"] + c["near_duplicates"] + c["filtered"] + c["output"]
+    ids = {origin_id(r) for r in SUPPORT}
+    for record in result.records:
+        assert validate_record(record, "sft")[1] == [] and record["augmented_from"] in ids
+        assert quality_problem(record["messages"][0]["content"],
+                               next(s for s in SUPPORT if origin_id(s) == record["augmented_from"])
+                               ["messages"][0]["content"], "paraphrase") is None
