@@ -51,6 +51,11 @@ def resolve_precision(requested: str, device: torch.device, method: str) -> Prec
         raise UserError("train.precision: fp16 needs a CUDA GPU", hint="use auto, bf16 or fp32 on CPU")
     if requested == "auto":
         requested = "bf16" if bf16_supported() else "fp32"
+    elif requested == "bf16" and device.type == "cpu" and not bf16_supported():
+        import sys
+
+        print("warning: train.precision bf16 on a CPU without AVX512-BF16/AMX: bf16 matmuls are emulated "
+              "and can be 100x slower than fp32; precision: auto picks fp32 here", file=sys.stderr)
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[requested]
     # Frozen weights may live in the compute dtype; trainable ones always stay fp32.
     base = autocast if (autocast is not None and method in ADAPTER_METHODS) else torch.float32
