@@ -1,13 +1,13 @@
 """DPO on the embedded SmolLM2-135M-Instruct: does preferring concise support answers shorten them?
 
 The preference set is generated here, deterministically: customer-support questions, each with a
-concise answer (chosen) and a rambling one that says the same after three sentences of filler
-(rejected). 4 question topics (20 pairs) are held out entirely. The run trains DPO with LoRA, then this
+concise answer (chosen) and a rambling one that says the same after two sentences of filler
+(rejected). 3 question topics (15 pairs) are held out entirely. The run trains DPO with LoRA, then this
 script generates greedy answers to the held-out questions with the base model and with the tuned
 one and adds the comparison (mean answer length in words, held-out choice accuracy) to the run's
 ``summary.json`` under ``behaviour``.
 
-    .venv/bin/python benchmarks/dpo_embedded.py [--steps 24] [--out /tmp/dpo-embedded]
+    .venv/bin/python benchmarks/dpo_embedded.py [--steps 16] [--out /tmp/dpo-embedded]
 
 Takes a few minutes on 2 CPU cores. Prints the before/after table.
 """
@@ -62,11 +62,11 @@ CLOSING = ["Please do not hesitate to get back to us if anything else comes up a
 def preference_pairs(seed: int = 0) -> tuple[list[dict], list[dict]]:
     """(train, held-out) pairs; held-out topics never appear in train."""
     rng = random.Random(seed)
-    held_topics = set(rng.sample(range(len(TOPICS)), 4))
+    held_topics = set(rng.sample(range(len(TOPICS)), 3))
     train, held = [], []
     for i, (topic, answer) in enumerate(TOPICS):
         for phrasing in PHRASINGS:
-            filler = rng.sample(FILLER, 3)
+            filler = rng.sample(FILLER, 2)
             rambling = " ".join(filler + [f"So, to answer you: {answer}", rng.choice(CLOSING)])
             pair = {"prompt": phrasing.format(t=topic), "chosen": answer, "rejected": rambling}
             (held if i in held_topics else train).append(pair)
@@ -82,8 +82,8 @@ def mean_words(model, tokenizer, prompts: list[str], max_new_tokens: int) -> tup
     return sum(len(t.split()) for t in texts) / len(texts), texts
 
 
-def main(steps: int = 24, out: str = "/tmp/dpo-embedded", n_eval_prompts: int = 8,
-         max_new_tokens: int = 64) -> dict:
+def main(steps: int = 16, out: str = "/tmp/dpo-embedded", n_eval_prompts: int = 6,
+         max_new_tokens: int = 48) -> dict:
     from tuneloop.config.recipe import recipe_from_dict
     from tuneloop.models.loading import load_model_and_tokenizer
     from tuneloop.paths import write_json_atomic, write_jsonl_atomic
@@ -99,7 +99,7 @@ def main(steps: int = 24, out: str = "/tmp/dpo-embedded", n_eval_prompts: int = 
         "data": {"train": str(out_dir / "data" / "train.jsonl"),
                  "validation": str(out_dir / "data" / "validation.jsonl")},
         "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
-        "train": {"max_steps": steps, "learning_rate": 5.0e-4, "batch_size": 4, "max_seq_len": 192,
+        "train": {"max_steps": steps, "learning_rate": 1.0e-3, "batch_size": 4, "max_seq_len": 192,
                   "eval_every": steps, "save_every": steps, "warmup_ratio": 0.05},
         "preference": {"beta": 0.1}, "tracking": {"backend": "none"},
     })
@@ -125,7 +125,7 @@ def main(steps: int = 24, out: str = "/tmp/dpo-embedded", n_eval_prompts: int = 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--out", default="/tmp/dpo-embedded")
     args = parser.parse_args()
     result = main(args.steps, args.out)
