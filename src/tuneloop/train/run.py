@@ -232,6 +232,11 @@ def _start_run_dir(run: Run, resume: bool):
     tracker = Tracker(run.recipe.tracking, run.run_dir, run.recipe.name, resume=resume)
     tracker.log_params(run.recipe.model_dump() | {"trainable_parameters": run.prepared.trainable_parameters})
     print(run.prepared.describe(), flush=True)
+    r = run.data.report
+    print(f"data: {r.kept} of {r.total} samples kept in {len(run.data.train_rows)} rows; "
+          f"{r.dropped_overlong} dropped as longer than max_seq_len (overlong: {run.recipe.train.overlong}), "
+          f"{r.truncated_prompt} prompt-truncated, {r.no_trainable_tokens} without trainable tokens; "
+          f"precision {run.precision.name}", flush=True)
     return tracker
 
 
