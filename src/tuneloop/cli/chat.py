@@ -9,8 +9,8 @@ import click
 @click.option("--model", "-m", "model_ref", default="smollm2-135m-instruct", show_default=True,
               help="Catalog name, hub id, local dir, .gguf file or run directory.")
 @click.option("--system", help="System prompt.")
-@click.option("--max-new-tokens", type=int, default=256, show_default=True)
-@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0 = greedy.")
 @click.argument("message", required=False)
 def chat(model_ref, system, max_new_tokens, temperature, message):
     """Answer MESSAGE (one-shot), or start an interactive chat when no MESSAGE is given."""

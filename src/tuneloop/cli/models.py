@@ -35,10 +35,10 @@ def list_models(as_json):
 
 @models.command()
 @click.option("--task", required=True, help="chat, classification, summarization, code, reasoning, multilingual.")
-@click.option("--memory-gb", type=float, required=True, help="Memory available for training (GB).")
+@click.option("--memory-gb", type=click.FloatRange(min=0, min_open=True), required=True, help="Memory available for training (GB).")
 @click.option("--license", "license_", type=click.Choice(["any", "commercial"]), default="any",
               help="'commercial' keeps only models whose licence allows commercial use.")
-@click.option("--top", type=int, default=5, show_default=True)
+@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True)
 def recommend(task, memory_gb, license_, top):
     """Ranked model suggestions for a task and memory budget, with reasons."""
     from tuneloop.models.recommend import TASKS, recommend as rank
@@ -62,9 +62,9 @@ def recommend(task, memory_gb, license_, top):
 @models.command("estimate")
 @click.argument("model")
 @click.option("--method", type=click.Choice(["full", "lora", "qlora"]), default="lora", show_default=True)
-@click.option("--seq-len", type=int, default=512, show_default=True)
-@click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--lora-r", type=int, default=16, show_default=True)
+@click.option("--seq-len", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--lora-r", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def estimate_command(model, method, seq_len, batch_size, lora_r, as_json):
     """Memory (GB) and time per 1k training tokens on this machine."""

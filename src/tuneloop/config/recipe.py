@@ -226,7 +226,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise UserError(f"--set {text!r}: expected key=value, e.g. --set train.epochs=1")
     key, value = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value)
+    keys = key.strip().split(".")
+    if not all(k.strip() for k in keys):
+        raise UserError(f"--set {text!r}: empty key; name a recipe key such as train.epochs")
+    try:
+        return keys, yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise UserError(f"--set {text!r}: the value is not valid YAML ({getattr(e, 'problem', e)})",
+                        hint="quote it (--set 'key=\"text\"') or fix the brackets, e.g. --set lora.target_modules=[q_proj]"
+                        ) from None
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -249,7 +257,14 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     if not path.is_file():
         raise UserError(f"recipe file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"not UTF-8 text (byte {e.start}); is this a YAML recipe?", where=str(path)) from None
+    if not text.strip():
+        raise UserError("the recipe is empty", where=str(path),
+                        hint="see recipes/ for examples; at least name, model, method and data.train")
+    try:
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)

@@ -98,8 +98,12 @@ def example_from_record(obj, where: str) -> Example:
 
 
 def _read_jsonl(path: Path):
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise _bad(f"{path}:{line_no}", "not UTF-8 text", hint="save the file as UTF-8 JSONL") from None
             if not line.strip():
                 continue
             try:

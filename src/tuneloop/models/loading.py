@@ -43,7 +43,11 @@ def _resolve_run_dir(path: Path) -> ResolvedModel | None:
         adapter = path
     if adapter is None:
         return None
-    config = json.loads((adapter / "adapter_config.json").read_text())
+    try:
+        config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"not valid JSON ({e})", where=str(adapter / "adapter_config.json"),
+                        hint="the run's adapter is damaged; re-run training or restore the file") from None
     base_ref = _base_reference(path, config)
     base = resolve_model(base_ref)
     return ResolvedModel(str(path), base.path, adapter)
@@ -98,12 +102,22 @@ def resolve_model(reference: str | Path) -> ResolvedModel:
     )
 
 
+def _unloadable(path: Path, what: str, error: Exception) -> UserError:
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+    return UserError(f"cannot load the {what}: {first}", where=str(path),
+                     hint="a model directory needs config.json, weights (*.safetensors) and tokenizer files; "
+                          "re-download or re-export it")
+
+
 def load_tokenizer(reference: str | Path | ResolvedModel):
     """The tokenizer, with a pad token distinct from EOS where the vocabulary has one."""
     from transformers import AutoTokenizer
 
     resolved = reference if isinstance(reference, ResolvedModel) else resolve_model(reference)
-    tokenizer = AutoTokenizer.from_pretrained(resolved.tokenizer_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved.tokenizer_path)
+    except (OSError, ValueError) as e:  # missing or damaged tokenizer files in a local directory
+        raise _unloadable(resolved.tokenizer_path, "tokenizer", e) from None
     pad = store.choose_pad_token(tokenizer)
     if pad is not None:
         tokenizer.pad_token = pad
@@ -129,7 +143,10 @@ def load_model(reference: str | Path | ResolvedModel, dtype=None, merge_adapter:
         from tuneloop.export.quantized import load_quantized
 
         return load_quantized(resolved.path)
-    model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=dtype or torch.float32)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=dtype or torch.float32)
+    except (OSError, ValueError) as e:  # missing weights, damaged config.json, unknown architecture
+        raise _unloadable(resolved.path, "model", e) from None
     if resolved.adapter is not None:
         from peft import PeftModel
 

@@ -75,11 +75,16 @@ def read_chat_jsonl(path: str | Path) -> list[tuple[str, list[dict]]]:
         raise UserError(f"training data not found: {path}",
                         hint="point data.train at a JSONL file, e.g. from `tuneloop data prepare`")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UserError("not UTF-8 text", where=where,
+                                hint="training data is JSONL saved as UTF-8; `tuneloop data prepare` writes it") from None
             if not line.strip():
                 continue
-            where = f"{path}:{number}"
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:

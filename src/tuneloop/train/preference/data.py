@@ -39,7 +39,13 @@ def _read_json_lines(path: Path) -> list[tuple[int, object]]:
     if not path.is_file():
         raise UserError(f"data file not found: {path}", hint="set data.train to a JSONL file")
     rows = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError("not UTF-8 text", where=f"{path}:{data[:e.start].count(b'\n') + 1}",
+                        hint="preference data is JSONL saved as UTF-8") from None
+    for line_no, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
