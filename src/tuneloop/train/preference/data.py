@@ -43,7 +43,8 @@ def _read_json_lines(path: Path) -> list[tuple[int, object]]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise UserError("not UTF-8 text", where=f"{path}:{data[:e.start].count(b'\n') + 1}",
+        line_no = data[: e.start].count(b"\n") + 1  # no backslash inside an f-string before 3.12
+        raise UserError("not UTF-8 text", where=f"{path}:{line_no}",
                         hint="preference data is JSONL saved as UTF-8") from None
     for line_no, line in enumerate(text.splitlines(), 1):
         if not line.strip():
