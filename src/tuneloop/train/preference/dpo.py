@@ -27,4 +27,5 @@ METHOD = Method(
     prepare=pairs.prepare,
     loss=lambda session, indices: pairs.train_loss(session, indices, pair_loss),
     evaluate=lambda session: pairs.evaluate(session, pair_loss),
+    check=pairs.load_splits,
 )

@@ -39,6 +39,7 @@ class Method:
     loss: Callable[["Session", list[int]], tuple[torch.Tensor, dict, int]]  # -> loss, metrics, tokens
     evaluate: Callable[["Session"], dict]  # held-out metrics, keys without the validation_ prefix
     keeps_reference: bool = True  # full fine-tuning keeps a frozen copy of the starting model
+    check: Callable[[Any], None] | None = None  # cheap input checks, run before the model loads
 
 
 @dataclass
@@ -191,6 +192,8 @@ def run(recipe, method: Method, resume: bool = False):
     torch.manual_seed(recipe.train.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     run_dir = runtime.check_run_dir(recipe, resume)
+    if method.check is not None:  # a typo in the data should not wait for a model to load
+        method.check(recipe)
     model, tokenizer, autocast_dtype = build_model(recipe, method.head, device)
     session = Session(recipe, run_dir, model, tokenizer, device, autocast_dtype=autocast_dtype)
     if recipe.finetuning == "full" and method.keeps_reference:

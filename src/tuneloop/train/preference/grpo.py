@@ -143,10 +143,17 @@ def evaluate(session: Session) -> dict:
             "completion_length": sum(map(len, completions)) / len(completions)}
 
 
+def check(recipe) -> None:
+    pref_data.load_prompts(recipe.data.train)
+    if recipe.grpo.reward_function:
+        load_reward_function(recipe.grpo.reward_function)
+
+
 METHOD = Method(
     name="grpo",
     head="causal",
     prepare=prepare,
     loss=loss,
     evaluate=evaluate,
+    check=check,
 )

@@ -95,4 +95,5 @@ METHOD = Method(
     loss=loss,
     evaluate=evaluate,
     keeps_reference=False,
+    check=pairs.load_splits,
 )
