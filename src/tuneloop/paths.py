@@ -26,6 +26,37 @@ def model_store() -> Path:
     return tuneloop_home() / "models"
 
 
+def check_output_dir(path: str | os.PathLike, what: str = "--out") -> Path:
+    """Fail early (before hours of work) when ``path`` cannot become a writable directory."""
+    from tuneloop.errors import UserError
+
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UserError(f"{probe} is a file, not a directory", where=f"{what} {path}",
+                        hint="choose a new or existing directory")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"no permission to write in {probe}", where=f"{what} {path}",
+                        hint="choose a directory you can write to")
+    return path
+
+
+def make_dir(path: str | os.PathLike, what: str = "--out") -> Path:
+    """``mkdir -p`` for an output directory; one that cannot be created is a UserError naming it."""
+    from tuneloop.errors import UserError
+
+    path = Path(path)
+    check_output_dir(path, what)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the directory: {e.strerror or e}", where=f"{what} {path}",
+                        hint="choose a directory you can write to") from None
+    return path
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; on success rename it over ``path`` (atomic on POSIX).
@@ -33,8 +64,13 @@ def atomic_path(path: str | os.PathLike):
     On error the temporary file is removed and ``path`` keeps its old content.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    make_dir(path.parent, "output")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        from tuneloop.errors import UserError
+
+        raise UserError(f"cannot write {path}: {e.strerror or e}", hint="choose a directory you can write to") from None
     os.close(fd)
     try:
         yield Path(tmp)

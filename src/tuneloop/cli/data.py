@@ -62,6 +62,8 @@ def validate(files, task, text_column, label_column):
             click.echo(f"{record.source}: {field}: {message}")
         bad += bool(problems)
     click.echo(f"{len(raw)} records, {bad} invalid (task: {task})", err=True)
+    if not raw:
+        click.echo(f"error: no records found in {', '.join(files)} (empty files?)", err=True)
     if bad or not raw:
         # sys.exit, not ctx.exit: with standalone_mode=False click would turn ctx.exit(1) into a return value.
         sys.exit(1)
@@ -106,6 +108,14 @@ def prepare(files, out_dir, task, split_text, seed, text_column, label_column, n
     report = run_prepare(files, out_dir, options, progress=not quiet)
     if not quiet:
         _print_summary(report, out_dir)
+    if report.counts["output"] == 0:  # empty splits would only fail later, in train or eval
+        from tuneloop.errors import UserError
+
+        first = report.issues[0] if report.issues else None
+        raise UserError(f"none of the {report.counts['input']:,} records is usable (task {report.task})"
+                        + (f"; first: {first['source']}: {first['message']}" if first else ""),
+                        hint=f"{out_dir}/report.json lists every issue; `tuneloop data validate` prints each "
+                             "invalid record; check --task and --text-column/--label-column")
 
 
 def _print_summary(report, out_dir) -> None:

@@ -33,7 +33,9 @@ def train(recipe_path, overrides, resume, dry_run, out_dir):
 
         click.echo(make_report(recipe))
         return
+    from tuneloop.paths import check_output_dir
     from tuneloop.train import run_training
 
+    check_output_dir(recipe.run_dir(), "run directory")  # before loading the model and data
     run_dir = run_training(recipe, resume=resume)
     click.echo(f"run directory: {run_dir}")

@@ -369,6 +369,9 @@ def prepare(paths, out_dir, options: PrepareOptions | None = None, progress: boo
     """Run the whole preparation and write train/validation/test.jsonl, report.json/.html, manifest.json."""
     options = options or PrepareOptions()
     clock = _StageClock()
+    from tuneloop.paths import check_output_dir
+
+    check_output_dir(out_dir)
     raw, files = read_all(paths, options)
     if not raw:
         raise UserError(f"no records found in {', '.join(map(str, paths))}", hint="are the files empty?")
@@ -478,9 +481,9 @@ def write_outputs(out_dir: Path, by_split: dict[str, list[_Candidate]], report: 
     """Each file is written atomically; manifest.json last, so its presence means a complete set."""
     from tuneloop import __version__
     from tuneloop.data.report import render_html
-    from tuneloop.paths import write_json_atomic, write_jsonl_atomic, write_text_atomic
+    from tuneloop.paths import make_dir, write_json_atomic, write_jsonl_atomic, write_text_atomic
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)
     (out_dir / "manifest.json").unlink(missing_ok=True)
     for name, members in by_split.items():
         path = out_dir / f"{name}.jsonl"

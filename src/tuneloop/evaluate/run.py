@@ -200,6 +200,10 @@ def run_eval(model: str, data: str | Path, baseline: str | None = None, out_dir:
              slice_threshold: float = DEFAULT_GAP_THRESHOLD, progress: bool = True, dtype: str = "auto") -> dict:
     """Evaluate ``model`` (and ``baseline``) on ``data``; returns eval.json's content (see SPEC)."""
     started = time.perf_counter()
+    if out_dir is not None:
+        from tuneloop.paths import check_output_dir
+
+        check_output_dir(out_dir)
     examples = load_examples(data, max_samples)
     task = detect_task(examples, task)
     parsed_gates = parse_gates(gates, metric_names(task, examples), baseline is not None)
@@ -237,9 +241,9 @@ def run_eval(model: str, data: str | Path, baseline: str | None = None, out_dir:
 def write_outputs(out_dir: Path, result: dict, main: ModelResult, base: ModelResult | None) -> None:
     """predictions, report, then eval.json last: its presence means the evaluation completed."""
     from tuneloop.evaluate.report import render_report
-    from tuneloop.paths import write_json_atomic, write_jsonl_atomic, write_text_atomic
+    from tuneloop.paths import make_dir, write_json_atomic, write_jsonl_atomic, write_text_atomic
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)
     write_jsonl_atomic(out_dir / "predictions.jsonl", main.rows)
     if base is not None:
         write_jsonl_atomic(out_dir / "predictions.baseline.jsonl", base.rows)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from tuneloop.errors import UserError
-from tuneloop.paths import write_json_atomic, write_jsonl_atomic, write_text_atomic
+from tuneloop.paths import make_dir, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from tuneloop.train import checkpoint as ckpt
 from tuneloop.train import loop
 from tuneloop.train.data import (Sample, TokenizeReport, collate, make_rows, read_chat_jsonl,
@@ -226,7 +226,7 @@ def run_training(recipe, resume: bool = False) -> Path:
 def _start_run_dir(run: Run, resume: bool):
     from tuneloop.train.tracking import MetricsLog, Tracker
 
-    run.run_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(run.run_dir, "run directory")
     write_text_atomic(run.run_dir / "recipe.resolved.yaml", recipe_yaml(run.recipe))
     run.metrics = MetricsLog(run.run_dir / "metrics.jsonl", run.state.step if resume else None)
     tracker = Tracker(run.recipe.tracking, run.run_dir, run.recipe.name, resume=resume)

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from tuneloop.errors import UserError
-from tuneloop.paths import read_jsonl, write_json_atomic, write_text_atomic
+from tuneloop.paths import make_dir, read_jsonl, write_json_atomic, write_text_atomic
 from tuneloop.train import checkpoint as ckpt
 
 
@@ -33,7 +33,7 @@ def start_run_dir(recipe, resume: bool) -> Path:
     run_dir = recipe.run_dir()
     if not resume and (run_dir / "checkpoints").exists():
         shutil.rmtree(run_dir / "checkpoints")  # a fresh run must not resume someone's old steps
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(run_dir, "run directory")
     write_text_atomic(run_dir / "recipe.resolved.yaml", recipe_yaml(recipe))
     # What `serve`, `eval` and `export` read to find the base model under this run's adapter.
     base = recipe.model
