@@ -91,7 +91,7 @@ def test_clean_paraphrase_and_parse_qa():
     assert clean_paraphrase('Rewritten: "Is PayPal OK?"\n\nHope this helps') == "Is PayPal OK?"
     assert parse_qa("Q: Do you ship to Canada?\nA: Yes, in 7 days.\nQ: more") == ("Do you ship to Canada?",
                                                                                  "Yes, in 7 days.")
-    assert parse_qa("Do you ship to Canada?\nA: Yes.") == ("Do you ship to Canada?", "Yes.")
+    assert parse_qa("Do you ship to Canada?\nA: Yes.\n\nA: No.") == ("Do you ship to Canada?", "Yes.")
     assert parse_qa("Sure, here is an example.") is None
 
 

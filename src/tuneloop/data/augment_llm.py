@@ -68,7 +68,7 @@ def parse_qa(text: str) -> tuple[str, str] | None:
     if match is None:
         return None
     question = re.sub(r"^\s*Q\s*:\s*", "", text[: match.start()].strip()).strip()
-    answer = re.split(r"\n\s*Q\s*:", text[match.end() :])[0].strip()
+    answer = re.split(r"\n\s*[QA]\s*:", text[match.end() :])[0].strip()  # one pair only
     if not question or not answer:
         return None
     return question, answer
