@@ -6,7 +6,9 @@
 Every side runs in its own subprocess (``worker_tuneloop.py`` / ``worker_trl.py``), one after the other
 and interleaved across repeats (A B C, then B C A, ...) so a change in machine load hits all sides.
 Shared: the embedded SmolLM2-135M-Instruct in fp32, LoRA r16/alpha 32/dropout 0.05 on all linear
-layers, learning rate 2e-4 cosine with 3% warmup, max length 512, one epoch, loss on assistant tokens.
+layers, learning rate 2e-4 cosine without warmup (HF and tuneloop round a 3% warmup of a short run
+differently, and HF's first warmup step has learning rate 0), max length 512, one epoch, loss on
+assistant tokens only.
 
 Effective batch = 8 examples per optimizer step on every side: 8 padded rows without packing; with
 packing, rows of 512 tokens hold about 8 examples each, so a packed step takes

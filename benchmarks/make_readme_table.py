@@ -56,17 +56,21 @@ def machine_line(result: dict) -> str:
 def train_section(train: dict) -> list[str]:
     summary, compare = train.get("summary", {}), train.get("comparisons", {})
     peaks, data = train.get("peaks", {}), train.get("data", {})
-    before = peaks.get("before", {})
+    before, after = peaks.get("before") or {}, peaks.get("after") or {}
+    loads = [r["load_average_before"][0] for r in train.get("runs", []) if "load_average_before" in r]
+    load_note = f" 1-minute load average before each run: {min(loads)}-{max(loads)}." if loads else ""
     lines = [
         f"**LoRA SFT throughput** ({train.get('mode')} mode: {data.get('examples')} training chats, "
         f"{data.get('tokens'):,} tokens, mean {fmt(data.get('mean_len'))} tokens; embedded "
         f"SmolLM2-135M-Instruct, LoRA r16/alpha 32 all-linear, max length 512, 8 examples per step, "
         f"{train.get('epochs')} epoch; sides run one after another in separate processes).",
-        f"Machine: {machine_line(train)}.",
-        f"Matmul peak (2048^3, same run): fp32 {fmt(before.get('fp32_gflops'))} GFLOP/s, bf16 "
-        f"{fmt(before.get('bf16_gflops'))} GFLOP/s ({'native' if before.get('bf16_native') else 'emulated'}); "
-        f"MFU against {fmt(peaks.get('used_gflops'))} GFLOP/s at "
-        f"{fmt(train.get('flops', {}).get('flops_per_token', 0) / 1e6, 0)} MFLOP per token.",
+        f"Machine: {machine_line(train)}.{load_note}",
+        f"Matmul peak (2048^3, before / after the runs): fp32 {fmt(before.get('fp32_gflops'))} / "
+        f"{fmt(after.get('fp32_gflops'))} GFLOP/s, bf16 {fmt(before.get('bf16_gflops'))} / "
+        f"{fmt(after.get('bf16_gflops'))} GFLOP/s ({'native' if before.get('bf16_native') else 'emulated'}); "
+        f"MFU is against the better, {fmt(peaks.get('used_gflops'))} GFLOP/s, at "
+        f"{fmt(train.get('flops', {}).get('flops_per_token', 0) / 1e6, 0)} MFLOP per token "
+        "(4N + attention, N = non-embedding parameters).",
         "",
         "| side | tokens/s | tuneloop speed-up | MFU | peak RSS (GB) | validation loss |",
         "|---|---:|---:|---:|---:|---:|",
@@ -82,7 +86,8 @@ def train_section(train: dict) -> list[str]:
     for key, c in compare.items():
         loss = (f"validation loss {c['validation_loss_delta']:+.4f}" if c.get("loss_comparable")
                 else "validation loss not compared (baseline stopped early)")
-        lines.append(f"- vs ({key}) {SIDE_LABELS.get(c['baseline'], c['baseline'])}: **{c['speedup']}x** "
+        label = SIDE_LABELS.get(c["baseline"], c["baseline"]).rsplit(" (", 1)[0]
+        lines.append(f"- vs ({key}) {label}: **{c['speedup']}x** "
                      f"(goal {c['goal']}x), memory {c['memory_ratio']}x, {loss}: goal "
                      f"{'met' if c['met'] else 'not met'}.")
     return lines
@@ -116,13 +121,16 @@ def other_section(results: dict) -> list[str]:
     serve = results.get("serve")
     if serve:
         one, many = serve.get("one_at_a_time", {}), serve.get("concurrent", {})
-        rows.append(("`serve`, generated tokens/s: one request at a time / concurrent clients",
+        rows.append((f"`serve`, generated tokens/s: one request at a time / {many.get('clients', '?')} "
+                     f"concurrent clients (greedy, {serve.get('max_tokens')} tokens each, server threads: "
+                     f"{serve.get('server_threads', 'all')})",
                      f"{fmt(one.get('tokens_per_s'))} / {fmt(many.get('tokens_per_s'))} "
                      f"({fmt(serve.get('speedup'), 2)}x from batching)"))
     start = results.get("startup")
     if start:
         load = start.get("model_load", {})
-        rows.append(("embedded model load from the local store (`load_model`; whole cold process)",
+        rows.append(("embedded model load from the local store: `load_model` (fresh process incl. importing "
+                     "torch + transformers)",
                      f"{fmt(load.get('load_model_s'), 2)} s ({fmt(load.get('process_s'), 2)} s)"))
         rows.append(("`import tuneloop` / `tuneloop --help` (process wall time; bare Python "
                      f"{fmt(start.get('python_bare_s'), 2)} s)",

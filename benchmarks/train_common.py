@@ -11,7 +11,7 @@ from __future__ import annotations
 
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}
 HYPER = {"batch_size": 8, "gradient_accumulation": 1, "learning_rate": 2e-4, "lr_scheduler": "cosine",
-         "warmup_ratio": 0.03, "weight_decay": 0.0, "max_grad_norm": 1.0, "max_seq_len": 512, "seed": 0}
+         "warmup_ratio": 0.0, "weight_decay": 0.0, "max_grad_norm": 1.0, "max_seq_len": 512, "seed": 0}
 
 
 def count_tokens(tokenizer, chats: list[list[dict]]) -> dict:
