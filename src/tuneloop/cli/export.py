@@ -19,7 +19,7 @@ from tuneloop.export import FORMATS
 @click.option("--quantize", type=click.Choice(["int4", "int8"]),
               help="Post-training quantization (int weights, int8 dynamic activations); implies "
                    "--format quantized. A QAT run exports with --format quantized alone.")
-@click.option("--group-size", type=int, default=32, show_default=True, help="Weights per scale (--quantize).")
+@click.option("--group-size", type=click.IntRange(min=8), default=32, show_default=True, help="Weights per scale (--quantize).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it already holds files.")
 def export(run_dir, fmt, out_dir, gguf_dtype, quantize, group_size, overwrite):
     """Merge a run's adapter into its base and write a standalone model.

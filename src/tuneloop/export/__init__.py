@@ -55,9 +55,16 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
         if not overwrite:
             raise UserError(f"{out_dir} already exists and is not empty",
                             hint="choose another --out, or pass --overwrite to replace it")
+    from tuneloop.paths import check_output_dir
+
+    check_output_dir(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as e:
+        raise UserError(f"cannot create the directory: {e.strerror or e}", where=f"--out {out_dir}",
+                        hint="choose a directory you can write to") from None
     return tmp
 
 
