@@ -25,11 +25,11 @@ BANKING77 = SHARED_DATA / "banking77" / "train.csv"
 SIZES = {"quick": (64, 64, 32, 32), "full": (256, 768, 48, 80)}
 
 
-def support_chats(out: Path) -> list[dict]:
-    """The clean support chats: ``prepare`` with no split (everything lands in train.jsonl)."""
+def support_chats(work: Path) -> list[dict]:
+    """The clean support chats: ``prepare`` with no split (everything lands in train.jsonl), cached."""
     from tuneloop.data.prepare import PrepareOptions, prepare
 
-    prepared = out / "support-prepared"
+    prepared = work / "support-prepared"
     if not (prepared / "train.jsonl").is_file():
         prepare([SUPPORT_CHATS], prepared, PrepareOptions(task="sft", split=(1.0, 0.0, 0.0)))
     return [{"messages": json.loads(line)["messages"]}
@@ -49,7 +49,7 @@ def build(mode: str, seed: int = 0) -> dict:
     rng = random.Random(seed)
     out = ensure_workdir() / f"data-{mode}"
     out.mkdir(parents=True, exist_ok=True)
-    support, banking = support_chats(out), banking77_chats()
+    support, banking = support_chats(out.parent), banking77_chats()
     rng.shuffle(support)
     rng.shuffle(banking)
     if n_sup_train + n_sup_val > len(support):  # the bundled file is small: keep validation whole
