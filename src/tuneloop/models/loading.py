@@ -102,7 +102,7 @@ def resolve_model(reference: str | Path) -> ResolvedModel:
     )
 
 
-def _unloadable(path: Path, what: str, error: Exception) -> UserError:
+def cannot_load(path: Path, what: str, error: Exception) -> UserError:
     first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
     return UserError(f"cannot load the {what}: {first}", where=str(path),
                      hint="a model directory needs config.json, weights (*.safetensors) and tokenizer files; "
@@ -117,7 +117,7 @@ def load_tokenizer(reference: str | Path | ResolvedModel):
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved.tokenizer_path)
     except (OSError, ValueError) as e:  # missing or damaged tokenizer files in a local directory
-        raise _unloadable(resolved.tokenizer_path, "tokenizer", e) from None
+        raise cannot_load(resolved.tokenizer_path, "tokenizer", e) from None
     pad = store.choose_pad_token(tokenizer)
     if pad is not None:
         tokenizer.pad_token = pad
@@ -146,7 +146,7 @@ def load_model(reference: str | Path | ResolvedModel, dtype=None, merge_adapter:
     try:
         model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=dtype or torch.float32)
     except (OSError, ValueError) as e:  # missing weights, damaged config.json, unknown architecture
-        raise _unloadable(resolved.path, "model", e) from None
+        raise cannot_load(resolved.path, "model", e) from None
     if resolved.adapter is not None:
         from peft import PeftModel
 

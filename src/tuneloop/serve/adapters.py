@@ -118,9 +118,12 @@ def load_served(table: ModelTable, dtype=None):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tuneloop.models.loading import load_tokenizer
+    from tuneloop.models.loading import cannot_load, load_tokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(table.base_path, dtype=dtype or torch.float32)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(table.base_path, dtype=dtype or torch.float32)
+    except (OSError, ValueError) as e:  # missing weights, damaged config.json, unknown architecture
+        raise cannot_load(Path(table.base_path), "model", e) from None
     adapters = table.adapters()
     if adapters:
         from peft import PeftModel

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 import threading
 import time
@@ -20,8 +21,12 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        raise UserError(f"cannot listen on {host}:{port}: {e.strerror}", where="--port",
-                        hint="pick another port, or stop the program using this one") from e
+        if e.errno == errno.EADDRINUSE:
+            raise UserError(f"cannot listen on {host}:{port}: {e.strerror}", where="--port",
+                            hint="pick another port, or stop the program using this one") from None
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}", where="--host/--port",
+                        hint="--host must be an address of this machine, e.g. 127.0.0.1 or 0.0.0.0; "
+                             "ports below 1024 need privileges") from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock

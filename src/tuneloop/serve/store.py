@@ -106,13 +106,17 @@ def open_engine(url: str | None) -> Engine:
     if engine.dialect.name == "sqlite":
         database = engine.url.database
         if database and database != ":memory:":
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            from tuneloop.paths import make_dir
+
+            make_dir(Path(database).expanduser().parent, "--db")
         event.listen(engine, "connect", _sqlite_pragmas)
     try:
         metadata.create_all(engine)
     except Exception as e:
         raise UserError(f"cannot open database {engine.url.render_as_string(hide_password=True)}: {e}",
-                        where="--db", hint="check that the server is running and the URL is right") from e
+                        where="--db", hint="an SQLite URL must name a new file or a tuneloop store"
+                        if engine.dialect.name == "sqlite" else "check that the server is running and the URL is right"
+                        ) from None
     return engine
 
 
