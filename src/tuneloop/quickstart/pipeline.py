@@ -81,9 +81,9 @@ def claim_out_dir(out_dir: Path) -> None:
         for name in OWNED:
             path = out_dir / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    from tuneloop.paths import write_json_atomic
+    from tuneloop.paths import make_dir, write_json_atomic
 
+    make_dir(out_dir)
     # Written first so that a re-run may clean up after an interrupted run; replaced by the summary.
     write_json_atomic(out_dir / MARKER, {"status": "running"})
 
