@@ -11,6 +11,7 @@ other). This is for finding speed-ups in ``src/tuneloop/train/``, not a headline
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -92,9 +93,14 @@ def main(argv=None) -> dict:
         "top_ops": [{"op": e.key, "self_cpu_ms": round(e.self_cpu_time_total / 1000, 1), "calls": e.count,
                      "share": round(e.self_cpu_time_total / total, 4)} for e in top],
         "self_cpu_s_per_step": round(total / 1e6 / args.steps, 3),
+        # The optimizer's whole step (its sqrt/div/add ops are counted as elementwise above).
+        "optimizer_step_share": round(sum(e.cpu_time_total for e in events if e.key.startswith("Optimizer.step"))
+                                      / total, 4),
+        "load_average_during": [round(x, 2) for x in os.getloadavg()],
     }
     for kind, share in result["share_by_kind"].items():
         print(f"{kind:<26}{100 * share:6.1f}%")
+    print(f"{'(optimizer step, total)':<26}{100 * result['optimizer_step_share']:6.1f}%")
     print(events.table(sort_by="self_cpu_time_total", row_limit=20))
     write_result("profile", result)
     return result
