@@ -20,11 +20,33 @@ from tuneloop.errors import UserError
 def _read_topics(path: str | None) -> tuple[str, ...]:
     if path is None:
         return ()
-    topics = tuple(line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"not UTF-8 text (byte {e.start})", where=f"--topics {path}",
+                        hint="a plain text file with one topic per line") from None
+    topics = tuple(line.strip() for line in text.splitlines()
                    if line.strip() and not line.lstrip().startswith("#"))
     if not topics:
         raise UserError(f"{path}: no topics (write one topic per line)")
     return topics
+
+
+def _check_outputs(file: str, out: str, rejected_path: str | None) -> None:
+    """Before any work: outputs must be writable and never overwrite the input (or each other)."""
+    from tuneloop.paths import check_output_dir
+
+    named = {"FILE": Path(file).resolve(), "--out": Path(out).resolve()}
+    if rejected_path:
+        named["--rejected"] = Path(rejected_path).resolve()
+    for option in ("--out", "--rejected"):
+        if option not in named:
+            continue
+        for other, path in named.items():
+            if other != option and named[option] == path:
+                raise UserError(f"{option} {named[option]} is the same file as {other}",
+                                hint="write the new records to a file of their own; the input would be lost")
+        check_output_dir(named[option].parent, option)
 
 
 @click.command("augment")
@@ -51,15 +73,16 @@ def augment(file, out, method, model, n, seed, topics, with_originals, skip_inva
     from tuneloop.data.augment import AugmentOptions, augment_sources, load_sources
     from tuneloop.paths import write_jsonl_atomic
 
+    _check_outputs(file, out, rejected_path)
     options = AugmentOptions(method=method, n=n, seed=seed, model=model, topics=_read_topics(topics))
     sources, skipped = load_sources(file, skip_invalid=skip_invalid)
     for problem in skipped:
         click.echo(f"skipped {problem}", err=True)
     result = augment_sources(sources, options)
     records = (sources if with_originals else []) + result.records
-    write_jsonl_atomic(out, records)
-    if rejected_path:
+    if rejected_path:  # first: should it fail, --out is not left behind for a command that failed
         write_jsonl_atomic(rejected_path, result.rejected)
+    write_jsonl_atomic(out, records)
     c = result.counts
     click.echo(f"{c['sources']} records in, {c['generated']} generated: {c['invalid']} invalid, "
                f"{c['exact_duplicates']} exact and {c['near_duplicates']} near duplicates, "

@@ -15,7 +15,6 @@ import math
 import re
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 from tuneloop.errors import UserError
 
@@ -82,31 +81,16 @@ def summarize(requests: list[dict], feedback: list[dict]) -> list[ModelStats]:
 
 def load_window(db_url: str | None, since: timedelta, now: datetime | None = None):
     """(requests, feedback) rows created within ``since`` before ``now``."""
-    from tuneloop.serve.store import Store
+    from tuneloop.serve.store import Store, require_existing_store
 
     start = (now or datetime.now(timezone.utc)) - since
     if db_url:
-        _check_sqlite_exists(db_url)
+        require_existing_store(db_url)
     store = Store(db_url)
     try:
         return store.requests(since=start), store.feedback(since=start)
     finally:
         store.close()
-
-
-def _check_sqlite_exists(db_url: str) -> None:
-    """A mistyped SQLite path would otherwise create an empty store and report 'no requests'."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        url = make_url(db_url)
-    except ArgumentError:
-        return  # Store() reports the unparsable URL
-    database = url.database if url.get_backend_name() == "sqlite" else None
-    if database and database != ":memory:" and not Path(database).expanduser().is_file():
-        raise UserError(f"no serving store at {database}", where="--db",
-                        hint="pass the --db URL that `tuneloop serve` used (default: omit --db)")
 
 
 def _fmt(value, pattern: str) -> str:

@@ -120,6 +120,21 @@ def open_engine(url: str | None) -> Engine:
     return engine
 
 
+def require_existing_store(url: str) -> None:
+    """For readers (monitor, from-feedback): a mistyped SQLite path must not become a new, empty store."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return  # open_engine reports the unparsable URL
+    database = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    if database and database != ":memory:" and not Path(database).expanduser().is_file():
+        raise UserError(f"no serving store at {database}", where="--db",
+                        hint="pass the --db URL that `tuneloop serve` used (default: omit --db)")
+
+
 class Store:
     """Writes and reads of the serving tables. Thread-safe (one connection per call from the pool)."""
 
