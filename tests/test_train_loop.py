@@ -70,7 +70,8 @@ def _loss(loss_model, rows, pad_id):
     from tuneloop.train.data import collate
 
     batch = collate(rows, pad_id)
-    total, count = loss_model(**batch)
+    with torch.no_grad():
+        total, count = loss_model(**batch)
     return float(total), int(count)
 
 
