@@ -22,11 +22,12 @@ from __future__ import annotations
 import json
 import os
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from tuneloop.errors import UserError
+from tuneloop.paths import make_dir
 
 
 @dataclass
@@ -43,6 +44,11 @@ class LabelEvent:
 
     @classmethod
     def from_json(cls, obj: dict, where: str) -> LabelEvent:
+        missing = [k for k, f in cls.__dataclass_fields__.items()
+                   if k not in obj and f.default is MISSING and f.default_factory is MISSING]
+        if missing:
+            raise UserError(f"not a label line: no {', '.join(missing)}", where=where,
+                            hint="a labels file is written by `tuneloop annotate` (is this the queue?)")
         try:
             return cls(**{k: obj[k] for k in cls.__dataclass_fields__ if k in obj})
         except TypeError as e:
@@ -53,10 +59,10 @@ class LabelEvent:
 class LabelStore:
     """Labels on disk plus the latest label per (record, annotator) in memory. Thread-safe."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, repair: bool = True):
         self.path = Path(path)
         self._lock = threading.Lock()
-        self.events: list[LabelEvent] = _read_events(self.path)
+        self.events: list[LabelEvent] = _read_events(self.path, repair)
         self.latest: dict[tuple[str, str], LabelEvent] = {}
         for event in self.events:
             self.latest[(event.record_id, event.annotator)] = event
@@ -67,7 +73,7 @@ class LabelStore:
         line = json.dumps(asdict(event), ensure_ascii=False) + "\n"
         with self._lock:
             new_file = not self.path.exists()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_dir(self.path.parent, "--out")
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(line)
                 f.flush()
@@ -96,16 +102,26 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _read_events(path: Path) -> list[LabelEvent]:
+def _read_events(path: Path, repair: bool = True) -> list[LabelEvent]:
     if not path.exists():
         return []
     data = path.read_bytes()
     complete = data[: data.rfind(b"\n") + 1]
-    if len(complete) != len(data):
+    events = _parse_events(path, complete)
+    torn = data[len(complete):]
+    if repair and torn and not (events or torn.startswith(b'{"record_id": ')):
+        raise UserError("does not look like a labels file (its only line is not a label)", where=str(path),
+                        hint="--out names the labels file to write; choose a new file name")
+    if repair and torn:
         # A write cut short by a crash: drop the partial last line so appends start on a new line.
+        # Only once every complete line has parsed as a label: never cut a file that is not ours.
         with open(path, "r+b") as f:
             f.truncate(len(complete))
             os.fsync(f.fileno())
+    return events
+
+
+def _parse_events(path: Path, complete: bytes) -> list[LabelEvent]:
     events = []
     for number, line in enumerate(complete.decode("utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
@@ -126,4 +142,4 @@ def read_labels(path: str | Path) -> LabelStore:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such labels file", hint="`tuneloop annotate QUEUE --out LABELS` writes it")
-    return LabelStore(path)
+    return LabelStore(path, repair=False)  # stats/export only read: they never change the file

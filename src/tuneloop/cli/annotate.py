@@ -51,6 +51,17 @@ def _check_port(host: str, port: int) -> None:
                             hint="another program uses that port; pick one with --port N") from None
 
 
+def _check_out(out: str, source: str, what: str) -> None:
+    """--out must not be the input it is made from (it would be overwritten or appended to)."""
+    from pathlib import Path
+
+    from tuneloop.paths import check_output_dir
+
+    if Path(out).resolve() == Path(source).resolve():
+        raise UserError(f"--out {out} is the same file as {what}", hint="write to a file of its own")
+    check_output_dir(Path(out).resolve().parent, "--out")
+
+
 @annotate.command("label")
 @click.argument("queue", type=click.Path(dir_okay=True))
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
@@ -73,6 +84,7 @@ def label(queue, out, labels, task, annotator, per_record, suggest_model, host, 
     from tuneloop.annotate.session import open_session
 
     label_set = parse_labels(labels)
+    _check_out(out, queue, "QUEUE")
     if task == "answer" and label_set:
         raise UserError("--labels is for --task classification", hint="drop --labels for answers")
     model = None if suggest_model.strip().lower() == "none" else suggest_model
@@ -118,6 +130,7 @@ def export(labels_file, out):
     from tuneloop.annotate.store import read_labels
     from tuneloop.paths import write_jsonl_atomic
 
+    _check_out(out, labels_file, "LABELS")
     records, ties = export_records(read_labels(labels_file))
     n = write_jsonl_atomic(out, records)
     click.echo(f"{n} resolved records written to {out}; {len(ties)} ties left out")
