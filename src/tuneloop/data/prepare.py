@@ -373,6 +373,7 @@ def prepare(paths, out_dir, options: PrepareOptions | None = None, progress: boo
 
     check_output_dir(out_dir)
     raw, files = read_all(paths, options)
+    _check_inputs_are_not_outputs(files, Path(out_dir))
     if not raw:
         raise UserError(f"no records found in {', '.join(map(str, paths))}", hint="are the files empty?")
     task = resolve_task(raw, options.task)
@@ -417,6 +418,19 @@ def prepare(paths, out_dir, options: PrepareOptions | None = None, progress: boo
     clock.lap("write")
     report.seconds = round(clock.total, 3)
     return report
+
+
+OUTPUT_FILES = ("train.jsonl", "validation.jsonl", "test.jsonl", "report.json", "report.html", "manifest.json")
+
+
+def _check_inputs_are_not_outputs(files: list[Path], out_dir: Path) -> None:
+    """Writing --out must never replace an input (e.g. prepare data/train.jsonl --out data/)."""
+    outputs = {(out_dir / name).resolve() for name in OUTPUT_FILES}
+    for path in files:
+        if path.resolve() in outputs:
+            raise UserError(f"--out {out_dir} would overwrite the input {path}",
+                            hint="choose another --out directory (inputs are never modified); "
+                                 "to re-prepare a prepared directory, pass its files to a new --out")
 
 
 class _StageClock:
