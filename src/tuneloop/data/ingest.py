@@ -91,7 +91,12 @@ def read_records(path: str | Path, columns: ColumnMap = ColumnMap()) -> Iterator
     elif suffix == ".parquet":
         records = _read_parquet(path, columns)
     elif suffix in DOCUMENT_SUFFIXES:
-        records = iter([RawRecord(str(path), 1, {"text": _read_text(path)})])
+        text = _read_text(path)
+        if "\x00" in text[:8192]:  # NUL bytes: a binary file renamed or saved as .txt/.md
+            records = iter([RawRecord(str(path), 1, error="binary file (NUL bytes), not text; "
+                                                          "save documents as UTF-8 text")])
+        else:
+            records = iter([RawRecord(str(path), 1, {"text": text})])
     else:
         raise UserError(f"{path}: unsupported file type '{suffix}'",
                         hint=f"use one of {', '.join(SUPPORTED_SUFFIXES)}")
