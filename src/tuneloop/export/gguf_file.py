@@ -112,6 +112,7 @@ def gguf_tensors(model, dtype: str):
     config = model.config
     arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == config.model_type)
     names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
+    permute_qk = SUPPORTED_ARCHITECTURES[config.model_type]
     for hf_name, tensor in model.state_dict().items():
         if hf_name == "lm_head.weight" and config.tie_word_embeddings:
             continue  # llama.cpp reuses token_embd.weight; a missing output.weight signals the tie
@@ -120,9 +121,9 @@ def gguf_tensors(model, dtype: str):
         if gguf_name is None:
             raise ExportCheckFailed(f"no GGUF name for tensor {hf_name}")
         array = tensor.detach().float().cpu().numpy()
-        if SUPPORTED_ARCHITECTURES[config.model_type] and stem.endswith("self_attn.q_proj"):
+        if permute_qk and stem.endswith("self_attn.q_proj"):
             array = permute_for_llama_cpp(array, config.num_attention_heads)
-        elif SUPPORTED_ARCHITECTURES[config.model_type] and stem.endswith("self_attn.k_proj"):
+        elif permute_qk and stem.endswith("self_attn.k_proj"):
             array = permute_for_llama_cpp(array, config.num_attention_heads, config.num_key_value_heads)
         if dtype == "f16" and array.ndim > 1:
             array = array.astype(np.float16)
@@ -148,9 +149,10 @@ def _add_tokenizer_metadata(writer, merged: MergedModel, vocab_rows: int) -> Non
                           (writer.add_pad_token_id, tokenizer.pad_token_id)):
         if token_id is not None:
             add(token_id)
-    with_special = tokenizer("x", add_special_tokens=True)["input_ids"]
-    writer.add_add_bos_token(tokenizer.bos_token_id is not None and with_special[0] == tokenizer.bos_token_id
-                             and len(with_special) > len(tokenizer("x", add_special_tokens=False)["input_ids"]))
+    # llama.cpp prepends BOS to every prompt only if the tokenizer does so itself (SmolLM's does not:
+    # its chat template writes the special tokens).
+    plain, with_special = (tokenizer("x", add_special_tokens=flag)["input_ids"] for flag in (False, True))
+    writer.add_add_bos_token(len(with_special) > len(plain) and with_special[0] == tokenizer.bos_token_id)
     writer.add_chat_template(tokenizer.chat_template)
 
 
