@@ -48,16 +48,30 @@ def _resolve_run_dir(path: Path) -> ResolvedModel | None:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"not valid JSON ({e})", where=str(adapter / "adapter_config.json"),
                         hint="the run's adapter is damaged; re-run training or restore the file") from None
+    if not any((adapter / name).is_file() for name in ADAPTER_WEIGHTS):
+        raise UserError(f"the adapter has no weights ({' or '.join(ADAPTER_WEIGHTS)})", where=str(adapter),
+                        hint="the run did not finish or the file was removed; re-run training")
     base_ref = _base_reference(path, config)
-    base = resolve_model(base_ref)
+    try:
+        base = resolve_model(base_ref)
+    except UserError as e:
+        raise UserError(f"the run's base model is unavailable: {e.message}", where=str(path),
+                        hint="restore the base model, or fix base_model in the run's tuneloop_base.json") from None
     return ResolvedModel(str(path), base.path, adapter)
+
+
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 
 def _base_reference(run_dir: Path, adapter_config: dict) -> str:
     # The run's own record of its base model wins over PEFT's (which may be a temporary path).
     for meta in (run_dir / "tuneloop_base.json", run_dir.parent / "tuneloop_base.json"):
         if meta.is_file():
-            return json.loads(meta.read_text())["base_model"]
+            try:
+                return json.loads(meta.read_text(encoding="utf-8"))["base_model"]
+            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+                raise UserError('not a JSON object with "base_model"', where=str(meta),
+                                hint='restore it, e.g. {"base_model": "smollm2-135m-instruct"}') from None
     base = adapter_config.get("base_model_name_or_path")
     if not base:
         raise UserError(f"{run_dir}: adapter does not name its base model",
