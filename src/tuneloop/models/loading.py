@@ -125,9 +125,9 @@ def cannot_load(path: Path, what: str, error: Exception) -> UserError:
 
 def load_tokenizer(reference: str | Path | ResolvedModel):
     """The tokenizer, with a pad token distinct from EOS where the vocabulary has one."""
-    from transformers import AutoTokenizer
-
     resolved = reference if isinstance(reference, ResolvedModel) else resolve_model(reference)
+    from transformers import AutoTokenizer  # after resolving: an unknown name fails without this import
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved.tokenizer_path)
     except (OSError, ValueError) as e:  # missing or damaged tokenizer files in a local directory

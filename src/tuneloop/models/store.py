@@ -62,13 +62,13 @@ def choose_pad_token(tokenizer) -> str | None:
 
 def convert_gguf(gguf_path: Path, out_dir: Path, source: str) -> Path:
     """De-quantise a GGUF file into a full-precision Hugging Face directory (atomic: temp + rename)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     with open(gguf_path, "rb") as f:
         if f.read(4) != b"GGUF":
             raise UserError(f"{gguf_path}: not a GGUF file (it does not start with the GGUF magic bytes)",
                             hint="check the download, or pass a Hugging Face model directory instead")
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
     started = time.perf_counter()
     tmp = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
