@@ -140,7 +140,14 @@ def prune_checkpoints(checkpoint_dir: Path, keep: int) -> None:
 
 def check_compatible(checkpoint: Path, recipe) -> dict:
     """The checkpoint's metadata, or a UserError saying why this recipe cannot continue it."""
-    meta = json.loads((checkpoint / "state.json").read_text())
+    try:
+        meta = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
+        keys_present = all(k in meta for k in ("model", "method", "recipe_hash", "state"))
+    except (UnicodeDecodeError, json.JSONDecodeError, TypeError):
+        keys_present = False
+    if not keys_present:
+        raise UserError("cannot resume: damaged checkpoint metadata", where=str(checkpoint / "state.json"),
+                        hint=f"delete {checkpoint} to resume from the checkpoint before it, or drop --resume")
     if meta["model"] != recipe.model:
         raise UserError(f"cannot resume: checkpoint {checkpoint} was trained from model {meta['model']!r}, "
                         f"the recipe says {recipe.model!r}", hint="use the same model, or drop --resume")
