@@ -127,6 +127,7 @@ CASES = [
     ("eval-gate-metric", E + ["--gate", "bogus >= 0.5"], 1, "unknown metric 'bogus'"),
     ("eval-gate-baseline", E + ["--gate", "rougeL >= baseline"], 1, "no baseline was given"),
     ("eval-gate-code", E + ["--gate", "__import__('os')"], 1, "unexpected text"),
+    ("eval-slice-threshold", E + ["--slice-threshold", "-1"], 2, "'--slice-threshold'"),
     ("eval-out-under-file", E + ["--out", "afile/e"], 1, "--out afile/e: afile is a file"),
     ("eval-unknown-model", ["eval", "--model", "no-such-model", "--data", "ev.jsonl"], 1, "model 'no-such-model'"),
     ("estimate-unknown", ["models", "estimate", "no-such-model"], 1, "unknown model 'no-such-model'"),

@@ -34,7 +34,7 @@ GATE_FAILED_EXIT = 3
                    '"rougeL > baseline", "latency_ms_p95 <= baseline * 1.2".')
 @click.option("--slice-by", metavar="FIELD", default=None,
               help="Report metrics per value of this record field (dotted for nested) and the largest gap.")
-@click.option("--slice-threshold", type=float, default=0.1, show_default=True,
+@click.option("--slice-threshold", type=click.FloatRange(min=0), default=0.1, show_default=True,
               help="Flag a gap between groups larger than this (0-1 metrics).")
 @click.option("--task", type=click.Choice(["auto", "classification", "generation"]), default="auto",
               show_default=True, help="auto: classification when records carry a label.")
