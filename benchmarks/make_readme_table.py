@@ -59,11 +59,15 @@ def train_section(train: dict) -> list[str]:
     before, after = peaks.get("before") or {}, peaks.get("after") or {}
     loads = [r["load_average_before"][0] for r in train.get("runs", []) if "load_average_before" in r]
     load_note = f" 1-minute load average before each run: {min(loads)}-{max(loads)}." if loads else ""
+    partial = sorted({s["steps"] for s in summary.values() if s.get("partial_epoch")})
+    extent = (f"{train.get('epochs')} epoch" if not partial else
+              f"{train.get('epochs')} epoch, but runs marked n/a stopped after {'/'.join(map(str, partial))} "
+              "optimizer steps, so their validation loss is not comparable")
     lines = [
         f"**LoRA SFT throughput** ({train.get('mode')} mode: {data.get('examples')} training chats, "
         f"{data.get('tokens'):,} tokens, mean {fmt(data.get('mean_len'))} tokens; embedded "
         f"SmolLM2-135M-Instruct, LoRA r16/alpha 32 all-linear, max length 512, 8 examples per step, "
-        f"{train.get('epochs')} epoch; sides run one after another in separate processes).",
+        f"{extent}; sides run one after another in separate processes).",
         f"Machine: {machine_line(train)}.{load_note}",
         f"Matmul peak (2048^3, before / after the runs): fp32 {fmt(before.get('fp32_gflops'))} / "
         f"{fmt(after.get('fp32_gflops'))} GFLOP/s, bf16 {fmt(before.get('bf16_gflops'))} / "
@@ -85,7 +89,7 @@ def train_section(train: dict) -> list[str]:
     lines.append("")
     for key, c in compare.items():
         loss = (f"validation loss {c['validation_loss_delta']:+.4f}" if c.get("loss_comparable")
-                else "validation loss not compared (baseline stopped early)")
+                else "validation loss not compared (stopped before the end of the epoch)")
         label = SIDE_LABELS.get(c["baseline"], c["baseline"]).rsplit(" (", 1)[0]
         lines.append(f"- vs ({key}) {label}: **{c['speedup']}x** "
                      f"(goal {c['goal']}x), memory {c['memory_ratio']}x, {loss}: goal "
