@@ -116,3 +116,11 @@ def test_models_cli_list_and_estimate():
     est = runner.invoke(cli, ["models", "estimate", "smollm2-135m-instruct", "--method", "full", "--json"])
     assert est.exit_code == 0, est.output
     assert json.loads(est.output)["trainable_parameters"] == catalog.get_card("smollm2-135m-instruct").parameters
+
+
+def test_estimate_for_a_local_model_directory(tiny_model_dir):
+    from tuneloop.models.catalog import card_for
+
+    card = card_for(str(tiny_model_dir))
+    assert (card.layers, card.hidden, card.vocab, card.tied_embeddings) == (2, 64, 49152, True)
+    assert estimate(card, "lora", 128, 2, measure_peak=False).trainable_parameters == lora_parameters(card)

@@ -67,11 +67,14 @@ def recommend(task, memory_gb, license_, top):
 @click.option("--lora-r", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def estimate_command(model, method, seq_len, batch_size, lora_r, as_json):
-    """Memory (GB) and time per 1k training tokens on this machine."""
-    from tuneloop.models.catalog import get_card
+    """Memory (GB) and time per 1k training tokens on this machine.
+
+    MODEL is a catalog name or any model reference (local dir, .gguf, hub id) whose config is read.
+    """
+    from tuneloop.models.catalog import card_for
     from tuneloop.models.estimate import estimate
 
-    est = estimate(get_card(model), method, seq_len, batch_size, r=lora_r)
+    est = estimate(card_for(model), method, seq_len, batch_size, r=lora_r)
     if as_json:
         click.echo(json.dumps(est.as_dict(), indent=2))
         return

@@ -137,3 +137,33 @@ def get_card(name: str) -> ModelCard:
 
 def find_card(name: str) -> ModelCard | None:
     return BY_NAME.get(name.lower()) or BY_HUB_ID.get(name.lower())
+
+
+def card_from_config(name: str, config: dict) -> ModelCard:
+    """A card for any Hugging Face causal LM from its config.json (for estimates of non-catalog models)."""
+    text = config.get("text_config", config)
+    heads = text["num_attention_heads"]
+    return ModelCard(
+        name, name, text.get("model_type", "unknown"), text["num_hidden_layers"], text["hidden_size"],
+        text["intermediate_size"], heads, text.get("num_key_value_heads") or heads, text["vocab_size"],
+        text.get("max_position_embeddings", 0), "see the model's licence", False,
+        bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", False))),
+        head_dim=text.get("head_dim"), qkv_bias=bool(text.get("attention_bias", False)),
+    )
+
+
+def card_for(reference: str) -> ModelCard:
+    """The catalog card, or one built from the config of any model reference (dir, .gguf, hub id)."""
+    card = find_card(reference)
+    if card is not None:
+        return card
+    import json
+
+    from tuneloop.models.loading import resolve_model
+
+    config_path = resolve_model(reference).path / "config.json"
+    try:
+        return card_from_config(str(reference), json.loads(config_path.read_text()))
+    except (KeyError, ValueError) as e:
+        raise UserError(f"{config_path}: cannot read the architecture ({e})",
+                        hint="estimates need a decoder config with layers, hidden and head sizes") from None
