@@ -9,7 +9,10 @@ one and adds the comparison (mean answer length in words, held-out choice accura
 
     .venv/bin/python benchmarks/dpo_embedded.py [--steps 16] [--out /tmp/dpo-embedded]
 
-Takes a few minutes on 2 CPU cores. Prints the before/after table.
+Prints the before/after table. Measured 2026-11-28 on 2 CPU cores shared with other jobs (35 min):
+held-out choice accuracy 0.00 -> 1.00, reward margin 30.2, KL 1.17, but mean answer length
+36.0 -> 37.2 words: the fixed filler sentences of the rejected answers are pushed down without
+shortening the model's own answers (on-policy rejected answers, or ORPO, are the next thing to try).
 """
 
 from __future__ import annotations
