@@ -32,7 +32,7 @@ def prepare(work: Path, model: str) -> Path:
     return work / "data"
 
 
-def train(work: Path, data: Path, model: str, steps: int, qat: bool) -> Path:
+def train(work: Path, data: Path, model: str, steps: int, qat: bool, batch_size: int) -> Path:
     from tuneloop.config.recipe import recipe_from_dict
     from tuneloop.train import run_training
 
@@ -40,7 +40,7 @@ def train(work: Path, data: Path, model: str, steps: int, qat: bool) -> Path:
         "name": "qat" if qat else "float", "model": model, "method": "lora", "output_dir": str(work / "runs"),
         "data": {"train": str(data / "train.jsonl"), "validation": str(data / "validation.jsonl")},
         "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
-        "train": {"max_steps": steps, "batch_size": 4, "learning_rate": 1e-3, "max_seq_len": 256,
+        "train": {"max_steps": steps, "batch_size": batch_size, "learning_rate": 1e-3, "max_seq_len": 256,
                   "eval_every": steps, "save_every": 10**6, "seed": 0},
         "tracking": {"backend": "none"},
         "quantization_aware": {"weights": "int4", "activations": "int8", "group_size": 32} if qat else None,
@@ -72,6 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--steps", type=int, default=80)
+    parser.add_argument("--batch-size", type=int, default=4, help="packed rows of 256 tokens per step")
     args = parser.parse_args()
     from tuneloop.export import export_model
 
@@ -79,8 +80,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         data = prepare(work, args.model)
-        float_run = train(work, data, args.model, args.steps, qat=False)
-        qat_run = train(work, data, args.model, args.steps, qat=True)
+        float_run = train(work, data, args.model, args.steps, False, args.batch_size)
+        qat_run = train(work, data, args.model, args.steps, True, args.batch_size)
         export_model(float_run, "safetensors", work / "float")
         export_model(float_run, "quantized", work / "ptq", quantize="int4")
         export_model(qat_run, "quantized", work / "qat")
@@ -89,7 +90,7 @@ def main() -> None:
     gap_ptq = abs(losses["ptq"] - losses["float"])
     gap_qat = abs(losses["qat"] - losses["float"])
     result = {
-        "model": args.model, "steps": args.steps, "scheme": "int4 weights (group 32), int8 dynamic activations",
+        "model": args.model, "steps": args.steps, "batch_size": args.batch_size, "scheme": "int4 weights (group 32), int8 dynamic activations",
         "heldout_loss": {"float_finetune": losses["float"], "ptq_int4": losses["ptq"], "qat_int4": losses["qat"]},
         "gap_to_float": {"ptq_int4": round(gap_ptq, 4), "qat_int4": round(gap_qat, 4)},
         "qat_closer_than_ptq": gap_qat < gap_ptq,
