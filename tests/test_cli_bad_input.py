@@ -130,7 +130,7 @@ CASES = [
     ("eval-slice-threshold", E + ["--slice-threshold", "-1"], 2, "'--slice-threshold'"),
     ("eval-out-under-file", E + ["--out", "afile/e"], 1, "--out afile/e: afile is a file"),
     ("eval-unknown-model", ["eval", "--model", "no-such-model", "--data", "ev.jsonl"], 1, "model 'no-such-model'"),
-    ("estimate-unknown", ["models", "estimate", "no-such-model"], 1, "unknown model 'no-such-model'"),
+    ("estimate-unknown", ["models", "estimate", "no-such-model"], 1, "model 'no-such-model' not found"),
     ("estimate-seq-len", ["models", "estimate", "smollm2-135m-instruct", "--seq-len", "-5"], 2, "'--seq-len'"),
     ("recommend-task", ["models", "recommend", "--task", "chatt", "--memory-gb", "8"], 1, "did you mean 'chat'?"),
     ("recommend-top", ["models", "recommend", "--task", "chat", "--memory-gb", "8", "--top", "0"], 2, "'--top'"),
