@@ -16,7 +16,7 @@ def test_lora_on_embedded_model_lowers_validation_loss(tmp_path, banking77_csv):
     import csv
 
     with open(banking77_csv, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))[::52][:192]  # the file is sorted by label
+        rows = list(csv.DictReader(f))[::104][:96]  # the file is sorted by label
     # Banking77 as chat: the customer's message in, the intent label out.
     chats = [{"messages": [{"role": "user", "content": r["text"]},
                            {"role": "assistant", "content": r["category"]}]} for r in rows]
@@ -26,7 +26,7 @@ def test_lora_on_embedded_model_lowers_validation_loss(tmp_path, banking77_csv):
         "name": "embedded", "model": "smollm2-135m-instruct", "method": "lora", "output_dir": str(tmp_path),
         "data": {"train": str(tmp_path / "train.jsonl"), "validation": str(tmp_path / "validation.jsonl")},
         "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
-        "train": {"epochs": 1, "batch_size": 4, "max_seq_len": 256, "learning_rate": 1e-3,
+        "train": {"epochs": 1, "batch_size": 2, "max_seq_len": 256, "learning_rate": 1e-3,
                   "warmup_ratio": 0.0, "eval_every": 1000, "save_every": 1000},
         "tracking": {"backend": "none"},
     })
