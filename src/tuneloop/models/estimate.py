@@ -20,10 +20,11 @@ from tuneloop.models.catalog import ModelCard, layer_linear_shapes
 GB = 1024**3
 RUNTIME_BYTES = 0.55 * GB  # Python, torch, transformers and tokenizer, measured as idle RSS after import
 EXPECTED_MFU = {"cpu": 0.30, "cuda": 0.40}
-# Bytes kept per token per layer for backward, in units of hidden / intermediate size (bf16 autocast
-# saves bf16 copies of matmul inputs; norms and residuals stay fp32).
-ACT_PER_HIDDEN = 30
-ACT_PER_INTERMEDIATE = 8
+# Values kept per token per layer for backward, in units of hidden / intermediate size, times the
+# compute dtype's bytes. Calibrated against tuneloop's trainer: LoRA r16 on SmolLM2-135M, 8 x 512
+# tokens, fp32 on a 2-core CPU, peak RSS 14.8 GB (benchmarks/estimate_vs_measured.py).
+ACT_PER_HIDDEN = 24
+ACT_PER_INTERMEDIATE = 10
 
 
 @dataclass
@@ -65,9 +66,10 @@ def weight_bytes(card: ModelCard, method: str) -> float:
     return card.parameters * 4.0  # fp32 master weights on CPU (bf16 only inside autocast)
 
 
-def activation_bytes(card: ModelCard, method: str, seq_len: int, batch_size: int) -> float:
+def activation_bytes(card: ModelCard, method: str, seq_len: int, batch_size: int,
+                     dtype_bytes: int = 4) -> float:
     tokens = seq_len * batch_size
-    per_token_layer = ACT_PER_HIDDEN * card.hidden + ACT_PER_INTERMEDIATE * card.intermediate
+    per_token_layer = dtype_bytes * (ACT_PER_HIDDEN * card.hidden + ACT_PER_INTERMEDIATE * card.intermediate)
     layers = tokens * card.layers * per_token_layer
     # Loss at supervised positions only, in chunks: logits for at most ~half the tokens, fp32 + grad.
     logits = tokens * 0.5 * card.vocab * 4 * 2
@@ -125,7 +127,8 @@ def estimate(card: ModelCard, method: str, seq_len: int, batch_size: int, r: int
     weights = weight_bytes(card, method)
     grads = trainable * 4.0
     optimizer = trainable * 8.0  # AdamW: two fp32 moments
-    acts = activation_bytes(card, method, seq_len, batch_size)
+    # Activations are kept in the compute dtype: bf16 where the hardware has it, else fp32.
+    acts = activation_bytes(card, method, seq_len, batch_size, 2 if device == "cuda" or _bf16_cached() else 4)
     total = RUNTIME_BYTES + weights + grads + optimizer + acts
     n = card.non_embedding_parameters
     flops = (6 if method == "full" else 4) * n + 6 * card.layers * seq_len * card.hidden
@@ -134,3 +137,13 @@ def estimate(card: ModelCard, method: str, seq_len: int, batch_size: int, r: int
     return Estimate(card.name, method, seq_len, batch_size, trainable, weights / GB, grads / GB,
                     optimizer / GB, acts / GB, RUNTIME_BYTES / GB, total / GB, float(flops), peak,
                     device, seconds)
+
+
+def _bf16_cached() -> bool:
+    global _BF16
+    if _BF16 is None:
+        _BF16 = bf16_supported()
+    return _BF16
+
+
+_BF16: bool | None = None
