@@ -28,6 +28,7 @@ def validation_loss(model, tokenizer, chats: list[list[dict]], batch_size: int =
     import torch.nn.functional as F
 
     from tuneloop.chat.template import IGNORE_INDEX, encode_chat
+    from tuneloop.evaluate.perplexity import pad_batch
 
     encoded = [encode_chat(tokenizer, messages) for messages in chats]
     model.eval()
@@ -35,15 +36,8 @@ def validation_loss(model, tokenizer, chats: list[list[dict]], batch_size: int =
     with torch.no_grad():
         for i in range(0, len(encoded), batch_size):
             chunk = encoded[i:i + batch_size]
-            width = max(len(e.input_ids) for e in chunk)
-            ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-            labels = torch.full((len(chunk), width), IGNORE_INDEX, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, e in enumerate(chunk):
-                n = len(e.input_ids)
-                ids[row, :n] = torch.tensor(e.input_ids)
-                labels[row, :n] = torch.tensor(e.labels)
-                mask[row, :n] = 1
+            batch = pad_batch(chunk, tokenizer.pad_token_id)
+            ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
             logits = model(input_ids=ids, attention_mask=mask).logits.float()
             shifted = labels[:, 1:]
             loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), shifted.reshape(-1),

@@ -123,18 +123,9 @@ def encode_pairs(tokenizer, records: list[dict], max_prompt_len: int, max_seq_le
 
 def collate(answers: list[EncodedAnswer], pad_id: int) -> dict:
     """Right-padded tensors ``input_ids``, ``attention_mask``, ``labels`` for a list of answers."""
-    import torch
+    from tuneloop.evaluate.perplexity import pad_batch
 
-    width = max(len(a.input_ids) for a in answers)
-    ids = torch.full((len(answers), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(answers), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(answers), width), dtype=torch.long)
-    for row, a in enumerate(answers):
-        n = len(a.input_ids)
-        ids[row, :n] = torch.tensor(a.input_ids)
-        labels[row, :n] = torch.tensor(a.labels)
-        mask[row, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    return pad_batch(answers, pad_id)
 
 
 def split_holdout(records: list, share: float, seed: int) -> tuple[list, list]:
