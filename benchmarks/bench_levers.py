@@ -2,7 +2,8 @@
 
 The default: packing on, loss and LM head only at supervised positions (chunked), no torch.compile,
 one thread per physical core, no gradient checkpointing, precision ``auto`` (bf16 autocast only where
-the CPU runs bf16 natively). Each lever flips one of these (``worker_tuneloop.py`` flags), runs the
+the CPU runs bf16 natively), LoRA dropout with a cheap mask, matmul attention for short packed
+samples. Each lever flips one of these (``worker_tuneloop.py`` flags), runs the
 same optimizer steps on the same data, and is reported as tokens/s relative to the default run, both
 over the whole ``train()`` and in steady state (steps after the first two: warm-up, compilation).
 
@@ -30,8 +31,19 @@ LEVERS = {
     "threads_1": ("1 intra-op thread instead of one per core", ["--threads", "1"]),
     "gradient_checkpointing": ("gradient checkpointing on", ["--gradient-checkpointing"]),
     "bf16_autocast": ("bf16 autocast (emulated where the CPU has no native bf16)", ["--precision", "bf16"]),
+    "fp32": ("fp32 matmuls (no bf16 autocast, where the default would use it)", ["--precision", "fp32"]),
+    "stock_dropout": ("PEFT's nn.Dropout for LoRA dropout (one bernoulli draw per element)", ["--stock-dropout"]),
+    "sdpa_attention": ("PyTorch SDPA (CPU flash kernel) for short packed samples", ["--sdpa-attention"]),
 }
-QUICK_LEVERS = ["default", "packing_off", "full_lm_head", "threads_1"]
+QUICK_LEVERS = ["default", "packing_off", "full_lm_head", "stock_dropout", "sdpa_attention", "threads_1"]
+
+
+def default_levers() -> list[str]:
+    """Every lever; the precision one is whichever differs from ``auto`` on this machine."""
+    from tuneloop.models.estimate import bf16_supported
+
+    skip = "bf16_autocast" if bf16_supported() else "fp32"
+    return [name for name in LEVERS if name != skip]
 
 
 def lever_args(name: str, data_dir, steps: int, packed_rows: int) -> list[str]:
@@ -67,7 +79,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--levers", default=None, help=f"comma-separated, from {', '.join(LEVERS)}")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run")
     args = parser.parse_args(argv)
-    names = args.levers.split(",") if args.levers else (QUICK_LEVERS if args.quick else list(LEVERS))
+    names = args.levers.split(",") if args.levers else (QUICK_LEVERS if args.quick else default_levers())
     if "default" not in names:
         names = ["default", *names]
     steps = args.steps or (6 if args.quick else 16)

@@ -11,7 +11,10 @@ does not expose are applied here around the engine, without editing it:
 - ``--head full``: the usual full-sequence LM head + cross-entropy (logits for every position)
   instead of tuneloop's supervised-positions-only chunked loss;
 - ``--compile``: ``torch.compile`` of the loss module (dynamic shapes);
-- ``--threads N``: intra-op threads, set after the engine's own choice (one per physical core).
+- ``--threads N``: intra-op threads, set after the engine's own choice (one per physical core);
+- ``--stock-dropout``: PEFT's ``nn.Dropout`` for LoRA dropout instead of ``train/dropout.py``;
+- ``--sdpa-attention``: every packed bucket through PyTorch SDPA (its CPU flash kernel) instead of
+  plain matmuls for short samples (``train/attention.py``).
 """
 
 from __future__ import annotations
@@ -50,14 +53,17 @@ def make_recipe(args):
 class FullLogitsLM(torch.nn.Module):
     """The conventional loss, as the lever's baseline: logits at every position, then masked CE."""
 
-    def __init__(self, model):
+    def __init__(self, model, autocast_dtype=None):
         super().__init__()
         self.model = model
+        self.autocast_dtype = autocast_dtype
 
     def forward(self, input_ids, position_ids, targets):
         from tuneloop.chat.template import IGNORE_INDEX
 
-        logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+        with torch.autocast(input_ids.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
         loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)),
                                                  targets.reshape(-1), ignore_index=IGNORE_INDEX,
                                                  reduction="sum")
@@ -87,13 +93,23 @@ def steady_tokens_per_s(log: list, skip: int = 2) -> float | None:
 
 def apply_levers(run, args) -> None:
     if args.head == "full":
-        if run.precision.autocast is not None:
-            raise SystemExit("--head full is only measured in fp32")
-        run.loss_model = FullLogitsLM(run.prepared.model)
+        run.loss_model = FullLogitsLM(run.prepared.model, run.precision.autocast)
     if args.compile:
         run.loss_model = torch.compile(run.loss_model, dynamic=True)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.stock_dropout:
+        from tuneloop.train.dropout import FastDropout
+
+        for module in run.prepared.model.modules():
+            holder = getattr(module, "lora_dropout", None)
+            for name, dropout in (holder.items() if isinstance(holder, torch.nn.ModuleDict) else ()):
+                if isinstance(dropout, FastDropout):
+                    holder[name] = torch.nn.Dropout(dropout.p)
+    if args.sdpa_attention:
+        from tuneloop.train import attention
+
+        attention.MATMUL_ATTENTION_MAX_LEN = 0
 
 
 def main() -> None:
@@ -109,6 +125,8 @@ def main() -> None:
     parser.add_argument("--head", default="supervised", choices=("supervised", "full"))
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--stock-dropout", action="store_true")
+    parser.add_argument("--sdpa-attention", action="store_true")
     parser.add_argument("--no-validation", action="store_true", help="skip the validation loss (speed only)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")

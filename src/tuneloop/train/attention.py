@@ -8,6 +8,11 @@ buckets of similar length, each bucket runs plain causal SDPA (no mask: a sample
 after its real tokens, so causality already hides it), and the outputs are scattered back. This is
 what flash-attention's "varlen" mode does on GPUs.
 
+Buckets of short samples (up to ``MATMUL_ATTENTION_MAX_LEN`` tokens) on CPU run as two batched matmuls
+and a softmax instead of SDPA: PyTorch's CPU flash kernel is built for long sequences, and on ~64-token
+samples in bf16 its forward + backward took ~4x longer than the plain matmuls (measured on a 2-core
+EPYC: 9.3 ms vs 2.4 ms for 8 samples x 9 heads x 64 tokens).
+
 Use: :func:`segment_buckets` once per forward from the position ids (which restart at 0 for every
 sample), pass the result to the model as ``packed_segments=...``; the attention implementation
 registered here as ``tuneloop_packed`` uses it, and falls back to SDPA without it (generation).
@@ -18,6 +23,7 @@ from __future__ import annotations
 import torch
 
 NAME = "tuneloop_packed"
+MATMUL_ATTENTION_MAX_LEN = 256
 
 
 def segment_buckets(position_ids: torch.Tensor) -> list[torch.Tensor]:
@@ -57,10 +63,32 @@ def packed_attention_forward(module, query, key, value, attention_mask, dropout=
         valid = index >= 0
         safe = index.clamp(min=0)
         q_b, k_b, v_b = (t[safe].transpose(1, 2) for t in (q, k, v))  # (S, H, Lb, D)
-        o_b, _ = sdpa_attention_forward(module, q_b, k_b, v_b, None, dropout=dropout, scaling=scaling,
-                                        is_causal=True)  # (S, Lb, H, D)
-        out = out.index_put((index[valid],), o_b[valid])
+        if index.shape[1] <= MATMUL_ATTENTION_MAX_LEN and query.device.type == "cpu" and not (
+                dropout and module.training):
+            o_b = matmul_causal_attention(q_b, k_b, v_b, scaling)
+        else:
+            o_b, _ = sdpa_attention_forward(module, q_b, k_b, v_b, None, dropout=dropout, scaling=scaling,
+                                            is_causal=True)  # (S, Lb, H, D)
+        out = out.index_put((index[valid],), o_b[valid].to(out.dtype))
     return out.view(batch, length, heads, dim), None
+
+
+def matmul_causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                            scaling: float | None = None) -> torch.Tensor:
+    """Causal attention of (S, H, L, D) queries over (S, Hkv, L, D) keys/values -> (S, L, H, D).
+
+    Grouped-query attention without copying keys: the H query heads are viewed as (Hkv, H / Hkv)
+    and broadcast against their shared key/value head. Softmax in fp32, as SDPA does.
+    """
+    samples, heads, length, dim = query.shape
+    kv_heads = key.shape[1]
+    scale = scaling if scaling is not None else dim ** -0.5
+    q = query.reshape(samples, kv_heads, heads // kv_heads, length, dim)
+    scores = torch.matmul(q, key.unsqueeze(2).transpose(-1, -2)) * scale  # (S, Hkv, G, L, L)
+    future = torch.ones(length, length, dtype=torch.bool, device=query.device).triu(1)
+    probs = torch.softmax(scores.float().masked_fill(future, float("-inf")), dim=-1).to(value.dtype)
+    out = torch.matmul(probs, value.unsqueeze(2))  # (S, Hkv, G, L, D)
+    return out.reshape(samples, heads, length, dim).transpose(1, 2)
 
 
 def register() -> str:

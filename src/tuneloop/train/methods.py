@@ -115,6 +115,8 @@ def linear_module_names(model) -> list[str]:
 def _add_adapters(model, recipe):
     from peft import LoraConfig, get_peft_model
 
+    from tuneloop.train.dropout import use_fast_dropout
+
     lora = recipe.lora
     targets = lora.target_modules
     if isinstance(targets, list):
@@ -132,6 +134,7 @@ def _add_adapters(model, recipe):
     # Adapter init draws from torch's RNG: seeding here makes it reproducible (deterministic mode).
     torch.manual_seed(recipe.train.seed)
     model = get_peft_model(model, config)
+    use_fast_dropout(model)  # same dropout, a cheaper mask on CPU (train/dropout.py)
     for p in model.parameters():  # adapters train in fp32 even on a bf16 base
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
