@@ -27,7 +27,7 @@ LEVERS = {
     "default": ("tuneloop defaults", []),
     "packing_off": ("no packing: 8 padded rows per step", ["--no-packing"]),
     "full_lm_head": ("LM head + cross-entropy at every position", ["--head", "full"]),
-    "compile": ("torch.compile of the loss module", ["--compile"]),
+    "compile": ("torch.compile of each decoder layer (train.compile)", ["--compile"]),
     "threads_1": ("1 intra-op thread instead of one per core", ["--threads", "1"]),
     "gradient_checkpointing": ("gradient checkpointing on", ["--gradient-checkpointing"]),
     "bf16_autocast": ("bf16 autocast (emulated where the CPU has no native bf16)", ["--precision", "bf16"]),
@@ -35,7 +35,8 @@ LEVERS = {
     "stock_dropout": ("PEFT's nn.Dropout for LoRA dropout (one bernoulli draw per element)", ["--stock-dropout"]),
     "sdpa_attention": ("PyTorch SDPA (CPU flash kernel) for short packed samples", ["--sdpa-attention"]),
 }
-QUICK_LEVERS = ["default", "packing_off", "full_lm_head", "stock_dropout", "sdpa_attention", "threads_1"]
+QUICK_LEVERS = ["default", "packing_off", "full_lm_head", "stock_dropout", "sdpa_attention",
+                "threads_1"]
 
 
 def default_levers() -> list[str]:

@@ -59,7 +59,7 @@ def main(argv=None) -> dict:
     ns = argparse.Namespace(data=str(Path(data["train"]).parent), out=str(ensure_workdir() / "runs" / "profile"),
                             epochs=1.0, max_steps=args.steps + 2, batch_size=rows, packing=args.packing,
                             precision="auto", gradient_checkpointing=False, head=args.head, compile=False,
-                            threads=None)
+                            threads=None, stock_dropout=False, sdpa_attention=False)
     run = engine.setup(worker.make_recipe(ns))
     worker.apply_levers(run, ns)
     from tuneloop.train.tracking import MetricsLog

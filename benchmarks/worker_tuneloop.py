@@ -5,12 +5,12 @@ run's own). It uses the engine's own ``setup`` and ``train`` (``tuneloop.train.r
 ``train`` alone, as ``Trainer.train()`` is timed on the TRL side. In-loop validation is off on both
 sides; the validation loss is measured afterwards by the shared ``train_common.validation_loss``.
 
-Levers the recipe exposes are set through it (packing, precision, gradient checkpointing). Levers it
+Levers the recipe exposes are set through it (packing, precision, gradient checkpointing,
+``compile``: torch.compile per decoder layer). Levers it
 does not expose are applied here around the engine, without editing it:
 
 - ``--head full``: the usual full-sequence LM head + cross-entropy (logits for every position)
   instead of tuneloop's supervised-positions-only chunked loss;
-- ``--compile``: ``torch.compile`` of the loss module (dynamic shapes);
 - ``--threads N``: intra-op threads, set after the engine's own choice (one per physical core);
 - ``--stock-dropout``: PEFT's ``nn.Dropout`` for LoRA dropout instead of ``train/dropout.py``;
 - ``--sdpa-attention``: every packed bucket through PyTorch SDPA (its CPU flash kernel) instead of
@@ -43,7 +43,7 @@ def make_recipe(args):
         weight_decay=HYPER["weight_decay"], max_grad_norm=HYPER["max_grad_norm"],
         batch_size=args.batch_size or HYPER["batch_size"], gradient_accumulation=HYPER["gradient_accumulation"],
         max_seq_len=HYPER["max_seq_len"], packing=args.packing, precision=args.precision,
-        seed=HYPER["seed"], gradient_checkpointing=args.gradient_checkpointing,
+        seed=HYPER["seed"], gradient_checkpointing=args.gradient_checkpointing, compile=args.compile,
         eval_every=10**6, save_every=10**6)
     return Recipe(name=f"bench-{os.getpid()}", model="smollm2-135m-instruct", method="lora",
                   output_dir=args.out, data=DataConfig(train=str(Path(args.data, "train.jsonl"))),
@@ -94,8 +94,6 @@ def steady_tokens_per_s(log: list, skip: int = 2) -> float | None:
 def apply_levers(run, args) -> None:
     if args.head == "full":
         run.loss_model = FullLogitsLM(run.prepared.model, run.precision.autocast)
-    if args.compile:
-        run.loss_model = torch.compile(run.loss_model, dynamic=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.stock_dropout:

@@ -101,3 +101,20 @@ def test_lora_layers_get_the_fast_dropout(tiny_model_dir):
     plain = get_peft_model(load_model(tiny_model_dir), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
                                                                   target_modules="all-linear"))
     assert use_fast_dropout(plain) == 0
+
+
+@pytest.mark.slow  # compiling even the tiny model's layers takes ~40-100 s on 2 cores
+def test_compiled_layers_train_like_eager_ones(tiny_model_dir, tmp_path):
+    from fixtures_train.helpers import tiny_recipe
+    from tuneloop.config.recipe import recipe_from_dict
+    from tuneloop.paths import read_jsonl
+    from tuneloop.train import run_training
+
+    losses = {}
+    for compiled in (False, True):
+        raw = tiny_recipe(tiny_model_dir, tmp_path, name=f"c{int(compiled)}", max_steps=2, precision="fp32",
+                          compile=compiled)
+        run_dir = run_training(recipe_from_dict(raw))
+        losses[compiled] = [m["loss"] for m in read_jsonl(run_dir / "metrics.jsonl")]
+    assert len(losses[True]) == 2
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
