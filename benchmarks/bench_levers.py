@@ -83,7 +83,7 @@ def main(argv=None) -> dict:
     names = args.levers.split(",") if args.levers else (QUICK_LEVERS if args.quick else default_levers())
     if "default" not in names:
         names = ["default", *names]
-    steps = args.steps or (6 if args.quick else 16)
+    steps = args.steps or (12 if args.quick else 16)
     started = time.time()
     data = bench_data.build("quick")
     stats = data_statistics(data)

@@ -11,20 +11,22 @@ differently, and HF's first warmup step has learning rate 0), max length 512, on
 assistant tokens only.
 
 Effective batch = 8 examples per optimizer step on every side: 8 padded rows without packing; with
-packing, rows of 512 tokens hold about 8 examples each, so a packed step takes
-``round(8 x mean length / 512)`` rows (at least 1). Same number of steps and tokens per step, so the
-validation losses compare like for like.
+packing, rows of ``8 x mean length`` tokens (split over several rows if that exceeds 512; see
+``packing_plan``), so a packed step holds ~8 examples. Same number of steps and tokens per step, so
+the validation losses compare like for like.
 
 Tokens/s = every real (non-padding) token of the training chats, once per epoch, / ``train()`` wall
 time; peak RSS is the worker's ``ru_maxrss``; validation loss is computed after training by one shared
-function (fp32, assistant tokens of the held-out chats). Quick mode stops TRL's bf16 defaults after
-a few steps (emulated bf16 is slow here): their speed counts, their validation loss does not.
+function (fp32, assistant tokens of the held-out chats). On CPUs without native bf16, quick mode stops
+TRL's bf16 defaults after a few steps (emulated bf16 is slow): their speed counts, their validation
+loss does not.
 Writes ``results/train.json`` after every run, so an interrupted session keeps what it measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from pathlib import Path
@@ -63,18 +65,31 @@ def data_statistics(data: dict) -> dict:
     return counted
 
 
+def packing_plan(mean_len: float, longest: int) -> dict:
+    """Packed rows per step and their length, so that a packed step holds ~``batch_size`` examples.
+
+    A padded step holds exactly 8 examples; packing into full 512-token rows would put ~9.5 of these
+    ~54-token chats in a step, i.e. fewer, larger optimizer steps for the same tokens, which learns
+    less per token and would make the validation losses incomparable. So packed sides fill rows of
+    ``8 x mean length / rows`` tokens (never shorter than the longest example, never over 512).
+    """
+    want = HYPER["batch_size"] * mean_len
+    rows = max(1, math.ceil(want / HYPER["max_seq_len"]))
+    return {"rows": rows, "row_len": max(longest, min(HYPER["max_seq_len"], round(want / rows)))}
+
+
 def packed_rows_per_step(mean_len: float) -> int:
     return max(1, round(HYPER["batch_size"] * mean_len / HYPER["max_seq_len"]))
 
 
-def run_side(name: str, data_dir: Path, epochs: float, packed_rows: int, timeout: float,
+def run_side(name: str, data_dir: Path, epochs: float, packing: dict, timeout: float,
              max_steps: int | None = None) -> dict:
     script, extra, packs = SIDES[name]
     out = ensure_workdir() / "runs" / name
     args = [str(BENCH_DIR / script), "--data", str(data_dir), "--out", str(out), "--epochs", str(epochs),
             *extra]
     if packs:
-        args += ["--batch-size", str(packed_rows)]
+        args += ["--batch-size", str(packing["rows"]), "--row-len", str(packing["row_len"])]
     if max_steps:
         args += ["--max-steps", str(max_steps)]
     print(f"  running {name} ...", flush=True)
@@ -164,10 +179,11 @@ def main(argv=None) -> dict:
     started = time.time()
     data = bench_data.build(mode)
     stats = data_statistics(data)
-    rows = packed_rows_per_step(stats["mean_len"])
+    packing = packing_plan(stats["mean_len"], stats["longest"])
     peaks_before = measure_peaks()
-    print(f"data: {stats['examples']} chats, {stats['tokens']} tokens (mean {stats['mean_len']:.1f}); "
-          f"packed rows per step: {rows}; fp32 peak {peaks_before['fp32_gflops']} GFLOP/s", flush=True)
+    print(f"data: {stats['examples']} chats, {stats['tokens']} tokens (mean {stats['mean_len']:.1f}, longest "
+          f"{stats['longest']}); packed steps: {packing['rows']} row(s) of {packing['row_len']} tokens; "
+          f"fp32 peak {peaks_before['fp32_gflops']} GFLOP/s", flush=True)
     dims = model_dimensions()
     flops_token = flops_per_token(dims, "lora", stats["mean_len"])
     runs: list[dict] = []
@@ -179,7 +195,8 @@ def main(argv=None) -> dict:
         return {
             "mode": mode, "complete": peaks_after is not None, "repeats": repeats, "epochs": args.epochs,
             "data": {**data, **stats},
-            "shared_settings": {"lora": LORA, **HYPER, "packed_rows_per_step": rows,
+            "shared_settings": {"lora": LORA, **HYPER, "packed_rows_per_step": packing["rows"],
+                                "packed_row_len": packing["row_len"],
                                 "model": "smollm2-135m-instruct (fp32 weights)"},
             "peaks": {"before": peaks_before, "after": peaks_after, "used_gflops": peak},
             "flops": {**dims, "method": "lora", "flops_per_token": flops_token},
@@ -191,7 +208,7 @@ def main(argv=None) -> dict:
         for name in interleaved_order(sides, repeat):
             cap = args.max_steps or (QUICK_STEP_CAPS.get(name) if args.quick and not peaks_before["bf16_native"]
                                      else None)
-            runs.append(run_side(name, Path(data["train"]).parent, args.epochs, rows, args.timeout, cap))
+            runs.append(run_side(name, Path(data["train"]).parent, args.epochs, packing, args.timeout, cap))
             write_result("train", result(None))
     final = result(measure_peaks())
     print_table(final["summary"], final["comparisons"])

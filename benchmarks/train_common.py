@@ -19,7 +19,8 @@ def count_tokens(tokenizer, chats: list[list[dict]]) -> dict:
 
     encoded = [encode_chat(tokenizer, messages) for messages in chats]
     return {"examples": len(encoded), "tokens": sum(len(e.input_ids) for e in encoded),
-            "supervised_tokens": sum(e.n_trainable for e in encoded)}
+            "supervised_tokens": sum(e.n_trainable for e in encoded),
+            "longest": max((len(e.input_ids) for e in encoded), default=0)}
 
 
 def validation_loss(model, tokenizer, chats: list[list[dict]], batch_size: int = 16) -> float:

@@ -54,7 +54,8 @@ def prompt_completion(chats: list[list[dict]]) -> list[dict]:
 
 
 def sft_config(variant: str, out_dir: str, epochs: float, max_steps: int | None, native_bf16: bool,
-               batch_size: int | None = None):
+               batch_size: int | None = None, row_len: int | None = None):
+    """``row_len``: packed sequence length for the packing variants (default: the max length)."""
     from trl import SFTConfig
 
     settings = {
@@ -63,7 +64,7 @@ def sft_config(variant: str, out_dir: str, epochs: float, max_steps: int | None,
         "max_steps": max_steps or -1, "learning_rate": HYPER["learning_rate"],
         "lr_scheduler_type": HYPER["lr_scheduler"], "warmup_steps": HYPER["warmup_ratio"],
         "weight_decay": HYPER["weight_decay"], "max_grad_norm": HYPER["max_grad_norm"],
-        "max_length": HYPER["max_seq_len"], "seed": HYPER["seed"], "use_cpu": True,
+        "max_length": row_len or HYPER["max_seq_len"], "seed": HYPER["seed"], "use_cpu": True,
         "save_strategy": "no", "eval_strategy": "no", "report_to": "none", "logging_steps": 5,
         "dataloader_num_workers": 0, "disable_tqdm": True,
         **variant_settings(variant, native_bf16),
@@ -93,6 +94,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None, help="rows per step (packed rows if packing)")
+    parser.add_argument("--row-len", type=int, default=None, help="packed row length (packing variants)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -113,7 +115,7 @@ def main() -> None:
     train = [json.loads(x)["messages"] for x in Path(args.data, "train.jsonl").read_text().splitlines()]
     val = [json.loads(x)["messages"] for x in Path(args.data, "validation.jsonl").read_text().splitlines()]
     config, settings = sft_config(args.variant, args.out, args.epochs, args.max_steps, bf16_supported(),
-                                  args.batch_size)
+                                  args.batch_size, args.row_len)
     peft_config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                              target_modules=LORA["target_modules"], task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(prompt_completion(train)),

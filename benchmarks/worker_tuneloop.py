@@ -42,7 +42,7 @@ def make_recipe(args):
         lr_scheduler=HYPER["lr_scheduler"], warmup_ratio=HYPER["warmup_ratio"],
         weight_decay=HYPER["weight_decay"], max_grad_norm=HYPER["max_grad_norm"],
         batch_size=args.batch_size or HYPER["batch_size"], gradient_accumulation=HYPER["gradient_accumulation"],
-        max_seq_len=HYPER["max_seq_len"], packing=args.packing, precision=args.precision,
+        max_seq_len=args.row_len or HYPER["max_seq_len"], packing=args.packing, precision=args.precision,
         seed=HYPER["seed"], gradient_checkpointing=args.gradient_checkpointing, compile=args.compile,
         eval_every=10**6, save_every=10**6)
     return Recipe(name=f"bench-{os.getpid()}", model="smollm2-135m-instruct", method="lora",
@@ -118,6 +118,7 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None, help="rows per step (packed rows if packing)")
     parser.add_argument("--packing", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--row-len", type=int, default=None, help="packed row length (default: max length)")
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--head", default="supervised", choices=("supervised", "full"))
