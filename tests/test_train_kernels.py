@@ -103,6 +103,26 @@ def test_lora_layers_get_the_fast_dropout(tiny_model_dir):
     assert use_fast_dropout(plain) == 0
 
 
+def test_training_set_up_uses_the_fast_dropout_and_compiles_layers_when_asked(tiny_model_dir, tmp_path):
+    from fixtures_train.helpers import tiny_recipe
+    from tuneloop.config.recipe import recipe_from_dict
+    from tuneloop.train.methods import Precision, setup_model
+
+    def prepared(compile_layers: bool):
+        raw = tiny_recipe(tiny_model_dir, tmp_path, compile=compile_layers)
+        raw["lora"]["dropout"] = 0.1
+        return setup_model(recipe_from_dict(raw), tiny_model_dir, Precision("fp32", None, torch.float32),
+                           torch.device("cpu")).model
+
+    model = prepared(False)
+    dropouts = [d for m in model.modules() if hasattr(m, "lora_dropout") for d in m.lora_dropout.values()]
+    assert dropouts and all(type(d) is FastDropout for d in dropouts)
+    layers = model.get_base_model().model.layers
+    assert all(layer._compiled_call_impl is None for layer in layers)
+    # Compilation itself happens on the first call; setting it up is instant.
+    assert all(layer._compiled_call_impl is not None for layer in prepared(True).get_base_model().model.layers)
+
+
 @pytest.mark.slow  # compiling even the tiny model's layers takes ~40-100 s on 2 cores
 def test_compiled_layers_train_like_eager_ones(tiny_model_dir, tmp_path):
     from fixtures_train.helpers import tiny_recipe

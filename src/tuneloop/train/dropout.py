@@ -15,15 +15,15 @@ fast and is used as is.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 
 def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
     """Booleans of ``shape``, each True with probability ``1 - p`` (quantised to 1/65536)."""
-    count = 1
-    for size in shape:
-        count *= size
+    count = math.prod(shape)
     words = torch.randint(-(2**63), 2**63 - 1, ((count + 3) // 4,), dtype=torch.int64, device=device)
     slices = words.view(torch.int16)[:count].view(shape)  # uniform over [-32768, 32767]
     return slices >= round(p * 65536) - 32768
