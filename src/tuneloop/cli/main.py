@@ -29,6 +29,8 @@ COMMANDS = {
     "export": "tuneloop.cli.export:export",
     "serve": "tuneloop.cli.serve:serve",
     "monitor": "tuneloop.cli.monitor:monitor",
+    "registry": "tuneloop.cli.registry:registry",
+    "improve": "tuneloop.cli.improve:improve",
 }
 
 # One-line summaries for --help, so listing commands imports none of them.
@@ -44,6 +46,8 @@ SUMMARIES = {
     "export": "Merge and export a run: safetensors, GGUF or quantized.",
     "serve": "OpenAI-compatible server for a base model and its adapters, recording everything.",
     "monitor": "Latency p50/p95, error rate and satisfaction per model from the serving store.",
+    "registry": "Model versions with lineage; promote, roll back and diff production/candidate aliases.",
+    "improve": "One loop round: feedback -> data -> candidate -> gated eval -> register -> promote.",
 }
 
 

@@ -12,7 +12,8 @@ import click
 @click.command()
 @click.option("--model", "models", multiple=True, required=True, metavar="[NAME=]M",
               help="Base model (first) and adapters, each served as its own model id (NAME, or the "
-                   "model's own name). M: catalog name, hub id, local dir, .gguf or run dir.")
+                   "model's own name). M: catalog name, hub id, local dir, .gguf, run dir, or "
+                   "registry:NAME@ALIAS (followed as the alias moves).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--api-key", envvar="TUNELOOP_API_KEY", default=None,
@@ -35,8 +36,10 @@ import click
               help="Largest request body (more: 413).")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="CPU threads for the model [default: all cores]; 1 is often faster on a busy shared machine.")
+@click.option("--registry-poll", default=5.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds between checks of a registry:NAME@ALIAS model's alias (it follows promotions).")
 def serve(models, host, port, api_key, db_url, engine, max_batch_size, batch_wait_ms, max_tokens_limit,
-          max_concurrency, request_timeout, max_body_bytes, threads):
+          max_concurrency, request_timeout, max_body_bytes, threads, registry_poll):
     """OpenAI-compatible server: /v1/models, /v1/chat/completions, /v1/completions, /v1/feedback,
     /metrics, /health. Every request and feedback is stored (see `tuneloop monitor`)."""
     from tuneloop.serve.app import build
@@ -47,7 +50,8 @@ def serve(models, host, port, api_key, db_url, engine, max_batch_size, batch_wai
                              max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
                              max_tokens_limit=max_tokens_limit,
                              default_max_tokens=min(256, max_tokens_limit), max_concurrency=max_concurrency,
-                             request_timeout_s=request_timeout, max_body_bytes=max_body_bytes, threads=threads)
+                             request_timeout_s=request_timeout, max_body_bytes=max_body_bytes, threads=threads,
+                             registry_poll_s=registry_poll)
     sock = bind_socket(host, port)  # before loading weights: a busy port fails in a second
     served = build(list(models), settings)
     shown_host = f"[{host}]" if ":" in host else host

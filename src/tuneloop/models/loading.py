@@ -1,7 +1,8 @@
 """Turn any model reference into a loaded model and tokenizer.
 
-A reference ``M`` may be a catalog name, a hub id, a local Hugging Face directory, a ``.gguf`` file or
-a tuneloop run directory (its ``adapter/`` on its base model, or its full ``model/``).
+A reference ``M`` may be a catalog name, a hub id, a local Hugging Face directory, a ``.gguf`` file,
+a tuneloop run directory (its ``adapter/`` on its base model, or its full ``model/``) or a registry
+version ``registry:NAME@ALIAS`` / ``registry:NAME@VERSION``.
 :func:`resolve_model` maps it to files without loading anything; :func:`load_model` and
 :func:`load_tokenizer` load them. Nothing touches the network unless the user names a hub model that
 is not in the local store.
@@ -17,6 +18,7 @@ from pathlib import Path
 from tuneloop.errors import UserError, did_you_mean
 from tuneloop.models import catalog, store
 from tuneloop.paths import model_store
+from tuneloop.registry.reference import is_registry_reference, resolve_reference
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ def resolve_model(reference: str | Path) -> ResolvedModel:
     ref = str(reference).strip()
     if not ref:
         raise UserError("empty model name", hint=f"use a catalog name such as {catalog.EMBEDDED}")
+    if is_registry_reference(ref):  # registry:NAME@ALIAS: the version's run directory, read now
+        return resolve_model(resolve_reference(ref).path)
     path = Path(ref).expanduser()
     if path.suffix == ".gguf" and path.is_file():
         target = model_store() / store.store_name(path.stem)

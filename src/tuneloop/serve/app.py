@@ -20,6 +20,7 @@ from fastapi.responses import Response
 
 from tuneloop.serve.adapters import ModelTable
 from tuneloop.serve.errors import install_error_handlers
+from tuneloop.serve.follow import FollowingEngine, concrete_options, uses_registry
 from tuneloop.serve.limits import GuardMiddleware
 from tuneloop.serve.metrics import ServeMetrics
 from tuneloop.serve.schemas import ChatCompletionRequest, CompletionRequest, FeedbackRequest
@@ -85,7 +86,11 @@ def create_app(engine, table: ModelTable, store: Store, settings: ServeSettings,
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "models": list(table.models), "in_flight": service.limiter.in_flight}
+        health = {"status": "ok", "models": list(table.models), "in_flight": service.limiter.in_flight}
+        if isinstance(service.engine, FollowingEngine):  # which registry versions serve, and every switch
+            health["registry"] = {"versions": service.engine.versions, "swaps": len(service.engine.swaps),
+                                  "draining": service.engine.draining}
+        return health
 
     return app, service
 
@@ -114,10 +119,15 @@ def build(model_options: list[str], settings: ServeSettings) -> Served:
         from tuneloop.serve.vllm_engine import check_vllm_available
 
         check_vllm_available()
-    table = plan_models(model_options)
+    following = uses_registry(model_options)  # registry:NAME@ALIAS: follow the alias (serve/follow.py)
+    options, versions = concrete_options(model_options, settings.db_url) if following else (model_options, {})
+    table = plan_models(options)
     store = Store(settings.db_url)
     metrics = ServeMetrics(list(table.models))
     engine = _make_engine(table, settings, metrics)
+    if following:
+        engine = FollowingEngine(model_options, settings.db_url, table, engine, versions,
+                                 lambda planned: _make_engine(planned, settings, metrics), settings.registry_poll_s)
     app, service = create_app(engine, table, store, settings, metrics)
     return Served(app, engine, store, service)
 

@@ -22,3 +22,4 @@ class ServeSettings:
     # CPU threads for the model (None: torch's default, all cores). On a machine shared with other
     # busy processes, 1 thread is often much faster: multi-threaded ops wait for descheduled peers.
     threads: int | None = None
+    registry_poll_s: float = 5.0  # how often a server of registry:NAME@ALIAS checks whether the alias moved
