@@ -40,7 +40,7 @@ def test_rated_answers_to_the_same_prompt_become_pairs():
     assert data.sft == []
     (pair,) = data.preference
     assert pair["chosen"][0]["content"] == "Let me check order 12." and pair["rejected"][0]["content"] == "No idea."
-    assert data.report["preference"] == {"total": 1, "from_corrections": 0, "from_ratings": 1}
+    assert data.report["preference"] == {"total": 1, "from_corrections": 0, "from_ratings": 1, "from_choices": 0}
     assert data.report["skipped"] == {"feedback_without_completion": 2}
 
 

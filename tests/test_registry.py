@@ -78,7 +78,7 @@ for i in range(int(sys.argv[3])):
 def test_two_processes_promoting_at_once_keep_an_unbroken_history(db, tiny_model_dir, tmp_path):
     registry, _ = _three_versions(db, tiny_model_dir, tmp_path)
     registry.promote("support", 1)
-    procs = [subprocess.Popen([sys.executable, "-c", PROMOTER, db, str(v), "15"]) for v in (2, 3)]
+    procs = [subprocess.Popen([sys.executable, "-c", PROMOTER, db, str(v), "150"]) for v in (2, 3)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     moves = [e for e in registry.events("support") if e["alias"] == "production"]
     # A lost update would show as a move whose "from" is not the previous move's "to".

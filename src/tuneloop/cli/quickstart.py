@@ -13,7 +13,9 @@ import click
 @click.option("--epochs", type=float, default=None, help="Training epochs (default 4; 2 with --fast).")
 @click.option("--max-steps", type=int, default=None, help="Stop training after this many steps.")
 @click.option("--fast", is_flag=True, help="A quicker look: fewer epochs and 15 held-out questions.")
-def quickstart(out_dir, model, epochs, max_steps, fast):
+@click.option("--loop", is_flag=True, help="Then the second act: a policy changes, users correct the served "
+                                           "model, one improve round, the served answer changes (see README).")
+def quickstart(out_dir, model, epochs, max_steps, fast, loop):
     """Bundled support chats -> prepare -> LoRA fine-tune -> evaluate base vs tuned -> report -> export.
 
     Fine-tunes a support assistant for Brightcart, a fictional online store, on chats that mention
@@ -41,3 +43,24 @@ def quickstart(out_dir, model, epochs, max_steps, fast):
     click.echo(f"Finished in {summary['seconds']['total'] / 60:.1f} min. Report: {out_dir}/report.html")
     click.echo(f"Exported model: {out_dir}/exported (tuneloop export {out_dir}/{summary['links']['run_dir']} "
                "--format gguf --out DIR for llama.cpp)")
+    if loop:
+        _loop_act(out_dir, summary)
+
+
+def _loop_act(out_dir: str, summary: dict) -> None:
+    from pathlib import Path
+
+    from tuneloop.quickstart.loop_act import CHANGE, run_loop_act
+
+    act = run_loop_act(Path(out_dir) / "loop", str(Path(out_dir) / summary["links"]["run_dir"]))
+    click.echo("")
+    click.echo(f"Loop act: the return window changed from {CHANGE.old} to {CHANGE.new}.")
+    for before, after in zip(act["before"], act["after"]):
+        click.echo(f"Q: {before['question']}")
+        click.echo(f"   before the round: {before['answer']}")
+        click.echo(f"   after the round : {after['answer']}")
+    fmt = lambda x: "-" if x is None else f"{x:.0%}"  # noqa: E731
+    click.echo(f"Improve round: {act['round']['status']} (v{act['round']['candidate']}); satisfaction "
+               f"{fmt(act['satisfaction_before'])} -> {fmt(act['satisfaction_after'])}; requests during the "
+               f"switch: {act['requests_during_switch']}")
+    click.echo(f"Loop act finished in {act['seconds'] / 60:.1f} min. Round report: {act['round']['round_dir']}/report.html")

@@ -5,9 +5,10 @@ Reads the serving store (``requests`` and ``feedback`` tables) and writes canoni
 - ``sft.jsonl``: every completion with a correction becomes a chat record, the prompt's messages
   followed by the correction as the assistant turn (a text completion's prompt becomes the user turn,
   as ``data prepare`` does for prompt/completion records).
-- ``preference.jsonl``: (prompt, chosen, rejected) pairs from two sources: a correction is preferred
-  to the answer it corrects; and for the same prompt, an answer rated +1 is preferred to one rated
-  -1 (at most ``max_pairs_per_prompt`` pairs per prompt). Chat prompts use the conversational form
+- ``preference.jsonl``: (prompt, chosen, rejected) pairs from three sources: a correction is preferred
+  to the answer it corrects; for the same prompt, an answer rated +1 is preferred to one rated
+  -1 (at most ``max_pairs_per_prompt`` pairs per prompt); and of an ``n: 2`` completion's two
+  answers, the one the user chose (``choice``) is preferred to the other. Chat prompts use the conversational form
   ``{"messages", "chosen": [assistant msg], "rejected": [assistant msg]}``, text prompts the string
   form ``{"prompt", "chosen", "rejected"}``.
 - ``report.json``: what was read, written and skipped, and why.
@@ -41,6 +42,7 @@ class _Rated:
     request: dict
     rating: int | None = None
     correction: str | None = None
+    choice: int | None = None  # the preferred one of the request's n=2 choices
 
     @property
     def prompt_key(self) -> str:
@@ -83,7 +85,10 @@ def _collect(requests: list[dict], feedback: list[dict], skipped: dict) -> dict[
             skipped["feedback_without_completion"] += 1
             continue
         entry = rated.setdefault(row["completion_id"], _Rated(request))
-        entry.rating = row["rating"]
+        if row["rating"] is not None:
+            entry.rating = row["rating"]
+        if row.get("choice") is not None:
+            entry.choice = row["choice"]
         if row["correction"] and row["correction"].strip():
             entry.correction = row["correction"].strip()
     return rated
@@ -111,6 +116,21 @@ def _rating_pairs(rated: list[_Rated], max_pairs: int, skipped: dict) -> list[di
     return pairs
 
 
+def _choice_pairs(rated: list[_Rated], skipped: dict) -> list[dict]:
+    """An A/B choice between a request's two answers: the chosen one is preferred to the other."""
+    pairs = []
+    for entry in rated:
+        choices = entry.request.get("choices") or []
+        if entry.choice is None:
+            continue
+        if len(choices) != 2 or choices[0].strip() == choices[1].strip():
+            skipped["choice_without_two_answers"] += 1
+            continue
+        chosen, rejected = choices[entry.choice], choices[1 - entry.choice]
+        pairs.append(preference_record(entry.request, chosen, rejected, f"feedback:{entry.request['id']}:choice"))
+    return pairs
+
+
 def build_feedback_data(requests: list[dict], feedback: list[dict], max_pairs_per_prompt: int = 4) -> FeedbackData:
     """The SFT and preference records (and a report) from stored request and feedback rows."""
     skipped = defaultdict(int)
@@ -126,12 +146,13 @@ def build_feedback_data(requests: list[dict], feedback: list[dict], max_pairs_pe
         else:
             skipped["correction_equals_response"] += 1
     from_ratings = _rating_pairs(rated, max_pairs_per_prompt, skipped)
-    preference = list({r["id"]: r for r in from_corrections + from_ratings}.values())
+    from_choices = _choice_pairs(rated, skipped)
+    preference = list({r["id"]: r for r in from_corrections + from_ratings + from_choices}.values())
     report = {
         "requests": len(requests), "feedback": len(feedback), "completions_with_feedback": len(rated),
         "corrections": len(sft), "sft": len(sft),
         "preference": {"total": len(preference), "from_corrections": len(from_corrections),
-                       "from_ratings": len(from_ratings)},
+                       "from_ratings": len(from_ratings), "from_choices": len(from_choices)},
         "skipped": dict(skipped),
     }
     return FeedbackData(list({r["id"]: r for r in sft}.values()), preference, report)

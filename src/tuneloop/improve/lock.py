@@ -8,6 +8,7 @@ second process prints.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from tuneloop.errors import UserError
 from tuneloop.paths import make_dir, tuneloop_home
+from tuneloop.serve.store import default_db_url
 
 
 class RoundInProgress(UserError):
@@ -22,8 +24,11 @@ class RoundInProgress(UserError):
 
 
 class RoundLock:
-    def __init__(self, name: str, directory: Path | None = None):
-        self.path = make_dir(directory or tuneloop_home() / "locks", "lock directory") / f"improve-{name}.lock"
+    """Per model and registry database: rounds of the same name in two databases do not block."""
+
+    def __init__(self, name: str, db_url: str | None, directory: Path | None = None):
+        database = hashlib.sha256((db_url or default_db_url()).encode()).hexdigest()[:12]
+        self.path = make_dir(directory or tuneloop_home() / "locks", "lock directory") / f"improve-{name}-{database}.lock"
         self.name = name
         self._fd: int | None = None
 

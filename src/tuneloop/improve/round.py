@@ -73,7 +73,7 @@ def trigger(settings: ImproveSettings, feedback: list[dict]) -> str | None:
 def run_round(settings: ImproveSettings) -> dict:
     """Run one round if a trigger fires; returns what happened (also in the round's round.json)."""
     check_rules(settings.gates)
-    with RoundLock(settings.name):
+    with RoundLock(settings.name, settings.db_url):
         registry, store = Registry(settings.db_url), Store(settings.db_url)
         try:
             return _round(settings, registry, store)

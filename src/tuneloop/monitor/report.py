@@ -64,7 +64,7 @@ def summarize(requests: list[dict], feedback: list[dict]) -> list[ModelStats]:
     stats = []
     for model in models:
         rows = [r for r in requests if (r["model"] or "-") == model]
-        rated = [f["rating"] for f in feedback if (f["model"] or "-") == model]
+        rated = [f["rating"] for f in feedback if (f["model"] or "-") == model and f["rating"] is not None]
         ok = [r["latency_ms"] for r in rows if r["status"] == 200 and r["latency_ms"] is not None]
         errors = sum(1 for r in rows if (r["status"] or 0) >= 400)
         positive = sum(1 for rating in rated if rating > 0)

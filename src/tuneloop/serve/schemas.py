@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class TextPart(BaseModel):
@@ -48,7 +48,7 @@ class SamplingFields(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1, le=1, description="only n=1 is supported")
+    n: int = Field(1, ge=1, le=2, description="1, or 2 answers to compare (A/B feedback); not with stream")
     seed: int | None = None
 
     @field_validator("stop")
@@ -89,8 +89,26 @@ class CompletionRequest(SamplingFields):
 
 
 class FeedbackRequest(BaseModel):
+    """Thumbs (``rating``), a 1-5 ``score``, a ``correction``, or the preferred ``choice`` of an n=2 answer."""
+
     model_config = ConfigDict(extra="forbid")
     completion_id: str = Field(min_length=1, max_length=64)
-    rating: Literal[-1, 1]
+    rating: Literal[-1, 1] | None = None
+    score: int | None = Field(None, ge=1, le=5)
+    choice: int | None = Field(None, ge=0, le=1)
     comment: str | None = Field(None, max_length=10_000)
     correction: str | None = Field(None, max_length=100_000)
+
+    @model_validator(mode="after")
+    def _some_feedback(self):
+        if self.rating is None and self.score is None and self.choice is None and not self.correction:
+            raise ValueError("give rating (-1 or 1), score (1-5), choice (0 or 1) or correction")
+        return self
+
+    def thumbs(self) -> int | None:
+        """rating, else the score read as thumbs (4-5 up, 1-2 down, 3 neither), else a correction's -1."""
+        if self.rating is not None:
+            return self.rating
+        if self.score is not None:
+            return 1 if self.score >= 4 else (-1 if self.score <= 2 else None)
+        return -1 if self.correction and self.choice is None else None

@@ -14,6 +14,7 @@ import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -91,6 +92,9 @@ class CompletionService:
         try:
             self.served(body.model)
             params = self.sampling(body)
+            if body.n > 1 and body.stream:
+                raise APIError(400, "n=2 answers are not streamed; send stream: false", param="n",
+                               code="invalid_n")
             ids = self.prompt_ids(body, kind, params.max_tokens)
             if not self.limiter.try_acquire():
                 raise APIError(429, f"the server is busy ({self.limiter.limit} requests in flight); retry shortly",
@@ -102,17 +106,19 @@ class CompletionService:
         if body.stream:
             return StreamingResponse(self._stream(row, started, ids, params, body), media_type="text/event-stream")
         try:
-            result = await self._generate(row.model, ids, params)
+            results = await asyncio.gather(*(self._generate(row.model, ids, p) for p in candidate_params(params, body.n)))
         except APIError as e:
             await self.finish(row, started, e.status, error=e)
             raise
         finally:
             self.limiter.release()
-        text = (body.prompt + result.text) if kind == "completion" and body.echo else result.text
+        texts = [(body.prompt + r.text) if kind == "completion" and body.echo else r.text for r in results]
+        result = results[0]
         row.response, row.finish_reason, row.completion_tokens = result.text, result.finish_reason, \
-            result.completion_tokens
+            sum(r.completion_tokens for r in results)
+        row.choices = [r.text for r in results] if body.n > 1 else None
         await self.finish(row, started, 200)
-        return JSONResponse(response_body(row, text, kind))
+        return JSONResponse(response_body(row, texts, kind, [r.finish_reason for r in results]))
 
     async def _generate(self, model_id: str, ids: list[int], params: SamplingParams):
         job = self.engine.submit(model_id, ids, params)
@@ -211,11 +217,20 @@ class CompletionService:
             raise APIError(404, f"no completion with id {body.completion_id!r}: use the id of a "
                                 "successful chat or text completion", param="completion_id",
                            code="completion_not_found")
-        row = FeedbackRow(body.completion_id, model, body.rating, body.comment, body.correction)
+        if body.choice is not None:
+            choices = await loop.run_in_executor(self.writer, self.store.request_choices, body.completion_id)
+            if not choices or body.choice >= len(choices):
+                raise APIError(400, f"choice {body.choice}: completion {body.completion_id!r} has "
+                                    f"{len(choices or [])} choices; ask with n=2 to compare two answers",
+                               param="choice", code="invalid_choice")
+        rating = body.thumbs()
+        row = FeedbackRow(body.completion_id, model, rating, body.comment, body.correction, score=body.score,
+                          choice=body.choice)
         await loop.run_in_executor(self.writer, self.store.record_feedback, row)
-        self.metrics.observe_feedback(model, body.rating)
+        if rating is not None:
+            self.metrics.observe_feedback(model, rating)
         return {"object": "feedback", "completion_id": body.completion_id, "model": model,
-                "rating": body.rating, "stored": True}
+                "rating": rating, "score": body.score, "choice": body.choice, "stored": True}
 
     def close(self) -> None:
         self.writer.shutdown(wait=True)
@@ -226,16 +241,27 @@ def usage(row: RequestRow) -> dict:
             "total_tokens": row.prompt_tokens + row.completion_tokens}
 
 
-def response_body(row: RequestRow, text: str, kind: str) -> dict:
+def candidate_params(params: SamplingParams, n: int) -> list[SamplingParams]:
+    """n=2 (A/B): two answers to choose from. Greedy would give the same answer twice, so the second
+    is sampled (temperature 0.8 when the request asked for 0); a given seed moves by one."""
+    if n == 1:
+        return [params]
+    second = replace(params, temperature=params.temperature or 0.8,
+                     seed=None if params.seed is None else params.seed + 1)
+    return [params, second]
+
+
+def response_body(row: RequestRow, texts: list[str], kind: str, finish_reasons: list[str]) -> dict:
     created = int(time.time())
     if kind == "chat":
-        choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                  "finish_reason": row.finish_reason, "logprobs": None}
+        choices = [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
+                    "logprobs": None} for i, (text, reason) in enumerate(zip(texts, finish_reasons))]
         return {"id": row.id, "object": "chat.completion", "created": created, "model": row.model,
-                "choices": [choice], "usage": usage(row)}
-    choice = {"index": 0, "text": text, "finish_reason": row.finish_reason, "logprobs": None}
+                "choices": choices, "usage": usage(row)}
+    choices = [{"index": i, "text": text, "finish_reason": reason, "logprobs": None}
+               for i, (text, reason) in enumerate(zip(texts, finish_reasons))]
     return {"id": row.id, "object": "text_completion", "created": created, "model": row.model,
-            "choices": [choice], "usage": usage(row)}
+            "choices": choices, "usage": usage(row)}
 
 
 def chunk_body(row: RequestRow, kind: str, delta, finish_reason: str | None) -> dict:

@@ -36,6 +36,7 @@ requests_table = Table(
     Column("response", Text, nullable=True),
     Column("finish_reason", String(16), nullable=True),
     Column("stream", Integer, default=0),
+    Column("choices", JSON, nullable=True),  # every candidate answer when a request asked for n > 1
 )
 
 feedback_table = Table(
@@ -43,11 +44,16 @@ feedback_table = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("completion_id", String(64), index=True),
     Column("model", String(200), index=True),
-    Column("rating", Integer),  # -1 or 1
+    Column("rating", Integer, nullable=True),  # -1 or 1 (thumbs); derived from score where only that was given
     Column("comment", Text, nullable=True),
     Column("correction", Text, nullable=True),
     Column("created", DateTime(timezone=True), index=True),
+    Column("score", Integer, nullable=True),  # a 1-5 rating
+    Column("choice", Integer, nullable=True),  # the preferred answer's index among the request's choices
 )
+
+# Columns added after the first release: a store created before them gets them on open.
+ADDED_COLUMNS = {"requests": (("choices", "JSON"),), "feedback": (("score", "INTEGER"), ("choice", "INTEGER"))}
 
 
 @dataclass
@@ -65,16 +71,19 @@ class RequestRow:
     finish_reason: str | None = None
     stream: bool = False
     created: datetime | None = None
+    choices: list[str] | None = None
 
 
 @dataclass
 class FeedbackRow:
     completion_id: str
     model: str | None
-    rating: int
+    rating: int | None
     comment: str | None = None
     correction: str | None = None
     created: datetime | None = None
+    score: int | None = None
+    choice: int | None = None
 
 
 def utcnow() -> datetime:
@@ -112,12 +121,26 @@ def open_engine(url: str | None) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     try:
         metadata.create_all(engine)
+        add_missing_columns(engine)
     except Exception as e:
         raise UserError(f"cannot open database {engine.url.render_as_string(hide_password=True)}: {e}",
                         where="--db", hint="an SQLite URL must name a new file or a tuneloop store"
                         if engine.dialect.name == "sqlite" else "check that the server is running and the URL is right"
                         ) from None
     return engine
+
+
+def add_missing_columns(engine: Engine) -> None:
+    """ALTER TABLE ... ADD COLUMN for :data:`ADDED_COLUMNS` a store made by an older tuneloop lacks."""
+    from sqlalchemy import inspect, text
+
+    inspector = inspect(engine)
+    for table, columns in ADDED_COLUMNS.items():
+        present = {c["name"] for c in inspector.get_columns(table)}
+        for name, sql_type in columns:
+            if name not in present:
+                with engine.begin() as conn:
+                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))
 
 
 def require_existing_store(url: str) -> None:
@@ -159,6 +182,12 @@ class Store:
         """The model a stored completion came from, or None when there is no such successful completion."""
         query = select(requests_table.c.model).where(
             requests_table.c.id == completion_id, requests_table.c.status == 200)
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar_one_or_none()
+
+    def request_choices(self, completion_id: str) -> list | None:
+        """The candidate answers of an n=2 completion (None for n=1 or an unknown id)."""
+        query = select(requests_table.c.choices).where(requests_table.c.id == completion_id)
         with self.engine.connect() as conn:
             return conn.execute(query).scalar_one_or_none()
 

@@ -1,0 +1,42 @@
+"""The loop act (``tuneloop quickstart --loop``'s second act) timed on its own, from a given production model.
+
+    python benchmarks/loop_act.py                          # production = the embedded base model
+    python benchmarks/loop_act.py --production quickstart-out/runs/brightcart-support
+
+Writes ``benchmarks/results/loop_act.json``: the act's summary (answers before and after the round,
+the gate, satisfaction before and after, outcomes of requests sent during the switch) and the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+from pathlib import Path
+
+from tuneloop.quickstart.loop_act import run_loop_act
+
+RESULTS = Path(__file__).resolve().parent / "results" / "loop_act.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--production", default=None, help="run dir or model [default: the embedded base model]")
+    args = parser.parse_args()
+    from tuneloop.models.loading import resolve_model
+
+    production = args.production or str(resolve_model("smollm2-135m-instruct").path)
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = run_loop_act(Path(tmp) / "loop", production)
+    summary["production_model"] = args.production or "smollm2-135m-instruct (base)"
+    summary["machine"] = {"processor": platform.processor() or platform.machine(), "cpus": __import__("os").cpu_count()}
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    print(json.dumps({k: summary[k] for k in ("answers_new_fact_before", "answers_new_fact_after",
+                                              "satisfaction_before", "satisfaction_after",
+                                              "requests_during_switch", "seconds")}, default=str))
+
+
+if __name__ == "__main__":
+    main()
