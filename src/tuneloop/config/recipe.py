@@ -40,14 +40,24 @@ class TrainConfig(Strict):
     epochs: float = Field(3, gt=0, description="Passes over the training data.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
     learning_rate: float = Field(2.0e-4, gt=0, description="Peak learning rate.")
-    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up.")
+    # TRL / transformers' defaults (linear decay, no warmup), so a recipe moved from TRL trains alike.
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "linear", description="Decay after warmup: linear to 0 (TRL/transformers default), cosine, or constant.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps spent warming up linearly "
+                                "(TRL default 0; Axolotl/LLaMA-Factory recipes often use 0.03-0.1).")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null turns it off.")
-    batch_size: int = Field(8, ge=1, description="Sequences per micro-batch (per process).")
+    batch_size: int = Field(8, ge=1, description=(
+        "Examples per micro-batch per process; an optimizer step takes batch_size x gradient_accumulation "
+        "x processes examples, as in TRL, Axolotl and LLaMA-Factory (packing or not)."))
     gradient_accumulation: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    max_seq_len: int = Field(1024, ge=8, description="Longest sample (or packed row) in tokens.")
-    packing: bool = Field(True, description="Pack samples into rows without cross-sample attention.")
+    max_seq_len: int = Field(1024, ge=8, description="Longest sample in tokens (see overlong).")
+    packing: bool = Field(True, description=(
+        "Padding-free batching: a micro-batch's examples are laid end to end in one row with "
+        "per-sample attention, so no padding is computed; the same steps as packing: false."))
+    batch_tokens: int | None = Field(None, ge=8, description=(
+        "Batch by token budget instead of by examples: each micro-batch is a best-fit packed row of "
+        "up to this many tokens (batch_size is then not used; steps depend on sample lengths)."))
     overlong: Literal["error", "drop", "truncate_prompt"] = Field(
         "drop", description="What to do with samples longer than max_seq_len."
     )
@@ -70,6 +80,20 @@ class TrainConfig(Strict):
     sample_prompts: list[str] = Field(
         default_factory=list, description="Prompts generated from during training into samples.jsonl."
     )
+
+
+    @model_validator(mode="after")
+    def _batching(self):
+        if self.batch_tokens is not None:
+            if not self.packing:
+                raise ValueError("batch_tokens packs rows by a token budget; it needs packing: true")
+            if "batch_size" in self.model_fields_set:
+                raise ValueError("give batch_size (examples per micro-batch) or batch_tokens "
+                                 "(tokens per micro-batch), not both")
+            if self.batch_tokens < self.max_seq_len:
+                raise ValueError(f"batch_tokens ({self.batch_tokens}) must be >= max_seq_len "
+                                 f"({self.max_seq_len}) so that every sample fits a micro-batch")
+        return self
 
 
 class MixtureTask(Strict):
