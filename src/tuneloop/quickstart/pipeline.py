@@ -56,8 +56,10 @@ class QuickstartSettings:
     learning_rate: float = 2e-3
     lora_r: int = 16
     lora_alpha: float = 32
-    batch_size: int = 2
-    max_seq_len: int = 256  # packed rows of 256 tokens: every conversation fits, padding stays small
+    batch_size: int = 8  # examples per optimizer step (padding-free packed); ~2 old 256-token rows
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.05
+    max_seq_len: int = 256  # every conversation fits
     heldout_limit: int | None = None  # evaluate only the first N held-out questions
     eval_batch_size: int = 16
     eval_max_new_tokens: int | None = None  # default: the longest reference answer + 16
@@ -112,7 +114,8 @@ def training_recipe(out_dir: Path, settings: QuickstartSettings):
         "lora": {"r": settings.lora_r, "alpha": settings.lora_alpha, "dropout": 0.0,
                  "target_modules": "all-linear"},
         "train": {"epochs": settings.epochs, "max_steps": settings.max_steps,
-                  "learning_rate": settings.learning_rate, "warmup_ratio": 0.05, "batch_size": settings.batch_size,
+                  "learning_rate": settings.learning_rate, "lr_scheduler": settings.lr_scheduler,
+                  "warmup_ratio": settings.warmup_ratio, "batch_size": settings.batch_size,
                   "max_seq_len": settings.max_seq_len, "packing": True, "seed": settings.seed,
                   "eval_every": 50, "save_every": 100000},
         "tracking": {"backend": "none"},
