@@ -45,7 +45,7 @@ class ImproveSettings:
     steps: int = 40  # LoRA optimizer steps of the candidate
     learning_rate: float = 1e-3
     lora_r: int = 8
-    batch_size: int = 2
+    batch_size: int = 4  # examples per optimizer step
     repeat: int = 4  # each correction appears this many times per round
     replay: int = -1  # records of production's training data replayed (-1: 3x the corrections)
     regression_data: str | None = None  # overrides the production version's regression set
