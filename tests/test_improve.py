@@ -100,11 +100,14 @@ def test_two_rounds_at_once_one_runs_and_promotes_the_other_says_a_round_is_in_p
     tmp, db = loop
     add_feedback(db, "a", lambda i: NEW_ANSWER)
     first = _improve(db, tmp / "rounds")
-    log = _wait_for_line(first, "round in")  # it holds the lock now
-    second = _improve(db, tmp / "rounds-2")
-    out, err = second.communicate(timeout=120)
-    assert second.returncode == 1 and "an improve round for 'support' is in progress" in err, err
-    assert first.wait(timeout=600) == 0, "".join(log[-30:])
+    try:
+        log = _wait_for_line(first, "round in")  # it holds the lock now
+        second = _improve(db, tmp / "rounds-2")
+        out, err = second.communicate(timeout=120)
+        assert second.returncode == 1 and "an improve round for 'support' is in progress" in err, err
+        assert first.wait(timeout=600) == 0, "".join(log[-30:])
+    finally:
+        first.kill()  # no-op once it has finished; never leave a round running after a failure
     summary = first.stdout.read()
     assert summary.startswith("promoted: v2 is production"), summary
     versions, aliases, rounds = _state(db)
@@ -118,9 +121,11 @@ def test_a_round_killed_mid_training_leaves_the_registry_as_it_was(loop):
     before = _state(db)
     add_feedback(db, "p", lambda i: f"zq{i} vok{i * 7} pell{i * 13} {'ra' * i}")  # poisoned: noise
     proc = _improve(db, tmp / "killed")
-    _wait_for_line(proc, "training a candidate")
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGKILL)
+    try:
+        _wait_for_line(proc, "training a candidate")
+        time.sleep(1.0)
+    finally:
+        proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert _state(db) == before
     with RoundLock("support", db):  # the kernel released the dead round's lock
