@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuneloop.chat.batch import pad_batch
 from tuneloop.chat.template import IGNORE_INDEX, encode_chat, render_prompt_ids
 from tuneloop.errors import UserError
 
@@ -123,8 +124,6 @@ def encode_pairs(tokenizer, records: list[dict], max_prompt_len: int, max_seq_le
 
 def collate(answers: list[EncodedAnswer], pad_id: int) -> dict:
     """Right-padded tensors ``input_ids``, ``attention_mask``, ``labels`` for a list of answers."""
-    from tuneloop.evaluate.perplexity import pad_batch
-
     return pad_batch(answers, pad_id)
 
 
