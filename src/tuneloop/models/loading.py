@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tuneloop.errors import UserError, did_you_mean
 from tuneloop.models import catalog, store
+from tuneloop.models.quantized import is_quantized_dir, load_quantized
 from tuneloop.paths import model_store
 
 
@@ -153,9 +154,7 @@ def load_model(reference: str | Path | ResolvedModel, dtype=None, merge_adapter:
 
     hf_logging.disable_progress_bar()  # a per-tensor bar for a one-second load is noise
     resolved = reference if isinstance(reference, ResolvedModel) else resolve_model(reference)
-    if (resolved.path / "tuneloop_quantization.json").is_file():  # `export --format quantized`
-        from tuneloop.export.quantized import load_quantized
-
+    if is_quantized_dir(resolved.path):  # `export --format quantized`
         return load_quantized(resolved.path)
     try:
         model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=dtype or torch.float32)

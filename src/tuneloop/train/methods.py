@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tuneloop.config.recipe import ADAPTER_METHODS
 from tuneloop.errors import UserError, did_you_mean
-
-ADAPTER_METHODS = ("lora", "dora", "qlora")
 
 
 @dataclass

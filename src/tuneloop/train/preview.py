@@ -15,7 +15,7 @@ def dry_run_report(recipe, color: bool | None = None) -> str:
     from tuneloop.chat.template import EncodedChat, preview
     from tuneloop.models.loading import load_tokenizer, resolve_model
     from tuneloop.train import loop
-    from tuneloop.train.run import prepare_data
+    from tuneloop.train.data import prepare_data
 
     color = sys.stdout.isatty() if color is None else color
     t = recipe.train
