@@ -175,3 +175,16 @@ def load_model(reference: str | Path | ResolvedModel, dtype=None, merge_adapter:
 def load_model_and_tokenizer(reference, dtype=None, merge_adapter: bool = False, device=None):
     resolved = reference if isinstance(reference, ResolvedModel) else resolve_model(reference)
     return load_model(resolved, dtype, merge_adapter, device), load_tokenizer(resolved)
+
+
+def card_for(reference: str) -> catalog.ModelCard:
+    """The catalog card, or one built from the config of any model reference (dir, .gguf, hub id)."""
+    card = catalog.find_card(reference)
+    if card is not None:
+        return card
+    config_path = resolve_model(reference).path / "config.json"
+    try:
+        return catalog.card_from_config(str(reference), json.loads(config_path.read_text()))
+    except (KeyError, ValueError) as e:
+        raise UserError(f"{config_path}: cannot read the architecture ({e})",
+                        hint="estimates need a decoder config with layers, hidden and head sizes") from None

@@ -231,6 +231,8 @@ def run(recipe, method: Method, resume: bool = False, on_evaluate: shell.Evaluat
         if initial is None:
             initial = _evaluate(job.session, method)
             shell.log_record(job, {"step": 0, **initial})
+        if initial:
+            _watched(recipe, initial)  # an early-stopping metric the method lacks fails before training
         last = {"metrics": initial}
 
         def evaluate():
