@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuneloop.chat.template import ensure_chat_template
 from tuneloop.errors import UserError, did_you_mean
 from tuneloop.models import catalog, store
 from tuneloop.models.quantized import is_quantized_dir, load_quantized
@@ -138,7 +139,6 @@ def load_tokenizer(reference: str | Path | ResolvedModel):
         tokenizer.pad_token = pad
     elif tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # last resort; masks must come from attention_mask
-    from tuneloop.chat.template import ensure_chat_template
 
     ensure_chat_template(tokenizer)
     return tokenizer

@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuneloop.chat.template import IGNORE_INDEX, EncodedChat, TemplateError, encode_chat
+from tuneloop.chat.template import EncodedChat, IGNORE_INDEX, TemplateError, encode_chat, render_text
 from tuneloop.errors import UserError
 from tuneloop.train.mixture import mix_rows, task_probabilities
 
@@ -212,7 +212,6 @@ def _bos_is_turn_marker(tokenizer) -> bool:
     if tokenizer.bos_token is None:
         return False
     probe = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
-    from tuneloop.chat.template import render_text
 
     return render_text(tokenizer, probe).count(tokenizer.bos_token) > 1
 

@@ -14,6 +14,8 @@ import torch
 
 from tuneloop.config.recipe import ADAPTER_METHODS
 from tuneloop.errors import UserError, did_you_mean
+from tuneloop.models.estimate import bf16_supported
+from tuneloop.train.dropout import use_fast_dropout
 
 
 @dataclass
@@ -44,7 +46,6 @@ class PreparedModel:
 
 def resolve_precision(requested: str, device: torch.device, method: str) -> Precision:
     """``auto`` = bf16 autocast where the hardware runs bf16 matmuls natively, else fp32."""
-    from tuneloop.models.estimate import bf16_supported
 
     if requested == "fp16" and device.type != "cuda":
         raise UserError("train.precision: fp16 needs a CUDA GPU", hint="use auto, bf16 or fp32 on CPU")
@@ -133,8 +134,6 @@ def linear_module_names(model) -> list[str]:
 
 def _add_adapters(model, recipe):
     from peft import LoraConfig, get_peft_model
-
-    from tuneloop.train.dropout import use_fast_dropout
 
     lora = recipe.lora
     targets = lora.target_modules

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import sys
 
-from tuneloop.train.data import length_histogram
+from tuneloop.chat.template import EncodedChat, preview
+from tuneloop.models import catalog
+from tuneloop.models.estimate import estimate
+from tuneloop.models.loading import load_tokenizer, resolve_model
+from tuneloop.train import loop
+from tuneloop.train.data import length_histogram, prepare_data
 
 
 def dry_run_report(recipe, color: bool | None = None) -> str:
-    from tuneloop.chat.template import EncodedChat, preview
-    from tuneloop.models.loading import load_tokenizer, resolve_model
-    from tuneloop.train import loop
-    from tuneloop.train.data import prepare_data
-
     color = sys.stdout.isatty() if color is None else color
     t = recipe.train
     tokenizer = load_tokenizer(resolve_model(recipe.model))
@@ -51,15 +51,9 @@ def dry_run_report(recipe, color: bool | None = None) -> str:
 
 
 def _estimate_lines(recipe, tokens_total: float) -> str:
-    from tuneloop.models import catalog
-
     card = catalog.find_card(recipe.model)
     if card is None:
         return "memory and ETA: no estimate (model not in the catalog); run a few steps to measure"
-    try:
-        from tuneloop.models.estimate import estimate
-    except ImportError:
-        return "memory and ETA: estimator not available"
     method = "lora" if recipe.method == "dora" else recipe.method
     est = estimate(card, method, recipe.train.max_seq_len, recipe.train.batch_size, r=recipe.lora.r)
     eta_s = tokens_total / 1000 * est.seconds_per_1k_tokens

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from tuneloop.chat.batch import pad_batch
 from tuneloop.chat.template import IGNORE_INDEX, encode_chat, render_prompt_ids
+from tuneloop.data.records import to_canonical
+from tuneloop.data.validate import validate_record
 from tuneloop.errors import UserError
 
 
@@ -62,8 +64,6 @@ def _read_json_lines(path: Path) -> list[tuple[int, object]]:
 
 def load_preference_records(path: str | Path) -> list[dict]:
     """Canonical preference records of a JSONL file; any bad record is a UserError at FILE:LINE."""
-    from tuneloop.data.records import to_canonical
-    from tuneloop.data.validate import validate_record
 
     path = Path(path)
     records = []
