@@ -1,9 +1,9 @@
 """Every training method, registered explicitly in one table: recipe ``method:`` -> its trainer.
 
-The names themselves are declared once, in :mod:`tuneloop.config.recipe` (``SFT_METHODS``,
-``PREFERENCE_METHODS``), because the recipe schema validates them; this table maps each to the
-function that trains it, and a test checks that the two agree. A new method adds its module and
-one row here.
+The recipe schema declares the names it accepts (:mod:`tuneloop.config.recipe`); this table maps
+each to the function that trains it and its ``--dry-run`` report, and a test checks that the two
+agree. A preference method's name is the one in its ``METHOD`` record. A new method adds its module
+and one entry here.
 
 Every trainer has the signature ``train(recipe, resume=False, on_evaluate=None) -> run_dir`` and runs
 in the same shell (:mod:`tuneloop.train.shell`); each also has a ``--dry-run`` report.
@@ -15,6 +15,7 @@ import functools
 from collections.abc import Callable
 from pathlib import Path
 
+from tuneloop.config.recipe import SFT_METHODS
 from tuneloop.train import preview as sft_preview
 from tuneloop.train import run as sft
 from tuneloop.train.preference import dpo, grpo, kto, orpo, reward
@@ -22,22 +23,13 @@ from tuneloop.train.preference import engine as preference
 from tuneloop.train.preference import preview as preference_preview
 
 Trainer = Callable[..., Path]
+DryRun = Callable[[object], str]
 
+# Each preference method names itself in its own METHOD record, beside its loss (as PEFT registers).
+PREFERENCE = (dpo.METHOD, orpo.METHOD, kto.METHOD, reward.METHOD, grpo.METHOD)
 
-def _preference(method: preference.Method) -> Trainer:
-    return functools.partial(preference.run, method=method)
-
-
-TRAINERS: dict[str, tuple[Trainer, Callable[[object], str]]] = {
-    # SFT: tuneloop.train.run
-    "full": (sft.run_training, sft_preview.dry_run_report),
-    "lora": (sft.run_training, sft_preview.dry_run_report),
-    "dora": (sft.run_training, sft_preview.dry_run_report),
-    "qlora": (sft.run_training, sft_preview.dry_run_report),
-    # preference and RL: tuneloop.train.preference
-    "dpo": (_preference(dpo.METHOD), preference_preview.dry_run_report),
-    "orpo": (_preference(orpo.METHOD), preference_preview.dry_run_report),
-    "kto": (_preference(kto.METHOD), preference_preview.dry_run_report),
-    "reward": (_preference(reward.METHOD), preference_preview.dry_run_report),
-    "grpo": (_preference(grpo.METHOD), preference_preview.dry_run_report),
+TRAINERS: dict[str, tuple[Trainer, DryRun]] = {
+    **{name: (sft.run_training, sft_preview.dry_run_report) for name in SFT_METHODS},
+    **{method.name: (functools.partial(preference.run, method=method), preference_preview.dry_run_report)
+       for method in PREFERENCE},
 }
