@@ -153,3 +153,13 @@ def test_dpo_two_gloo_processes_match_one_process(tmp_path, tiny_model_dir, pref
             if key in a:
                 assert abs(a[key] - b[key]) < 1e-4, (key, a, b)
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
+
+
+def test_recipe_hash_does_not_depend_on_where_the_recipe_came_from(tmp_path, tiny_model_dir, pref_data):
+    """A recipe built in memory and the same recipe read back from its JSON can continue each
+    other's checkpoints (a default such as epochs: 3 used to stay an int, 3.0 once read back)."""
+    from tuneloop.train.checkpoint import recipe_hash
+
+    recipe = make_recipe(tmp_path, tiny_model_dir, pref_data, "dpo")
+    again = recipe_from_dict(json.loads(json.dumps(recipe.model_dump(mode="json"))))
+    assert recipe_hash(recipe) == recipe_hash(again)

@@ -23,7 +23,9 @@ Method = Literal[SFT_METHODS + PREFERENCE_METHODS]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # validate_default: a default such as `epochs: float = 3` is stored as 3.0, exactly as a value
+    # read from YAML or JSON is, so the checkpoint's recipe hash does not depend on where it came from.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
 
 
 class LoraConfig(Strict):
