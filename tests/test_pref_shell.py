@@ -26,6 +26,7 @@ from tuneloop.train.checkpoint import step_checkpoints
 GRPO = {"reward_function": "tuneloop.train.preference.rewards:short", "num_generations": 2,
         "max_completion_length": 4, "temperature": 1.0}
 KILL_AT = 5  # killed while evaluating step 5: steps 1-4 logged, checkpoints step-2 and step-4 on disk
+STEPS = 6
 
 # Started as its own process so that SIGKILL takes the whole run down mid-step, with no clean-up.
 KILLED_RUN = """
@@ -46,8 +47,8 @@ def _resume_recipe(tmp_path, model, data, method, name):
     # Dropout on and accumulation: the RNG state, data position and optimizer state all matter.
     return make_recipe(tmp_path, model, data, method, name=name, lora={"dropout": 0.1},
                        grpo=GRPO if method == "grpo" else {},
-                       train={"max_steps": 8, "batch_size": 2, "gradient_accumulation": 2,
-                              "eval_every": 1, "save_every": 2, "warmup_ratio": 0.2})
+                       train={"max_steps": STEPS, "batch_size": 2, "gradient_accumulation": 2,
+                              "eval_every": KILL_AT, "save_every": 2, "warmup_ratio": 0.2})
 
 
 def _weights(run_dir) -> dict:
@@ -63,7 +64,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_model_dir,
     recipe_file = tmp_path / "killed.json"
     recipe_file.write_text(json.dumps(recipe.model_dump(mode="json")))
     killed = subprocess.run([sys.executable, "-c", KILLED_RUN, str(recipe_file), str(KILL_AT)],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=900)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     run_dir = recipe.run_dir()
     assert not (run_dir / "adapter").exists()
@@ -75,7 +76,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_model_dir,
     for name in expected:
         assert torch.allclose(expected[name], got[name], atol=1e-6, rtol=0), name
     rows = read_jsonl(run_dir / "metrics.jsonl")
-    assert [r["step"] for r in rows] == list(range(0, 9))  # no step logged twice after the resume
+    assert [r["step"] for r in rows] == list(range(0, STEPS + 1))  # no step logged twice after the resume
     losses = [r["loss"] for r in read_jsonl(straight / "metrics.jsonl")[1:]]
     assert [r["loss"] for r in rows[1:]] == pytest.approx(losses, rel=1e-5)
 
