@@ -24,7 +24,7 @@ from tuneloop.models.loading import load_tokenizer, resolve_model
 from tuneloop.paths import read_jsonl, write_json_atomic, write_jsonl_atomic
 from tuneloop.train import checkpoint as ckpt
 from tuneloop.train import loop, qat, shell
-from tuneloop.train.data import Sample, TrainData, collate, prepare_data
+from tuneloop.train.data import Sample, TrainData, collate_micro_batch, examples_per_micro_batch, prepare_data
 from tuneloop.train.distributed import DistInfo, barrier, init_distributed, shutdown
 from tuneloop.train.loss import SupervisedCausalLM
 from tuneloop.train.methods import resolve_precision, setup_model
@@ -87,7 +87,9 @@ def setup(recipe, resume: bool = False) -> Run:
     params = [p for p in prepared.model.parameters() if p.requires_grad]
     optimizer = shell.make_optimizer(prepared.model, recipe.train)
     t = recipe.train
-    rows_per_step = t.batch_size * t.gradient_accumulation * dist.world_size
+    # An optimizer step takes batch_size x accumulation x processes examples, as in TRL (packing or not).
+    per_micro = examples_per_micro_batch(t.batch_size, t.batch_tokens)
+    rows_per_step = per_micro * t.gradient_accumulation * dist.world_size
     steps = loop.total_steps(len(data.train_rows), rows_per_step, t.epochs, t.max_steps)
     run_dir = recipe.run_dir()
     state = ckpt.TrainState()
@@ -139,7 +141,12 @@ def _start_run_dir(run: Run, resume: bool):
                                               {"trainable_parameters": run.prepared.trainable_parameters})
     print(run.prepared.describe(), flush=True)
     r = run.data.report
-    print(f"data: {r.kept} of {r.total} samples kept in {len(run.data.train_rows)} rows; "
+    t = run.recipe.train
+    per_step = (f"{run.rows_per_step} token-budget rows of up to {t.batch_tokens} tokens" if t.batch_tokens
+                else f"{run.rows_per_step} examples")
+    print(f"steps: {run.total_steps} of {per_step} each "
+          f"({'padding-free packed' if t.packing else 'padded'} micro-batches)", flush=True)
+    print(f"data: {r.kept} of {r.total} samples kept; "
           f"{r.dropped_overlong} dropped as longer than max_seq_len (overlong: {run.recipe.train.overlong}), "
           f"{r.truncated_prompt} prompt-truncated, {r.no_trainable_tokens} without trainable tokens; "
           f"precision {run.precision.name}", flush=True)
@@ -152,8 +159,9 @@ def train(run: Run, tracker) -> None:
     run.tracker = tracker
     guard = {"lora_b": loop.lora_b_snapshot(run.prepared.model) if state.step == 0 else None}
     if state.step == 0 and run.data.validation_rows:
-        state.initial_validation_loss = loop.evaluate(run.loss_model, run.data.validation_rows,
-                                                      t.batch_size, run.tokenizer.pad_token_id, run.dist)
+        state.initial_validation_loss = loop.evaluate(
+            run.loss_model, run.data.validation_rows, examples_per_micro_batch(t.batch_size, t.batch_tokens),
+            run.tokenizer.pad_token_id, run.dist, t.packing)
     run.loss_model.train()
     shell.run_steps(run, lambda: _train_step(run, guard), lambda: _evaluate(run), desc=f"train {run.recipe.name}")
 
@@ -162,8 +170,9 @@ def _train_step(run: Run, guard: dict) -> dict:
     t, state = run.recipe.train, run.state
     step_rows = _next_step_rows(run)
     started = time.perf_counter()
-    batches = [collate(rows, run.tokenizer.pad_token_id)
-               for rows in loop.micro_batches(step_rows, run.dist.rank, run.dist.world_size, t.batch_size)]
+    per_micro = examples_per_micro_batch(t.batch_size, t.batch_tokens)
+    batches = [collate_micro_batch(rows, run.tokenizer.pad_token_id, t.packing)
+               for rows in loop.micro_batches(step_rows, run.dist.rank, run.dist.world_size, per_micro)]
     lr = loop.learning_rate(state.step, run.total_steps, t.learning_rate, run.warmup_steps, t.lr_scheduler)
     mine = loop.step_real_tokens(step_rows[run.dist.rank :: run.dist.world_size])
     result = loop.train_step(run.loss_model, batches, run.optimizer, run.params, lr,
@@ -200,8 +209,10 @@ def _evaluate(run: Run) -> tuple[dict, float] | None:
     """Validation loss (per task for a mixture) and sample generations; None without validation."""
     if not run.data.validation_rows:
         return None
-    value = loop.evaluate(run.loss_model, run.data.validation_rows, run.recipe.train.batch_size,
-                          run.tokenizer.pad_token_id, run.dist)
+    t = run.recipe.train
+    value = loop.evaluate(run.loss_model, run.data.validation_rows,
+                          examples_per_micro_batch(t.batch_size, t.batch_tokens), run.tokenizer.pad_token_id,
+                          run.dist, t.packing)
     metrics = {"validation_loss": round(value, 6)}
     if run.data.validation_by_task:
         value = evaluate_tasks(run, metrics)
@@ -213,10 +224,10 @@ def _evaluate(run: Run) -> tuple[dict, float] | None:
 def evaluate_tasks(run, record: dict) -> float:
     """Per-task validation loss into ``record``; returns the value early stopping watches:
     ``validation_loss/<task>`` when the recipe names one, else the mean over tasks."""
-    losses = {}
+    t, losses = run.recipe.train, {}
     for name, rows in sorted(run.data.validation_by_task.items()):
-        losses[name] = loop.evaluate(run.loss_model, rows, run.recipe.train.batch_size,
-                                     run.tokenizer.pad_token_id, run.dist)
+        losses[name] = loop.evaluate(run.loss_model, rows, examples_per_micro_batch(t.batch_size, t.batch_tokens),
+                                     run.tokenizer.pad_token_id, run.dist, t.packing)
         record[f"validation_loss/{name}"] = round(losses[name], 6)
     mean = sum(losses.values()) / len(losses)
     record["validation_loss_task_mean"] = round(mean, 6)
@@ -279,7 +290,10 @@ def write_summary(run: Run) -> dict:
         "trainable_parameters": run.prepared.trainable_parameters,
         "total_parameters": run.prepared.total_parameters,
         "targeted_modules": run.prepared.targeted_modules,
-        "rows": len(run.data.train_rows), "data": report.as_dict(),
+        "units_per_epoch": len(run.data.train_rows),
+        "examples_per_step": round(report.kept / max(1, len(run.data.train_rows)) * run.rows_per_step, 2),
+        "batching": "tokens" if run.recipe.train.batch_tokens else "examples",
+        "data": report.as_dict(),
     }
     if state.task_tokens:
         total = sum(state.task_tokens.values())
