@@ -28,6 +28,7 @@ COMMANDS = {
     "eval": "tuneloop.cli.eval:eval_command",
     "export": "tuneloop.cli.export:export",
     "serve": "tuneloop.cli.serve:serve",
+    "keys": "tuneloop.cli.keys:keys",
     "monitor": "tuneloop.cli.monitor:monitor",
 }
 
@@ -43,6 +44,7 @@ SUMMARIES = {
     "eval": "Metrics, base-vs-tuned comparison with a gate, slices; eval.json and report.html.",
     "export": "Merge and export a run: safetensors, GGUF or quantized.",
     "serve": "OpenAI-compatible server for a base model and its adapters, recording everything.",
+    "keys": "API keys with scopes (infer, feedback, admin) for serve, stored hashed; audit log.",
     "monitor": "Latency p50/p95, error rate and satisfaction per model from the serving store.",
 }
 
