@@ -1,11 +1,12 @@
 """``tuneloop train RECIPE.yaml [--set key=value]... [--resume] [--dry-run] [--out DIR]``.
 
 Thin: loads and validates the recipe (errors name the key path with a did-you-mean hint), then
-calls :func:`tuneloop.train.run_training`. Works the same under ``torchrun`` / ``accelerate launch``.
+calls :func:`tuneloop.train.run_training`, holding the run directory's lock (one writer at a time). Works the same under ``torchrun`` / ``accelerate launch``.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -33,9 +34,14 @@ def train(recipe_path, overrides, resume, dry_run, out_dir):
 
         click.echo(make_report(recipe))
         return
+    from tuneloop.locks import hold_lock, nothing_held
     from tuneloop.paths import check_output_dir
     from tuneloop.train import run_training
 
     check_output_dir(recipe.run_dir(), "run directory")  # before loading the model and data
-    run_dir = run_training(recipe, resume=resume)
+    # One writer per run directory (a second `train` of the same recipe would interleave checkpoints
+    # and metrics). Under torchrun every rank runs this command; rank 0 is the writer and holds the lock.
+    main_rank = os.environ.get("RANK", "0") == "0"
+    with hold_lock(recipe.run_dir(), "run directory") if main_rank else nothing_held():
+        run_dir = run_training(recipe, resume=resume)
     click.echo(f"run directory: {run_dir}")
