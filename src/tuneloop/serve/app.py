@@ -5,7 +5,8 @@ options (loads the weights). Routes:
 
 - ``GET /v1/models``; ``POST /v1/chat/completions``, ``POST /v1/completions`` (``stream: true`` as
   server-sent events); ``POST /v1/feedback``
-- ``GET /metrics`` (Prometheus text) and ``GET /health``, open without an API key
+- ``GET /metrics`` (Prometheus text), ``GET /health`` and ``GET /openapi.json`` (the spec, see
+  ``openapi.py``), open without an API key
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tuneloop.serve.auth import KeyRing
 from tuneloop.serve.errors import install_error_handlers
 from tuneloop.serve.limits import GuardMiddleware
 from tuneloop.serve.metrics import ServeMetrics
+from tuneloop.serve.openapi import install_openapi
 from tuneloop.serve.ratelimit import RateLimiter
 from tuneloop.serve.schemas import ChatCompletionRequest, CompletionRequest, FeedbackRequest
 from tuneloop.serve.service import CompletionService
@@ -91,6 +93,7 @@ def create_app(engine, table: ModelTable, store: Store, settings: ServeSettings,
     async def health():
         return {"status": "ok", "models": list(table.models), "in_flight": service.limiter.in_flight}
 
+    install_openapi(app)
     return app, service
 
 
