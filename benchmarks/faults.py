@@ -27,7 +27,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from common import PYTHON, write_result  # noqa: E402
+from common import PYTHON, ensure_workdir, write_result  # noqa: E402
 
 
 def tuneloop(*args, timeout: float = 1800) -> dict:
@@ -198,7 +198,7 @@ def main() -> None:
         raise SystemExit("needs root (mounts tmpfs filesystems to fill and remount read-only)")
     from tuneloop.testing import build_tiny_model
 
-    work = HERE / ".work" / "faults"
+    work = ensure_workdir() / "faults"
     work.mkdir(parents=True, exist_ok=True)
     model = work / "tiny-llama"
     if not (model / "config.json").is_file():
