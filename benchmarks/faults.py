@@ -209,9 +209,13 @@ def main() -> None:
         if name in args.only.split(","):
             cases += run()
             print(json.dumps(cases[-1], indent=1)[:1500], flush=True)
+            write_faults(cases, args)  # after each group: a slow machine still leaves what it measured
+
+
+def write_faults(cases: list[dict], args) -> None:
     for case in cases:
         case["clear_error"] = case.get("exit") == 1 and not case.get("traceback") and bool(case.get("error"))
-    write_result("faults", {"label": args.label, "cases": cases,
+    write_result("faults", {"label": args.label, "groups_run": args.only, "cases": cases,
                             "all_clear_and_intact": all(c["clear_error"] and c.get("earlier_outputs_intact")
                                                         for c in cases)})
 
