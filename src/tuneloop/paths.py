@@ -14,6 +14,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from tuneloop.errors import UserError
+
 # Errors of the disk rather than of the program: said plainly, never as a traceback.
 DISK_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exhausted",
                errno.EROFS: "the filesystem is read-only", errno.EFBIG: "the file is larger than allowed",
@@ -22,8 +24,6 @@ DISK_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota i
 
 def disk_error(error: OSError, path: str | os.PathLike, unchanged: str = "earlier files there are unchanged"):
     """A UserError for an OSError of the disk (full, read-only, quota), or None for other errors."""
-    from tuneloop.errors import UserError
-
     if isinstance(error, UserError) and hasattr(error, "errno"):
         error = OSError(error.errno, os.strerror(error.errno))
     if getattr(error, "errno", None) not in DISK_ERRNOS:
@@ -53,7 +53,6 @@ def model_store() -> Path:
 
 def check_output_dir(path: str | os.PathLike, what: str = "--out") -> Path:
     """Fail early (before hours of work) when ``path`` cannot become a writable directory."""
-    from tuneloop.errors import UserError
 
     path = Path(path)
     probe = path
@@ -73,7 +72,6 @@ def check_output_dir(path: str | os.PathLike, what: str = "--out") -> Path:
 
 def make_dir(path: str | os.PathLike, what: str = "--out") -> Path:
     """``mkdir -p`` for an output directory; one that cannot be created is a UserError naming it."""
-    from tuneloop.errors import UserError
 
     path = Path(path)
     check_output_dir(path, what)
@@ -96,9 +94,8 @@ def atomic_path(path: str | os.PathLike):
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        from tuneloop.errors import UserError
-
-        raise UserError(f"cannot write {path}: {e.strerror or e}", hint="choose a directory you can write to") from None
+        raise (disk_error(e, path, f"{path.name} keeps its earlier content")
+               or UserError(f"cannot write {path}: {e.strerror or e}", hint="choose a directory you can write to")) from None
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the usual mode
     try:

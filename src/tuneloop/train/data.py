@@ -5,8 +5,15 @@ reuse them:
 
     records = read_chat_jsonl(path)                       # [(source, messages)], errors name file:line
     samples, report = tokenize_records(tokenizer, records, max_seq_len, overlong="drop")
-    rows = pack_best_fit(samples, max_seq_len)             # or one sample per row without packing
-    batch = collate(rows, pad_id)                          # input_ids, position_ids, targets
+    units = batch_units(samples, batch_tokens=None)        # one example per unit (or token-budget rows)
+    batch = collate_micro_batch(units[:8], pad_id, packing=True)  # input_ids, position_ids, targets
+
+Batch semantics are the ones TRL, Axolotl and LLaMA-Factory use: ``train.batch_size`` counts
+*examples* per micro-batch, so the number of optimizer steps does not depend on packing. Packing is
+padding-free batching: a micro-batch's examples are laid end to end in one row (no padding tokens,
+no attention across examples); without packing each example is its own row, padded to the longest.
+Only ``train.batch_tokens`` (asked for explicitly) batches by a token budget instead: then a unit is a
+best-fit packed row of up to that many tokens and one unit is one micro-batch.
 
 A row is a list of samples laid end to end. Position ids restart at 0 for each sample, which is how
 transformers builds a block-diagonal causal mask (no attention across samples) when no 2-D attention
@@ -21,8 +28,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuneloop.chat.template import IGNORE_INDEX, EncodedChat, TemplateError, encode_chat
+from tuneloop.chat.template import EncodedChat, IGNORE_INDEX, TemplateError, encode_chat, render_text
 from tuneloop.errors import UserError
+from tuneloop.train.mixture import mix_rows, task_probabilities
 
 ROLES = ("system", "user", "assistant")
 
@@ -211,7 +219,6 @@ def _bos_is_turn_marker(tokenizer) -> bool:
     if tokenizer.bos_token is None:
         return False
     probe = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
-    from tuneloop.chat.template import render_text
 
     return render_text(tokenizer, probe).count(tokenizer.bos_token) > 1
 
@@ -245,9 +252,27 @@ def pack_best_fit(lengths: list[int], capacity: int) -> list[list[int]]:
 
 
 def make_rows(samples: list[Sample], max_seq_len: int, packing: bool) -> list[list[Sample]]:
+    """Best-fit packed rows of up to ``max_seq_len`` tokens, or one sample per row."""
     if not packing:
         return [[s] for s in samples]
     return [[samples[i] for i in row] for row in pack_best_fit([len(s) for s in samples], max_seq_len)]
+
+
+def batch_units(samples: list[Sample], batch_tokens: int | None) -> list[list[Sample]]:
+    """What an optimizer step draws from: one example per unit, or best-fit rows of ``batch_tokens``."""
+    return make_rows(samples, batch_tokens, packing=True) if batch_tokens else make_rows(samples, 0, False)
+
+
+def examples_per_micro_batch(batch_size: int, batch_tokens: int | None) -> int:
+    """Units per micro-batch: ``batch_size`` examples, or one token-budget row."""
+    return 1 if batch_tokens else batch_size
+
+
+def collate_micro_batch(units: list[list[Sample]], pad_id: int, packing: bool) -> dict:
+    """A micro-batch as tensors: padding-free (all its examples in one row) or one padded row each."""
+    if packing:
+        units = [[sample for unit in units for sample in unit]]
+    return collate(units, pad_id)
 
 
 def shifted_targets(labels: list[int]) -> list[int]:
@@ -296,3 +321,85 @@ def length_histogram(lengths: list[int], bins: int = 10, width: int = 40) -> str
         bar = "#" * max(1 if count else 0, round(width * count / top))
         lines.append(f"{low + b * step:>6}-{low + (b + 1) * step - 1:<6} {count:>7}  {bar}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# A run's data: what the SFT recipe trains and validates on
+
+
+@dataclass
+class TrainData:
+    """A run's training and validation rows, with what tokenising them reported."""
+
+    train_rows: list[list[Sample]]
+    validation_rows: list[list[Sample]]
+    report: TokenizeReport
+    validation_report: TokenizeReport | None
+    sample_prompts: list[list[dict]]
+    validation_by_task: dict = field(default_factory=dict)  # task -> rows (multi-task only)
+
+
+def prepare_data(recipe, tokenizer, show_progress: bool = True) -> TrainData:
+    """Tokenise, check and pack train (and validation) data. Deterministic, so every rank agrees."""
+    t = recipe.train
+    if recipe.data.mixture:
+        return prepare_mixture_data(recipe, tokenizer, show_progress)
+    records = read_chat_jsonl(recipe.data.train)
+    samples, report = tokenize_records(tokenizer, records, t.max_seq_len, t.overlong, t.train_on,
+                                       show_progress=show_progress)
+    if not samples:
+        raise UserError(
+            f"no sample in {recipe.data.train} has a trainable token ({report.no_trainable_tokens} without "
+            f"any, {report.dropped_overlong} longer than max_seq_len)",
+            hint="each record needs an assistant turn with content (loss is on assistant tokens; "
+                 "train.train_on: all trains on everything)")
+    val_rows, val_report, prompts = [], None, []
+    if recipe.data.validation:
+        val_records = read_chat_jsonl(recipe.data.validation)
+        val_samples, val_report = tokenize_records(tokenizer, val_records, t.max_seq_len,
+                                                   "drop" if t.overlong == "error" else t.overlong, t.train_on)
+        val_rows = batch_units(val_samples, t.batch_tokens)
+        prompts = [_prompt_part(m) for _, m in val_records if any(x["role"] == "assistant" for x in m)][:2]
+    if t.sample_prompts:
+        prompts = [[{"role": "user", "content": p}] for p in t.sample_prompts]
+    return TrainData(batch_units(samples, t.batch_tokens), val_rows, report, val_report, prompts)
+
+
+def _prompt_part(messages: list[dict]) -> list[dict]:
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return messages[:last]
+
+
+def prepare_mixture_data(recipe, tokenizer, show_progress: bool = True) -> TrainData:
+    """Multi-task data: tokenise and pack each task, then mix the training rows by the recipe's sampling
+    (:mod:`tuneloop.train.mixture`)."""
+    t, data = recipe.train, recipe.data
+    task_rows, validation_by_task, sizes, report = {}, {}, {}, TokenizeReport()
+    for task in data.mixture:
+        samples, task_report = tokenize_records(tokenizer, read_chat_jsonl(task.train), t.max_seq_len,
+                                                t.overlong, t.train_on, show_progress=show_progress)
+        if not samples:
+            raise UserError(f"data.mixture[{task.name}]: no sample in {task.train} has a trainable token")
+        _merge_reports(report, task_report)
+        for sample in samples:
+            sample.task = task.name
+        task_rows[task.name] = batch_units(samples, t.batch_tokens)
+        sizes[task.name] = len(task_rows[task.name])
+        if task.validation:
+            val, _ = tokenize_records(tokenizer, read_chat_jsonl(task.validation), t.max_seq_len,
+                                      "drop" if t.overlong == "error" else t.overlong, t.train_on)
+            for sample in val:
+                sample.task = task.name
+            validation_by_task[task.name] = batch_units(val, t.batch_tokens)
+    weights = {task.name: task.weight for task in data.mixture}
+    probabilities = task_probabilities(sizes, weights, data.sampling, data.temperature)
+    rows = mix_rows(task_rows, probabilities, t.seed)
+    validation = [row for name in sorted(validation_by_task) for row in validation_by_task[name]]
+    return TrainData(rows, validation, report, None, [], validation_by_task)
+
+
+def _merge_reports(total, part) -> None:
+    for name in ("total", "kept", "dropped_overlong", "truncated_prompt", "no_trainable_tokens"):
+        setattr(total, name, getattr(total, name) + getattr(part, name))
+    total.lengths.extend(part.lengths)
+    total.problems.extend(part.problems[: max(0, 20 - len(total.problems))])
