@@ -10,8 +10,8 @@ import pytest
 from fuzz_targets import TARGETS, check, workdir
 from hypothesis import HealthCheck, given, settings
 
-EXAMPLES = {"chat_template": 40, "ingest_parquet": 40}  # the slower ones; others get DEFAULT_EXAMPLES
-DEFAULT_EXAMPLES = 120
+EXAMPLES = {"chat_template": 25, "ingest_parquet": 25}  # the slower ones; others get DEFAULT_EXAMPLES
+DEFAULT_EXAMPLES = 60
 
 
 @pytest.fixture(scope="module")
