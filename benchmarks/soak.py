@@ -46,7 +46,7 @@ def start_server(model: str, workdir: Path, threads: int | None) -> tuple[subpro
     args += ["--threads", str(threads)] if threads else []
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(workdir / "soak-server.log", "wb"))
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 600
+    deadline = time.time() + 1800  # a loaded machine can take many minutes to import torch and load
     while time.time() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"server exited: {(workdir / 'soak-server.log').read_text()[-2000:]}")
