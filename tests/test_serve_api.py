@@ -233,12 +233,12 @@ def test_too_many_concurrent_requests_get_429(server):
     assert any(r["status"] == 499 for r in Store(server.db).requests())
 
 
-def test_generation_over_the_time_limit_is_408(server):
+def test_generation_over_the_time_limit_is_504(server):
     app, service = _side_app(server, request_timeout_s=0.001)
     body = {"model": "tiny-llama", "messages": HELLO, "max_tokens": 64}
     try:
         with ServerThread(app) as thread:
-            _assert_error(httpx.post(thread.url + "/v1/chat/completions", json=body), 408)
+            _assert_error(httpx.post(thread.url + "/v1/chat/completions", json=body), 504)
             events = [line for line in httpx.post(thread.url + "/v1/chat/completions", json={**body, "stream": True})
                       .text.splitlines() if line.startswith("data: ")]
             assert json.loads(events[-1][len("data: "):])["error"]["code"] == "timeout"

@@ -6,13 +6,36 @@ store (``models/``) and other caches.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 from tuneloop.errors import UserError
+
+# Errors of the disk rather than of the program: said plainly, never as a traceback.
+DISK_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exhausted",
+               errno.EROFS: "the filesystem is read-only", errno.EFBIG: "the file is larger than allowed",
+               errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
+
+
+def disk_error(error: OSError, path: str | os.PathLike, unchanged: str = "earlier files there are unchanged"):
+    """A UserError for an OSError of the disk (full, read-only, quota), or None for other errors."""
+    if isinstance(error, UserError) and hasattr(error, "errno"):
+        error = OSError(error.errno, os.strerror(error.errno))
+    if getattr(error, "errno", None) not in DISK_ERRNOS:
+        return None
+    fix = {errno.ENOSPC: "free space there (or write elsewhere) and run again",
+           errno.EDQUOT: "free space within your quota (or write elsewhere) and run again",
+           errno.EFBIG: "raise the file size limit (ulimit -f) or write elsewhere"}.get(
+        error.errno, "choose a directory you can write to")
+    result = UserError(f"cannot write {path}: {DISK_ERRNOS[error.errno]} ({error.strerror})",
+                       hint=f"{fix}; {unchanged}")
+    result.errno = error.errno
+    return result
 
 
 def tuneloop_home() -> Path:
@@ -39,6 +62,9 @@ def check_output_dir(path: str | os.PathLike, what: str = "--out") -> Path:
         raise UserError(f"{probe} is a file, not a directory", where=f"{what} {path}",
                         hint="choose a new or existing directory")
     if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        if os.statvfs(probe).f_flag & os.ST_RDONLY:
+            raise UserError(f"{probe} is on a read-only filesystem", where=f"{what} {path}",
+                            hint="choose a directory on a writable disk (or remount it read-write)")
         raise UserError(f"no permission to write in {probe}", where=f"{what} {path}",
                         hint="choose a directory you can write to")
     return path
@@ -68,16 +94,54 @@ def atomic_path(path: str | os.PathLike):
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        from tuneloop.errors import UserError
-
-        raise UserError(f"cannot write {path}: {e.strerror or e}", hint="choose a directory you can write to") from None
+        raise (disk_error(e, path, f"{path.name} keeps its earlier content")
+               or UserError(f"cannot write {path}: {e.strerror or e}", hint="choose a directory you can write to")) from None
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the usual mode
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise (disk_error(e, path, f"{path.name} keeps its earlier content") or e) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def staged_files(out_dir: str | os.PathLike, last: str | None = None):
+    """Write a set of files into a staging folder, then move them all into ``out_dir`` (``last`` last).
+
+    A failure while writing (a full disk) leaves ``out_dir``'s earlier files exactly as they were;
+    only renames, which need no space, touch ``out_dir``.
+    """
+    out_dir = make_dir(out_dir)
+    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    try:
+        try:
+            yield stage
+        except Exception as e:  # a disk error on a staged file: say it of out_dir, whose files are intact
+            converted = disk_error(e, out_dir, "the files already there are unchanged") if isinstance(e, OSError) \
+                or hasattr(e, "errno") else None
+            if converted is None:
+                raise
+            raise converted from None
+        names = sorted(p.name for p in stage.iterdir())
+        if last in names:
+            names.remove(last)
+            (out_dir / last).unlink(missing_ok=True)  # the earlier set is incomplete from here on
+            names.append(last)
+        for name in names:
+            os.replace(stage / name, out_dir / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -28,6 +28,7 @@ COMMANDS = {
     "eval": "tuneloop.cli.eval:eval_command",
     "export": "tuneloop.cli.export:export",
     "serve": "tuneloop.cli.serve:serve",
+    "keys": "tuneloop.cli.keys:keys",
     "monitor": "tuneloop.cli.monitor:monitor",
     "registry": "tuneloop.cli.registry:registry",
     "improve": "tuneloop.cli.improve:improve",
@@ -45,6 +46,7 @@ SUMMARIES = {
     "eval": "Metrics, base-vs-tuned comparison with a gate, slices; eval.json and report.html.",
     "export": "Merge and export a run: safetensors, GGUF or quantized.",
     "serve": "OpenAI-compatible server for a base model and its adapters, recording everything.",
+    "keys": "API keys with scopes (infer, feedback, admin) for serve, stored hashed; audit log.",
     "monitor": "Latency p50/p95, error rate and satisfaction per model from the serving store.",
     "registry": "Model versions with lineage; promote, roll back and diff production/candidate aliases.",
     "improve": "One loop round: feedback -> data -> candidate -> gated eval -> register -> promote.",
@@ -95,6 +97,14 @@ def main(argv=None):
             sys.exit(code)
     except UserError as e:
         click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except OSError as e:  # a full or read-only disk is the user's to fix, not a traceback
+        from tuneloop.paths import disk_error
+
+        explained = disk_error(e, e.filename or "an output file", "files written before are unchanged")
+        if explained is None:
+            raise
+        click.echo(f"error: {explained}", err=True)
         sys.exit(1)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

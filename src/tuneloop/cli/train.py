@@ -1,11 +1,12 @@
 """``tuneloop train RECIPE.yaml [--set key=value]... [--resume] [--dry-run] [--out DIR]``.
 
 Thin: loads and validates the recipe (errors name the key path with a did-you-mean hint), then
-calls :func:`tuneloop.train.run_training`. Works the same under ``torchrun`` / ``accelerate launch``.
+calls :func:`tuneloop.train.run_training`, holding the run directory's lock (one writer at a time). Works the same under ``torchrun`` / ``accelerate launch``.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -33,9 +34,33 @@ def train(recipe_path, overrides, resume, dry_run, out_dir):
 
         click.echo(make_report(recipe))
         return
+    from tuneloop.locks import hold_lock, nothing_held
     from tuneloop.paths import check_output_dir
     from tuneloop.train import run_training
 
     check_output_dir(recipe.run_dir(), "run directory")  # before loading the model and data
-    run_dir = run_training(recipe, resume=resume)
+    # One writer per run directory (a second `train` of the same recipe would interleave checkpoints
+    # and metrics). Under torchrun every rank runs this command; rank 0 is the writer and holds the lock.
+    main_rank = os.environ.get("RANK", "0") == "0"
+    with hold_lock(recipe.run_dir(), "run directory") if main_rank else nothing_held():
+        try:
+            run_dir = run_training(recipe, resume=resume)
+        except RuntimeError as e:  # torch.save reports a failed write as a RuntimeError, without errno
+            raise _write_failure(e, recipe.run_dir()) from None
     click.echo(f"run directory: {run_dir}")
+
+
+def _write_failure(error: RuntimeError, run_dir: Path) -> Exception:
+    import errno
+    import shutil
+
+    from tuneloop.paths import disk_error
+
+    if "write failed" not in str(error) and "unexpected pos" not in str(error):
+        return error
+    full = shutil.disk_usage(run_dir).free < 16 * 1024**2
+    reason = errno.ENOSPC if full else (errno.EROFS if not os.access(run_dir, os.W_OK) else None)
+    if reason is None:
+        return error
+    return disk_error(OSError(reason, os.strerror(reason)), f"a checkpoint in {run_dir}",
+                      "the checkpoints saved before are intact: run again with --resume once it is fixed")

@@ -219,7 +219,15 @@ def _read_parquet(path: Path, columns: ColumnMap) -> Iterator[RawRecord]:
     if columns:
         _check_columns(path, header, columns)
     row = 0
-    for batch in table.iter_batches(batch_size=8192):
+    batches = table.iter_batches(batch_size=8192)
+    while True:
+        try:  # a damaged file can open fine and fail at any page (found by fuzzing: tests/test_fuzz.py)
+            batch = next(batches, None)
+        except Exception as e:  # OSError, ArrowInvalid, ...: the file's bytes are wrong, not the program
+            raise UserError(f"{path}: cannot read as Parquet after row {row} ({str(e).splitlines()[0]})",
+                            hint="the file is damaged or truncated; write it again") from None
+        if batch is None:
+            return
         for record in batch.to_pylist():
             row += 1
             yield RawRecord(str(path), row, _project(record, columns) if columns else record)

@@ -492,26 +492,25 @@ def _sha256(path: Path) -> str:
 
 def write_outputs(out_dir: Path, by_split: dict[str, list[_Candidate]], report: PrepareReport,
                   inputs: list[Path]) -> None:
-    """Each file is written atomically; manifest.json last, so its presence means a complete set."""
+    """All files are written to a staging folder first and moved in together, manifest.json last (its
+    presence means a complete set): a full disk mid-write leaves an earlier set in ``out_dir`` intact."""
     from tuneloop import __version__
     from tuneloop.data.report import render_html
-    from tuneloop.paths import make_dir, write_json_atomic, write_jsonl_atomic, write_text_atomic
+    from tuneloop.paths import staged_files, write_json_atomic, write_jsonl_atomic, write_text_atomic
 
-    make_dir(out_dir)
-    (out_dir / "manifest.json").unlink(missing_ok=True)
-    for name, members in by_split.items():
-        path = out_dir / f"{name}.jsonl"
-        write_jsonl_atomic(path, (_output_record(c) for c in members))
-        report.files[name] = path
-    write_json_atomic(out_dir / "report.json", report.to_json())
-    write_text_atomic(out_dir / "report.html", render_html(report.to_json()))
-    report.files.update(report=out_dir / "report.json", html=out_dir / "report.html")
-    manifest = {
-        "tool": "tuneloop", "version": __version__, "command": "data prepare",
-        "settings": report.settings,
-        "inputs": [{"path": str(p), "sha256": _sha256(p), "bytes": p.stat().st_size} for p in inputs],
-        "outputs": [{"path": p.name, "sha256": _sha256(p), "bytes": p.stat().st_size}
-                    for p in report.files.values()],
-    }
-    write_json_atomic(out_dir / "manifest.json", manifest)
+    with staged_files(out_dir, last="manifest.json") as stage:
+        for name, members in by_split.items():
+            write_jsonl_atomic(stage / f"{name}.jsonl", (_output_record(c) for c in members))
+            report.files[name] = out_dir / f"{name}.jsonl"
+        write_json_atomic(stage / "report.json", report.to_json())
+        write_text_atomic(stage / "report.html", render_html(report.to_json()))
+        report.files.update(report=out_dir / "report.json", html=out_dir / "report.html")
+        manifest = {
+            "tool": "tuneloop", "version": __version__, "command": "data prepare",
+            "settings": report.settings,
+            "inputs": [{"path": str(p), "sha256": _sha256(p), "bytes": p.stat().st_size} for p in inputs],
+            "outputs": [{"path": p.name, "sha256": _sha256(stage / p.name), "bytes": (stage / p.name).stat().st_size}
+                        for p in report.files.values()],
+        }
+        write_json_atomic(stage / "manifest.json", manifest)
     report.files["manifest"] = out_dir / "manifest.json"

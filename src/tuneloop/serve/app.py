@@ -5,7 +5,8 @@ options (loads the weights). Routes:
 
 - ``GET /v1/models``; ``POST /v1/chat/completions``, ``POST /v1/completions`` (``stream: true`` as
   server-sent events); ``POST /v1/feedback``
-- ``GET /metrics`` (Prometheus text) and ``GET /health``, open without an API key
+- ``GET /metrics`` (Prometheus text), ``GET /health`` and ``GET /openapi.json`` (the spec, see
+  ``openapi.py``), open without an API key
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from tuneloop.serve.adapters import ModelTable
+from tuneloop.serve.auth import KeyRing
 from tuneloop.serve.errors import install_error_handlers
 from tuneloop.serve.follow import FollowingEngine, concrete_options, uses_registry
 from tuneloop.serve.limits import GuardMiddleware
 from tuneloop.serve.metrics import ServeMetrics
+from tuneloop.serve.openapi import install_openapi
+from tuneloop.serve.ratelimit import RateLimiter
 from tuneloop.serve.schemas import ChatCompletionRequest, CompletionRequest, FeedbackRequest
 from tuneloop.serve.service import CompletionService
 from tuneloop.serve.settings import ServeSettings
@@ -51,7 +55,9 @@ def create_app(engine, table: ModelTable, store: Store, settings: ServeSettings,
     metrics = metrics or ServeMetrics(list(table.models))
     service = CompletionService(engine, table, store, metrics, settings)
     app = FastAPI(title="tuneloop", docs_url=None, redoc_url=None)
-    app.add_middleware(GuardMiddleware, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes)
+    keys = KeyRing(settings.api_key, store.engine)
+    app.add_middleware(GuardMiddleware, keys=keys, max_body_bytes=settings.max_body_bytes,
+                       rate_limiter=RateLimiter(settings.rate_limit_per_minute))
     install_error_handlers(app, on_validation_error=_recorder(service))
     created = int(time.time())
 
@@ -92,6 +98,7 @@ def create_app(engine, table: ModelTable, store: Store, settings: ServeSettings,
                                   "draining": service.engine.draining}
         return health
 
+    install_openapi(app)
     return app, service
 
 

@@ -22,7 +22,7 @@ from tuneloop.chat.template import render_prompt_ids, tokenize_text
 from tuneloop.serve.adapters import ModelTable, ServedModel, looks_like_path
 from tuneloop.serve.decoding import SamplingParams
 from tuneloop.serve.errors import APIError, error_body
-from tuneloop.serve.limits import ConcurrencyLimiter
+from tuneloop.serve.limits import ConcurrencyLimiter, retry_after_headers
 from tuneloop.serve.metrics import ServeMetrics
 from tuneloop.serve.schemas import ChatCompletionRequest, CompletionRequest, FeedbackRequest
 from tuneloop.serve.settings import ServeSettings
@@ -98,7 +98,7 @@ class CompletionService:
             ids = self.prompt_ids(body, kind, params.max_tokens)
             if not self.limiter.try_acquire():
                 raise APIError(429, f"the server is busy ({self.limiter.limit} requests in flight); retry shortly",
-                               code="too_many_requests")
+                               code="too_many_requests", headers=retry_after_headers(1))
         except APIError as e:
             await self.finish(row, started, e.status, error=e)
             raise
@@ -137,9 +137,11 @@ class CompletionService:
         try:
             return await asyncio.wait_for(job.events.get(), max(0.0, deadline - time.monotonic()))
         except TimeoutError:
-            raise APIError(408, f"generation took longer than the server's request timeout of "
+            # 504, not 408 (which means the client was slow to send); and no automatic retry: the same
+            # request would most likely time out again, tripling the load.
+            raise APIError(504, f"generation took longer than the server's request timeout of "
                                 f"{self.settings.request_timeout_s:g} s; lower max_tokens",
-                           code="timeout") from None
+                           code="timeout", headers={"x-should-retry": "false"}) from None
 
     async def _stream(self, row: RequestRow, started: float, ids, params, body):
         kind = row.kind

@@ -17,7 +17,8 @@ class ServeSettings:
     max_tokens_limit: int = 1024  # the largest max_tokens a request may ask for
     default_max_tokens: int = 256  # when a request names none
     max_concurrency: int = 64  # generations in flight (running or queued); more get 429
-    request_timeout_s: float = 300.0  # a generation still running after this gets 408
+    request_timeout_s: float = 300.0  # a generation still running after this gets 504
+    rate_limit_per_minute: int | None = None  # per key (or per address without keys); more get 429
     max_body_bytes: int = 1_000_000  # larger request bodies get 413
     # CPU threads for the model (None: torch's default, all cores). On a machine shared with other
     # busy processes, 1 thread is often much faster: multi-threaded ops wait for descheduled peers.
