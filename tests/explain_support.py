@@ -62,13 +62,13 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
 
 
 def train_tiny(base: Path, work: Path, name: str, train: list[dict], steps: int, lr: float = 1e-2,
-               packing: bool = False) -> Path:
+               packing: bool = False, batch_size: int = 16) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     recipe = recipe_from_dict({
         "name": name, "model": str(base), "method": "full", "output_dir": str(work / "runs"),
         "data": {"train": str(write_jsonl(work / f"{name}.train.jsonl", train)),
                  "validation": str(write_jsonl(work / f"{name}.validation.jsonl", train[:8]))},
-        "train": {"max_steps": steps, "learning_rate": lr, "batch_size": 16, "max_seq_len": 128, "packing": packing,
+        "train": {"max_steps": steps, "learning_rate": lr, "batch_size": batch_size, "max_seq_len": 128, "packing": packing,
                   "eval_every": 10_000, "save_every": 100_000, "warmup_ratio": 0.05, "seed": 0},
         "tracking": {"backend": "none"},
     }, source=f"{name} test recipe")

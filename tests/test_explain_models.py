@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def copy_run(tiny_model_dir, tmp_path_factory):
     return train_tiny(tiny_model_dir, tmp_path_factory.mktemp("copy"), "copy", copy_records(400, 0), steps=100,
-                      lr=3e-3, packing=True)  # copying a position needs more examples than a name does
+                      lr=3e-3, packing=True, batch_size=48)  # copying from a position needs more examples than a name
 
 
 @pytest.mark.parametrize("method", ["ablation", "integrated-gradients"])
