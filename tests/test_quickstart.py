@@ -184,3 +184,20 @@ def test_cli_help_lists_the_options():
     assert done.returncode == 0
     for option in ("--out", "--epochs", "--fast", "--model"):
         assert option in done.stdout
+
+
+def test_export_carries_a_model_card_with_the_runs_real_numbers(tiny_quickstart):
+    import yaml
+
+    out, summary = tiny_quickstart
+    card = (out / "exported" / "README.md").read_text(encoding="utf-8")
+    front = yaml.safe_load(card.split("---\n")[1])
+    evaluation = json.loads((out / "eval" / "eval.json").read_text())
+    metrics = {m["type"]: m["value"] for m in front["model-index"][0]["results"][0]["metrics"]}
+    assert metrics["fact_accuracy"] == round(evaluation["metrics"]["fact_accuracy"], 4)
+    assert f"On {evaluation['n']} samples" in card
+    row = evaluation["comparison"]["fact_accuracy"]
+    assert f"| fact_accuracy | {row['baseline']:.4g} | {row['model']:.4g} | {row['delta']:+.4g} |" in card
+    data = summary["data"]
+    assert f"{data['output']} kept" in card and f"PII redacted in {data['pii_redacted']} records" in card
+    assert "method: lora" in card and "README.md" in json.loads((out / "exported" / "export.json").read_text())["files"]

@@ -215,11 +215,13 @@ def _wrong_section(rows, baseline_rows, max_new_tokens=None) -> str:
         answer = _answer(r) + (f"<br><span class=note>&rarr; {_e(r['predicted_label'])} ({_e(r['matched_by'])})</span>"
                                         if "predicted_label" in r else "")
         base = f"<td>{_answer(baseline_rows[i])}</td>" if baseline_rows else ""
-        body.append(f"<tr><td>{_e(r['prompt'])}</td><td>{_e(r['reference'])}</td><td>{answer}</td>{base}</tr>")
+        why = f" <a href='explain/index.html#ex-{_e(r['id'])}' title='token heat map'>why?</a>"  # tuneloop explain
+        body.append(f"<tr><td>{_e(r['prompt'])}{why}</td><td>{_e(r['reference'])}</td><td>{answer}</td>{base}</tr>")
     cut = (f" Answers end after {max_new_tokens} new tokens (&hellip; marks a cut): enough for any label."
            if max_new_tokens and "predicted_label" in rows[0] else "")
     return (f"<h2>Wrong answers</h2><p class=meta>{len(picked)} of the model's {len(wrong)} wrong answers "
-            f"(fixed random sample; all are in predictions.jsonl).{cut}</p><table class=wrong>{head}{''.join(body)}</table>")
+            f"(fixed random sample; all are in predictions.jsonl).{cut} <i>why?</i> links open after "
+            f"<code>tuneloop explain --model MODEL --data predictions.jsonl --wrong-only</code> (writes explain/ here).</p><table class=wrong>{head}{''.join(body)}</table>")
 
 
 def render_report(result: dict, rows: list[dict], baseline_rows: list[dict] | None = None) -> str:

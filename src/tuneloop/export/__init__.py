@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from tuneloop.errors import UserError
+from tuneloop.explain.model_card import write_model_card
 from tuneloop.export.gguf_file import write_gguf
 from tuneloop.export.hf_dir import write_hf_dir
 from tuneloop.export.merge import load_merged
@@ -86,6 +87,7 @@ def export_model(run_dir, fmt: str, out_dir, overwrite: bool = False, log=None, 
             log(f"export: merge check passed (max |logit difference| {merged.merge_max_abs_diff:.1e})")
         log(f"export: writing {fmt} and reading it back...")
         checks = FORMATS[fmt](merged, tmp, **options)
+        write_model_card(tmp, run_dir, fmt)  # README.md: base, licence, data provenance, recipe, eval, bias
         record = {
             "source": str(run_dir), "base_model": merged.base_path, "adapter": merged.adapter_path,
             "format": fmt, "merge_max_abs_diff": merged.merge_max_abs_diff, **checks,
