@@ -10,15 +10,20 @@ cross-entropy), ``loop`` (schedule, step, evaluation, guards), ``methods`` (mode
 from __future__ import annotations
 
 
-def run_training(recipe, resume: bool = False):
-    """Train per ``recipe`` (a :class:`tuneloop.config.recipe.Recipe`); returns the run directory."""
+def run_training(recipe, resume: bool = False, on_evaluate=None):
+    """Train per ``recipe`` (a :class:`tuneloop.config.recipe.Recipe`); returns the run directory.
+
+    ``on_evaluate(step, metrics) -> bool`` (SFT methods) is called on rank 0 after each validation
+    evaluation (``metrics`` has ``validation_loss``); returning True stops the run, as early stopping
+    does. ``tuneloop tune`` prunes trials with it.
+    """
     from tuneloop.train.preference import METHODS, run_preference
 
     if recipe.method in METHODS:  # dpo, orpo, kto, reward, grpo: tuneloop.train.preference
         return run_preference(recipe, resume=resume)
     from tuneloop.train.run import run_training as _run_training
 
-    return _run_training(recipe, resume=resume)
+    return _run_training(recipe, resume=resume, on_evaluate=on_evaluate)
 
 
 def dry_run(recipe) -> str:

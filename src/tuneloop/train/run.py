@@ -59,6 +59,7 @@ class Run:
     precision: object
     started: float = field(default_factory=time.time)
     metrics: object = None  # tracking.MetricsLog on rank 0
+    on_evaluate: object = None  # (step, metrics) -> bool: True stops the run (tuneloop tune prunes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,9 +195,11 @@ def _checkpoint_to_resume(recipe) -> Path:
 # The run
 
 
-def run_training(recipe, resume: bool = False) -> Path:
-    """Train per the recipe; returns the run directory."""
+def run_training(recipe, resume: bool = False, on_evaluate=None) -> Path:
+    """Train per the recipe; returns the run directory. ``on_evaluate(step, metrics) -> bool``: see
+    :func:`tuneloop.train.run_training` (True stops the run)."""
     run = setup(recipe, resume)
+    run.on_evaluate = on_evaluate
     tracker = None
     try:
         if run.dist.is_main:
@@ -282,6 +285,8 @@ def train(run: Run, tracker) -> None:
                   "tokens_per_s": round(state.tokens_seen / max(state.train_seconds, 1e-9), 1),
                   "grad_norm": result.grad_norm, "epoch": state.epoch}
         stop = _maybe_evaluate(run, record, tracker)
+        if run.on_evaluate is not None and run.dist.is_main and "validation_loss" in record:
+            stop = run.on_evaluate(state.step, dict(record)) or stop  # single-process only (tune)
         _log(run, record, tracker, bar)
         if run.dist.is_main and (state.step % t.save_every == 0 and state.step < run.total_steps):
             _save_step_checkpoint(run)
