@@ -128,6 +128,7 @@ def run_trial(trial, recipe: Recipe, settings: TuneSettings, limit: MemoryLimit)
     candidate.output_dir = str(Path(settings.out_dir) / "trials")
     candidate.name = f"trial-{trial.number:04d}"
     trial.set_user_attr("run_dir", str(candidate.run_dir()))
+    trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
     too_big = limit.reason(candidate)
     if too_big:
         trial.set_user_attr("outcome", f"skipped: {too_big}")
