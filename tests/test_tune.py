@@ -158,14 +158,14 @@ def test_two_workers_share_one_study_without_duplicates(tiny_model_dir, tmp_path
 @pytest.mark.slow
 def test_killed_worker_leaves_the_study_resumable(tiny_model_dir, tmp_path):
     """SIGKILL mid-trial; the rerun fails the stale trial (heartbeat), retries its parameters, finishes."""
-    path = _recipe_file(tmp_path, tiny_model_dir, max_steps=40, eval_every=2)
+    path = _recipe_file(tmp_path, tiny_model_dir, max_steps=24, eval_every=2)
     out, storage = tmp_path / "out", f"sqlite:///{tmp_path / 'out' / 'study.db'}"
     env = _env(TUNELOOP_TUNE_HEARTBEAT_S="1", TUNELOOP_TUNE_GRACE_S="3")
     argv = [sys.executable, "-m", "tuneloop.cli.main", "tune", str(path), "--trials", "2", "--out", str(out)]
     worker = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     try:
-        deadline = time.time() + 300
+        deadline = time.time() + 600
         while time.time() < deadline:
             if (out / "study.db").is_file() and any(t.intermediate_values for t in _trials(storage)
                                                      if t.state.name == "RUNNING"):
