@@ -36,14 +36,14 @@ def tune(recipe_path, trials, budget_minutes, workers, storage, out_dir, memory_
 
     recipe = load_recipe(recipe_path, list(overrides))
     out = Path(out_dir or Path(recipe.output_dir or "runs") / f"{recipe.name}-tune")
-    settings = prepare_settings(recipe, recipe_path, out, storage, trials,
-                                None if worker else budget_minutes, memory_gb)
+    settings = prepare_settings(recipe, recipe_path, out, storage, trials, budget_minutes, memory_gb)
     if worker:
-        settings.deadline = deadline
+        settings.deadline = deadline  # the launcher's clock, so all workers stop together
         run_worker(recipe, settings)
         return
     worker_args = [recipe_path, "--out", str(out), *(f"--set={o}" for o in overrides)]
     worker_args += ["--trials", str(trials)] if trials else []
+    worker_args += ["--budget-minutes", str(budget_minutes)] if budget_minutes else []
     worker_args += ["--memory-gb", str(memory_gb)] if memory_gb else []
     summary = run_study(recipe, settings, workers, worker_args, budget_minutes)
     best = summary["best"]
