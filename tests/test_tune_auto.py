@@ -81,6 +81,7 @@ def test_text_and_label_from_a_prepared_record():
         text_and_label({"messages": []})
 
 
+@pytest.mark.slow
 def test_classifier_head_trains_and_beats_its_untrained_self(tiny_model_dir, tmp_path):
     prepared = _write_prepared(tmp_path / "p", copies=6)
     settings = ClassifierSettings(model=str(tiny_model_dir), r=8, alpha=16, learning_rate=3e-3,
