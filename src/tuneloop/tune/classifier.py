@@ -89,6 +89,16 @@ def _optimizer(model, settings: ClassifierSettings):
                               {"params": head, "lr": settings.head_learning_rate}], weight_decay=0.0)
 
 
+def _set_threads() -> None:
+    """TUNELOOP_NUM_THREADS if set (one thread beats two on a crowded machine), else torch's default."""
+    import os
+
+    import torch
+
+    if os.environ.get("TUNELOOP_NUM_THREADS"):
+        torch.set_num_threads(int(os.environ["TUNELOOP_NUM_THREADS"]))
+
+
 def _autocast():
     import torch
 
@@ -132,6 +142,7 @@ def train_classifier(train_path, validation_path, run_dir, settings: ClassifierS
     index = {label: i for i, label in enumerate(labels)}
     y, val_y = [index[n] for n in names], [index[n] for n in val_names]
     torch.manual_seed(settings.seed)
+    _set_threads()
     model, tokenizer = build_model(settings, labels)
     optimizer = _optimizer(model, settings)
     steps_per_epoch = math.ceil(len(texts) / settings.batch_size)
@@ -158,7 +169,7 @@ def train_classifier(train_path, validation_path, run_dir, settings: ClassifierS
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        record = {"step": step, "loss": round(float(loss), 5)}
+        record = {"step": step, "loss": round(float(loss.detach()), 5)}
         out_of_time = settings.max_seconds is not None and time.time() - started >= settings.max_seconds
         if step % settings.eval_every == 0 or step == total or out_of_time:
             record["validation_accuracy"] = accuracy(predict_ids(model, tokenizer, val_texts, settings.max_len), val_y)
