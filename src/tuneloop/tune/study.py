@@ -102,6 +102,9 @@ def run_worker(recipe: Recipe, settings: TuneSettings, progress=None) -> None:
         if _study_done(study, settings):
             study.stop()
 
+    # A worker killed mid-trial left a RUNNING trial: fail it (and re-queue its parameters) once its
+    # heartbeat is stale, before counting, or a rerun would count the dead trial as done.
+    optuna.storages.fail_stale_trials(study)
     if _study_done(study, settings):
         return
     timeout = None if settings.deadline is None else max(1.0, settings.deadline - time.time())
