@@ -184,7 +184,7 @@ class MemoryLimit:
         self.base = recipe
 
     def reason(self, recipe: Recipe) -> str | None:
-        from tuneloop.models.catalog import card_for
+        from tuneloop.models.loading import card_for
         from tuneloop.models.estimate import estimate
 
         method = {"dora": "lora"}.get(recipe.method, recipe.method)
