@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tuneloop.errors import UserError, did_you_mean
 
@@ -181,6 +181,86 @@ class QuantizationAwareConfig(Strict):
     group_size: int = Field(32, ge=8, description="Weights per quantization scale (per-group).")
 
 
+class SearchParam(Strict):
+    """One searched recipe key: a range (uniform, log-uniform, int) or a list of choices."""
+
+    distribution: Literal["uniform", "log_uniform", "int", "log_int", "categorical"] | None = Field(
+        None, description="Default: categorical when choices are given, else uniform (int for int bounds).")
+    low: int | float | None = Field(None, description="Lower bound (inclusive).")
+    high: int | float | None = Field(None, description="Upper bound (inclusive).")
+    step: float | None = Field(None, gt=0, description="Grid step for uniform / int ranges.")
+    choices: list[Any] | None = Field(None, description="Values to choose from (any YAML value).")
+
+    @model_validator(mode="after")
+    def _valid_range(self):
+        if self.distribution is None:
+            integral = isinstance(self.low, int) and isinstance(self.high, int)
+            self.distribution = "categorical" if self.choices is not None else "int" if integral else "uniform"
+        if self.distribution == "categorical":
+            if not self.choices:
+                raise ValueError("choices is empty; list at least one value, e.g. choices: [8, 16, 32]")
+            if self.low is not None or self.high is not None:
+                raise ValueError("give choices or low/high, not both")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"choices goes with distribution categorical, not {self.distribution}")
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.distribution} range needs low and high, e.g. low: 1.0e-5, high: 1.0e-3")
+        if self.low > self.high:
+            raise ValueError(f"empty range: low {self.low:g} > high {self.high:g}; swap them")
+        if self.distribution.startswith("log") and self.low <= 0:
+            raise ValueError(f"{self.distribution} needs positive bounds (low is {self.low:g}); "
+                             "use e.g. low: 1.0e-5, or distribution: uniform for a range that includes 0")
+        if self.distribution.startswith("log") and self.step is not None:
+            raise ValueError(f"{self.distribution} takes no step; drop step or use distribution int/uniform")
+        return self
+
+
+class SearchConfig(Strict):
+    """``tuneloop tune``'s search space and strategy; see tuneloop.tune."""
+
+    params: dict[str, SearchParam] = Field(description=(
+        "Recipe keys by dotted path (train.learning_rate, lora.r, method, ...) and their distributions."))
+    sampler: Literal["tpe", "random"] = Field("tpe", description="TPE (Bayesian) or random search.")
+    pruner: Literal["median", "none"] = Field(
+        "median", description="Stop a trial whose validation loss is worse than the median at that step.")
+    startup_trials: int = Field(4, ge=0, description="Random trials before TPE models the space "
+                                "(and trials before the pruner acts).")
+    warmup_steps: int = Field(0, ge=0, description="Steps before a trial may be pruned.")
+    seed: int | None = Field(0, description="Sampler seed (null: random).")
+
+    @field_validator("params")
+    @classmethod
+    def _known_keys(cls, params):
+        if not params:
+            raise ValueError("empty; name at least one recipe key, e.g. "
+                             "train.learning_rate: {distribution: log_uniform, low: 1.0e-5, high: 1.0e-3}")
+        problems = [p for p in map(recipe_key_problem, params) if p]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return params
+
+
+def recipe_key_problem(path: str) -> str | None:
+    """Why the dotted ``path`` names no recipe value (with a did-you-mean), or None when it does."""
+    current: Any = Recipe
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return f"{path}: {'.'.join(parts[:i])} is a value, not a section"
+        if part not in current.model_fields or part == "search":
+            guess = did_you_mean(part, [f for f in current.model_fields if f != "search"])
+            where = ".".join(parts[:i]) or "the recipe"
+            return (f"{path}: {part!r} is not a key of {where}"
+                    + (f"; did you mean '{'.'.join(parts[:i] + [guess])}'?" if guess else ""))
+        annotation = current.model_fields[part].annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return f"{path} is a section; search one of its keys, e.g. {path}.{next(iter(current.model_fields))}"
+    return None
+
+
 class Recipe(Strict):
     name: str = Field("run", description="Run name; the run directory is runs/<name>/.")
     model: str = Field("smollm2-135m-instruct", description="Catalog name, hub id, local dir, .gguf.")
@@ -198,6 +278,8 @@ class Recipe(Strict):
     quantization_aware: QuantizationAwareConfig | None = Field(
         None, description="Train for the quantized form it will be deployed in (full and lora)."
     )
+    search: SearchConfig | None = Field(
+        None, description="`tuneloop tune`: the keys to search and how; ignored by `tuneloop train`.")
 
     @model_validator(mode="after")
     def _qat_methods(self):
@@ -221,13 +303,19 @@ class Recipe(Strict):
 def _model_for_path(model: type[BaseModel], path: tuple) -> type[BaseModel] | None:
     """The pydantic model class that owns the key at ``path`` (to suggest its valid keys)."""
     current: Any = model
+    keyed = False  # the previous part was a dict field: this part is one of its keys
     for part in path[:-1]:
+        if keyed:
+            keyed = False
+            continue
         if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
             return None
         field = current.model_fields.get(part)
         if field is None:
             return None
         annotation = field.annotation
+        if getattr(annotation, "__origin__", None) is dict:  # e.g. search.params: {key: SearchParam}
+            annotation, keyed = annotation.__args__[1], True
         candidates = [annotation, *getattr(annotation, "__args__", ())]
         current = next(
             (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
@@ -248,7 +336,7 @@ def format_validation_error(err: ValidationError, source: str, root: type[BaseMo
                 msg += f" (valid keys: {', '.join(owner.model_fields)})"
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            if e["type"] not in ("missing",) and "input" in e:
+            if e["type"] not in ("missing",) and "input" in e and not isinstance(e["input"], (dict, BaseModel)):
                 msg += f" (got {e['input']!r})"
         lines.append(f"{source}: {key}: {msg}")
     return UserError("\n".join(lines))

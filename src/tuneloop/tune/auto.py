@@ -1,0 +1,296 @@
+"""``tuneloop auto``: data in, the best model that fits the budget out, with the reason for each choice.
+
+The steps, each recorded with its reason in ``auto_report.json`` / ``report.html``:
+
+1. inspect: prepare the data (or use a prepared directory) and read its shape: task, sizes, token
+   lengths, labels;
+2. model: catalog models present on this machine (offline: nothing is downloaded) that fit the
+   memory and train an epoch within a share of the budget; the largest such wins;
+3. method: LoRA (a CPU trains a 135M-1B model's adapters, not all its weights, in minutes);
+4. formulation, for classification data both: a classifier head (LoRA + linear head,
+   :mod:`tuneloop.tune.classifier`) after a short learning-rate study, and the generative one
+   (the label as the assistant's answer, ordinary SFT); otherwise a ``tuneloop tune`` study;
+5. evaluate each against its base on the held-out test split, pick the winner.
+
+Budget shares (of ``--budget-minutes``) are in :data:`SHARES`; each phase stops at its share.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tuneloop.errors import UserError
+from tuneloop.models.catalog import CATALOG, EMBEDDED
+from tuneloop.paths import make_dir, read_jsonl, write_json_atomic, write_text_atomic
+from tuneloop.tune.classifier import ClassifierSettings, evaluate_classifier, train_classifier
+
+# Classification: head study, head final run, generative run (the rest is evaluation and slack).
+SHARES = {"classifier_study": 0.2, "classifier_final": 0.45, "generative": 0.2}
+STUDY_LEARNING_RATES = (3e-4, 1e-3, 3e-3)
+GENERATIVE_TEST_SAMPLES = 200  # generation is slow on a CPU: the generative side scores a fixed slice
+TEXT_COLUMNS = ("text", "query", "sentence", "utterance", "question", "input")
+LABEL_COLUMNS = ("label", "category", "intent", "class", "target")
+
+
+@dataclass
+class DataProfile:
+    task: str
+    prepared: str
+    train: int
+    validation: int
+    test: int
+    labels: int = 0
+    label_counts: dict = field(default_factory=dict)
+    tokens: dict = field(default_factory=dict)
+
+    def paths(self) -> dict:
+        return {s: str(Path(self.prepared) / f"{s}.jsonl") for s in ("train", "validation", "test")}
+
+
+def inspect_data(data: str | Path, out_dir: Path) -> tuple[DataProfile, list[str]]:
+    """Prepare (or reuse) the data; its profile and what was done, in words."""
+    from tuneloop.data.prepare import PrepareOptions, prepare
+
+    data = Path(data)
+    if data.is_dir() and all((data / f"{s}.jsonl").is_file() for s in ("train", "validation", "test")):
+        prepared, notes = data, [f"{data} is already prepared (train/validation/test.jsonl): used as is"]
+    else:
+        if not data.exists():
+            raise UserError(f"data not found: {data}", hint="give a data file, a directory of files, "
+                                                            "or a `tuneloop data prepare` output directory")
+        text_column, label_column = _csv_columns(data)
+        prepared = out_dir / "prepared"
+        prepare([data], prepared, PrepareOptions(task="auto", text_column=text_column, label_column=label_column))
+        notes = [f"prepared {data} into {prepared} (validate, clean, dedup, PII, stratified 70/15/15 split)"]
+        if label_column:
+            notes.append(f"CSV columns: text = {text_column!r}, label = {label_column!r} (by name)")
+    report = json.loads((prepared / "report.json").read_text()) if (prepared / "report.json").is_file() else {}
+    train = read_jsonl(prepared / "train.jsonl")
+    labelled = bool(train) and all("label" in r for r in train)
+    counts: dict = {}
+    for r in train if labelled else []:
+        counts[r["label"]] = counts.get(r["label"], 0) + 1
+    profile = DataProfile("classification" if labelled else "sft", str(prepared), len(train),
+                          len(read_jsonl(prepared / "validation.jsonl")), len(read_jsonl(prepared / "test.jsonl")),
+                          len(counts), counts, {k: v for k, v in report.get("tokens", {}).items()
+                                                if k in ("mean", "p95", "max", "tokens_per_epoch")})
+    if not profile.train or not profile.validation or not profile.test:
+        raise UserError(f"{prepared}: auto needs train, validation and test records "
+                        f"(got {profile.train}/{profile.validation}/{profile.test})", hint="give more data")
+    return profile, notes
+
+
+def _csv_columns(path: Path) -> tuple[str | None, str | None]:
+    if path.suffix.lower() != ".csv":
+        return None, None
+    with open(path, newline="", encoding="utf-8") as f:
+        header = [h.strip() for h in next(csv.reader(f), [])]
+    lower = {h.lower(): h for h in header}
+    text = next((lower[c] for c in TEXT_COLUMNS if c in lower), None)
+    label = next((lower[c] for c in LABEL_COLUMNS if c in lower), None)
+    return (text, label) if text and label else (None, None)
+
+
+def locally_present(card) -> bool:
+    """Offline rule: the embedded model, or one already in the local model store."""
+    from tuneloop.models.store import is_hf_dir
+    from tuneloop.paths import model_store
+
+    return card.name == EMBEDDED or is_hf_dir(model_store() / card.name)
+
+
+def choose_model(profile: DataProfile, memory_gb: float, budget_minutes: float) -> tuple[str, list[str]]:
+    """The largest local catalog model that fits memory and trains an epoch in its budget share."""
+    from tuneloop.models.estimate import estimate
+
+    seq_len = int(profile.tokens.get("p95") or 128)
+    tokens = profile.train * float(profile.tokens.get("mean") or 64)
+    share_s = budget_minutes * 60 * SHARES["classifier_final"]
+    reasons, fitting = [], []
+    for card in CATALOG:
+        if not locally_present(card):
+            continue
+        est = estimate(card, "lora", seq_len, 16, measure_peak=True)
+        epoch_s = tokens / 1000 * est.seconds_per_1k_tokens
+        fits_memory, fits_time = est.total_gb <= memory_gb, epoch_s <= share_s
+        reasons.append(f"{card.name}: {est.total_gb:.1f} GB for LoRA at {seq_len} tokens x 16 "
+                       f"({'fits' if fits_memory else 'over'} {memory_gb:.0f} GB); ~{epoch_s / 60:.1f} min per epoch "
+                       f"of {tokens:,.0f} tokens ({'fits' if fits_time else 'over'} the {share_s / 60:.1f} min share)")
+        if fits_memory and fits_time:
+            fitting.append(card)
+    absent = [c.name for c in CATALOG if not locally_present(c)]
+    reasons.append(f"not considered (not on this machine; auto downloads nothing): {len(absent)} catalog models")
+    if not fitting:
+        reasons.append(f"nothing fits both limits: falling back to the embedded {EMBEDDED}, the smallest")
+        return EMBEDDED, reasons
+    best = max(fitting, key=lambda c: c.parameters)
+    reasons.append(f"chosen: {best.name}, the largest local model that fits (quality grows with size)")
+    return best.name, reasons
+
+
+def run_auto(data, budget_minutes: float, memory_gb: float | None, out_dir, model: str | None = None) -> dict:
+    started = time.time()
+    deadline = started + budget_minutes * 60
+    out_dir = make_dir(out_dir, "--out")
+    from tuneloop.tune.study import machine_memory_gb
+
+    memory_gb = memory_gb or machine_memory_gb()
+    profile, notes = inspect_data(data, out_dir)
+    decisions = {"data": notes + [_describe(profile)]}
+    if model:
+        chosen, decisions["model"] = model, [f"--model {model} given: used as is"]
+    else:
+        chosen, decisions["model"] = choose_model(profile, memory_gb, budget_minutes)
+    decisions["method"] = ["LoRA: on a CPU it trains in minutes what full fine-tuning would in hours, "
+                           "with far less memory (no optimizer state for frozen weights)"]
+    report = {"data": str(data), "budget_minutes": budget_minutes, "memory_gb": round(memory_gb, 1),
+              "profile": asdict(profile), "model": chosen, "decisions": decisions, "results": {}}
+    if profile.task == "classification":
+        _classification(profile, chosen, budget_minutes, deadline, out_dir, report)
+    else:
+        _sft(profile, chosen, budget_minutes, deadline, out_dir, report)
+    report["wall_minutes"] = round((time.time() - started) / 60, 2)
+    write_json_atomic(out_dir / "auto_report.json", report)
+    write_text_atomic(out_dir / "report.html", render_html(report))
+    return report
+
+
+def _describe(p: DataProfile) -> str:
+    shape = (f"classification: {p.labels} labels, {min(p.label_counts.values())}-{max(p.label_counts.values())} "
+             f"training examples per label" if p.task == "classification" else "chat / instruction data (SFT)")
+    return (f"{shape}; {p.train} train / {p.validation} validation / {p.test} test records; "
+            f"tokens per record mean {p.tokens.get('mean', '?')}, p95 {p.tokens.get('p95', '?')}, "
+            f"max {p.tokens.get('max', '?')}")
+
+
+def _classification(profile, model, budget_minutes, deadline, out_dir, report) -> None:
+    paths = profile.paths()
+    budget_s = budget_minutes * 60
+    report["decisions"]["formulation"] = [
+        "labelled data: a classifier head (one forward pass scores all labels; every prediction is a "
+        "valid label) and the generative formulation (the label as the answer) are both trained and "
+        f"scored on the test split; generation is scored on the first {GENERATIVE_TEST_SAMPLES} test records"]
+    p95 = int(profile.tokens.get("p95") or 64)
+    base = ClassifierSettings(model=model, max_len=min(256, p95), epochs=100, eval_every=25)
+    study = _classifier_study(paths, base, budget_s * SHARES["classifier_study"], out_dir / "classifier-study")
+    best_lr = max(study, key=lambda r: r["best_validation_accuracy"])["learning_rate"]
+    report["results"]["classifier_study"] = study
+    report["decisions"]["hyperparameters"] = [
+        f"classifier: learning rates {', '.join(map(str, STUDY_LEARNING_RATES))} each trained for "
+        f"{budget_s * SHARES['classifier_study'] / len(STUDY_LEARNING_RATES) / 60:.1f} min; {best_lr} reached the "
+        f"best validation accuracy, so the final run uses it for {budget_s * SHARES['classifier_final'] / 60:.1f} min"]
+    final = ClassifierSettings(**(asdict(base) | {"learning_rate": best_lr,
+                                                  "max_seconds": budget_s * SHARES["classifier_final"]}))
+    head_dir = out_dir / "classifier"
+    summary = train_classifier(paths["train"], paths["validation"], head_dir, final)
+    tuned = evaluate_classifier(head_dir, paths["test"], head_dir)
+    untrained = evaluate_classifier(head_dir, paths["test"], head_dir, untrained=True, settings=final)
+    report["results"]["classifier"] = {"run_dir": str(head_dir), "train": summary, "test": tuned["metrics"],
+                                       "base_test": untrained["metrics"]}
+    generative_s = min(budget_s * SHARES["generative"], max(60.0, deadline - time.time() - 120))
+    report["results"]["generative"] = _generative(paths, model, generative_s, out_dir)
+    _pick_winner(report)
+
+
+def _classifier_study(paths, base: ClassifierSettings, seconds: float, out_dir: Path) -> list[dict]:
+    rows = []
+    for lr in STUDY_LEARNING_RATES:
+        settings = ClassifierSettings(**(asdict(base) | {"learning_rate": lr,
+                                                         "max_seconds": seconds / len(STUDY_LEARNING_RATES)}))
+        summary = train_classifier(paths["train"], paths["validation"], out_dir / f"lr-{lr:g}", settings)
+        rows.append({"learning_rate": lr, "best_validation_accuracy": summary["best_validation_accuracy"],
+                     "steps": summary["steps"]})
+    return rows
+
+
+def _generative(paths, model, seconds: float, out_dir: Path) -> dict:
+    """LoRA SFT on the chat form (user: text, assistant: label) for ``seconds``; scored vs the base."""
+    from tuneloop.config.recipe import recipe_from_dict
+    from tuneloop.evaluate import run_eval
+    from tuneloop.train import run_training
+
+    recipe = recipe_from_dict({"name": "generative", "model": model, "method": "lora", "output_dir": str(out_dir),
+                               "data": {"train": paths["train"], "validation": paths["validation"]},
+                               "train": {"epochs": 1, "eval_every": 25, "save_every": 100_000,
+                                         "max_seq_len": 256, "learning_rate": 1e-3},
+                               "tracking": {"backend": "none"}})
+    end = time.time() + seconds
+    run_dir = run_training(recipe, on_evaluate=lambda step, metrics: time.time() >= end)
+    result = run_eval(str(run_dir), paths["test"], baseline=model, out_dir=out_dir / "generative-eval",
+                      max_samples=GENERATIVE_TEST_SAMPLES, progress=True)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {"run_dir": str(run_dir), "steps": summary["steps"], "train_seconds": summary["train_seconds"],
+            "test": result["metrics"], "base_test": result["baseline"]["metrics"], "test_samples": result["n"]}
+
+
+def _pick_winner(report: dict) -> None:
+    results = report["results"]
+    head = results["classifier"]["test"]["accuracy"]
+    generative = results["generative"]["test"].get("accuracy", 0.0)
+    winner = "classifier" if head >= generative else "generative"
+    report["winner"] = {"formulation": winner, "run_dir": results[winner]["run_dir"],
+                        "accuracy": max(head, generative)}
+    report["decisions"]["winner"] = [
+        f"{winner}: test accuracy {max(head, generative):.1%} vs {min(head, generative):.1%} "
+        f"({'classifier head' if winner == 'generative' else 'generative'})"]
+
+
+def _sft(profile, model, budget_minutes, deadline, out_dir, report) -> None:
+    """Chat data: a tune study (learning rate, LoRA r) within the budget; the best trial is the model."""
+    from tuneloop.config.recipe import recipe_from_dict
+    from tuneloop.evaluate import run_eval
+    from tuneloop.tune.launch import prepare_settings, run_study
+
+    paths = profile.paths()
+    raw = {"name": "auto", "model": model, "method": "lora", "output_dir": str(out_dir),
+           "data": {"train": paths["train"], "validation": paths["validation"]},
+           "train": {"epochs": 1, "eval_every": 25, "save_every": 100_000, "max_seq_len": 1024},
+           "tracking": {"backend": "none"},
+           "search": {"params": {"train.learning_rate": {"distribution": "log_uniform", "low": 5e-5, "high": 2e-3},
+                                 "lora.r": {"choices": [8, 16, 32]}}, "startup_trials": 2}}
+    recipe = recipe_from_dict(raw)
+    minutes = budget_minutes * 0.75
+    settings = prepare_settings(recipe, "auto", out_dir / "tune", None, None, minutes, report["memory_gb"])
+    summary = run_study(recipe, settings, workers=1, worker_args=[], budget_minutes=minutes)
+    report["decisions"]["hyperparameters"] = [
+        f"a TPE study with pruning over learning rate and LoRA r for {minutes:.1f} min; "
+        f"{summary['trials']} trials; best {summary['best']}"]
+    report["results"]["study"] = {k: summary[k] for k in ("trials", "counts", "best")}
+    if summary["best"]:
+        result = run_eval(summary["best"]["run_dir"], paths["test"], baseline=model,
+                          out_dir=out_dir / "eval", max_samples=GENERATIVE_TEST_SAMPLES)
+        report["results"]["generative"] = {"run_dir": summary["best"]["run_dir"], "test": result["metrics"],
+                                           "base_test": result["baseline"]["metrics"]}
+        report["winner"] = {"formulation": "generative", "run_dir": summary["best"]["run_dir"]}
+
+
+def render_html(report: dict) -> str:
+    import html
+
+    decisions = "".join(f"<h3>{html.escape(k)}</h3><ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in v) + "</ul>"
+                        for k, v in report["decisions"].items())
+    rows = ""
+    for name, result in report["results"].items():
+        if isinstance(result, dict) and "test" in result:
+            for side, key in (("tuned", "test"), ("base", "base_test")):
+                m = result[key]
+                rows += (f"<tr><td>{html.escape(name)}</td><td>{side}</td><td>{_pct(m.get('accuracy'))}</td>"
+                         f"<td>{_pct(m.get('f1'))}</td></tr>")
+    winner = report.get("winner")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>tuneloop auto</title>"
+            f"<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1000px}}td,th{{border:1px solid #ccc;"
+            f"padding:3px 8px}}table{{border-collapse:collapse}}</style></head><body><h1>tuneloop auto</h1>"
+            f"<p>Data <code>{html.escape(report['data'])}</code>, budget {report['budget_minutes']:g} min "
+            f"(used {report.get('wall_minutes', '?')}), memory {report['memory_gb']} GB, model "
+            f"<code>{html.escape(report['model'])}</code>.</p>"
+            f"<p>Winner: <b>{html.escape(json.dumps(winner))}</b></p>"
+            f"<h2>Test split scores</h2><table><tr><th>formulation</th><th>model</th><th>accuracy</th>"
+            f"<th>macro F1</th></tr>{rows}</table><h2>Why each choice</h2>{decisions}</body></html>")
+
+
+def _pct(value) -> str:
+    return "" if value is None else f"{value:.1%}"

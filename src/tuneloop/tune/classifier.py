@@ -1,0 +1,264 @@
+"""A sequence-classification head on the LM: LoRA on the decoder plus a linear head, trained as a classifier.
+
+For labelled data this beats generating the label's name: one forward pass scores every class, the
+loss is plain cross-entropy over the classes, and a prediction is always a valid label. The head
+reads the last real token's hidden state (transformers' ``*ForSequenceClassification``), the input
+is the query text alone (no chat template: shorter rows, same signal).
+
+    run_dir/ adapter/ (LoRA + head, PEFT format)  labels.json  metrics.jsonl  summary.json
+             eval.json  predictions.jsonl
+
+``train_classifier`` stops at ``max_seconds`` if given (the budget), keeping the best checkpoint by
+validation accuracy; ``load_classifier`` / ``predict`` serve it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tuneloop.errors import UserError
+from tuneloop.paths import make_dir, read_jsonl, write_json_atomic, write_jsonl_atomic
+
+
+@dataclass
+class ClassifierSettings:
+    model: str = "smollm2-135m-instruct"
+    r: int = 16
+    alpha: float = 32
+    dropout: float = 0.05
+    learning_rate: float = 1e-3
+    head_learning_rate: float = 3e-3  # the head starts from random: it may move faster than LoRA
+    batch_size: int = 16
+    epochs: float = 3
+    max_len: int = 64
+    eval_every: int = 50
+    seed: int = 0
+    max_seconds: float | None = None
+    max_steps: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def text_and_label(record: dict) -> tuple[str, str]:
+    """A prepared classification record (chat shape + label) -> (the user's text, its label)."""
+    if "label" not in record:
+        raise UserError(f"{record.get('source', 'record')}: no label", hint="prepare with --task classification")
+    if "text" in record:
+        return str(record["text"]), str(record["label"])
+    users = [m["content"] for m in record.get("messages", []) if m["role"] == "user"]
+    return (users[-1] if users else ""), str(record["label"])
+
+
+def read_split(path: str | Path) -> tuple[list[str], list[str]]:
+    pairs = [text_and_label(r) for r in read_jsonl(path)]
+    return [t for t, _ in pairs], [label for _, label in pairs]
+
+
+def _encode(tokenizer, texts: list[str], max_len: int):
+    return tokenizer(texts, truncation=True, max_length=max_len, padding=True, return_tensors="pt")
+
+
+def build_model(settings: ClassifierSettings, labels: list[str]):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from tuneloop.models.loading import load_tokenizer, resolve_model
+
+    resolved = resolve_model(settings.model)
+    tokenizer = load_tokenizer(resolved)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        resolved.path, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)}, dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id  # the head reads the last non-pad token
+    config = LoraConfig(task_type="SEQ_CLS", r=settings.r, lora_alpha=settings.alpha,
+                        lora_dropout=settings.dropout, target_modules="all-linear")
+    return get_peft_model(model, config), tokenizer
+
+
+def _optimizer(model, settings: ClassifierSettings):
+    import torch
+
+    head = [p for n, p in model.named_parameters() if p.requires_grad and "score" in n]
+    lora = [p for n, p in model.named_parameters() if p.requires_grad and "score" not in n]
+    return torch.optim.AdamW([{"params": lora, "lr": settings.learning_rate},
+                              {"params": head, "lr": settings.head_learning_rate}], weight_decay=0.0)
+
+
+def _set_threads() -> None:
+    """TUNELOOP_NUM_THREADS if set (one thread beats two on a crowded machine), else torch's default."""
+    import os
+
+    import torch
+
+    if os.environ.get("TUNELOOP_NUM_THREADS"):
+        torch.set_num_threads(int(os.environ["TUNELOOP_NUM_THREADS"]))
+
+
+def _autocast():
+    import torch
+
+    from tuneloop.models.estimate import bf16_supported
+
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_supported())
+
+
+def predict_ids(model, tokenizer, texts: list[str], max_len: int, batch_size: int = 64) -> list[int]:
+    import torch
+
+    was_training = model.training
+    model.eval()
+    out = []
+    with torch.no_grad(), _autocast():
+        for i in range(0, len(texts), batch_size):
+            batch = _encode(tokenizer, texts[i : i + batch_size], max_len)
+            out += model(**batch).logits.argmax(-1).tolist()
+    model.train(was_training)
+    return out
+
+
+def accuracy(predicted: list[int], truth: list[int]) -> float:
+    return sum(p == t for p, t in zip(predicted, truth)) / max(1, len(truth))
+
+
+def train_classifier(train_path, validation_path, run_dir, settings: ClassifierSettings,
+                     on_evaluate=None) -> dict:
+    """Train the head; returns the summary (best validation accuracy, steps, seconds)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    started = time.time()
+    texts, names = read_split(train_path)
+    val_texts, val_names = read_split(validation_path)
+    labels = sorted(set(names))
+    unknown = sorted(set(val_names) - set(labels))
+    if unknown:
+        raise UserError(f"{validation_path}: labels not in the training split: {', '.join(unknown[:5])}",
+                        hint="prepare the data with `tuneloop data prepare --task classification` (stratified)")
+    index = {label: i for i, label in enumerate(labels)}
+    y, val_y = [index[n] for n in names], [index[n] for n in val_names]
+    torch.manual_seed(settings.seed)
+    _set_threads()
+    model, tokenizer = build_model(settings, labels)
+    optimizer = _optimizer(model, settings)
+    steps_per_epoch = math.ceil(len(texts) / settings.batch_size)
+    total = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
+    run_dir = make_dir(run_dir, "classifier run directory")
+    metrics, best, step = [], {"accuracy": -1.0, "step": 0}, 0
+    order: list[int] = []
+    bar = tqdm(total=total, desc="train classifier", unit="step", dynamic_ncols=True)
+    model.train()
+    stop = False
+    while step < total and not stop:
+        if not order:
+            order = list(range(len(texts)))
+            random.Random(settings.seed + step).shuffle(order)
+        batch_ids, order = order[: settings.batch_size], order[settings.batch_size :]
+        lr_scale = _schedule(step, total)
+        for group, base in zip(optimizer.param_groups, (settings.learning_rate, settings.head_learning_rate)):
+            group["lr"] = base * lr_scale
+        batch = _encode(tokenizer, [texts[i] for i in batch_ids], settings.max_len)
+        with _autocast():
+            loss = model(**batch, labels=torch.tensor([y[i] for i in batch_ids])).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        record = {"step": step, "loss": round(float(loss.detach()), 5)}
+        out_of_time = settings.max_seconds is not None and time.time() - started >= settings.max_seconds
+        if step % settings.eval_every == 0 or step == total or out_of_time:
+            record["validation_accuracy"] = accuracy(predict_ids(model, tokenizer, val_texts, settings.max_len), val_y)
+            if record["validation_accuracy"] > best["accuracy"]:
+                best = {"accuracy": record["validation_accuracy"], "step": step}
+                model.save_pretrained(run_dir / "adapter")
+            stop = out_of_time or bool(on_evaluate and on_evaluate(step, record))
+        metrics.append(record)
+        bar.update(1)
+        bar.set_postfix({k: v for k, v in record.items() if k != "step"}, refresh=False)
+    bar.close()
+    tokenizer.save_pretrained(run_dir / "adapter")
+    write_json_atomic(run_dir / "labels.json", {"labels": labels, "base_model": settings.model,
+                                                "max_len": settings.max_len})
+    write_jsonl_atomic(run_dir / "metrics.jsonl", metrics)
+    summary = {"best_validation_accuracy": best["accuracy"], "best_step": best["step"], "steps": step,
+               "planned_steps": total, "epochs_done": round(step / steps_per_epoch, 3),
+               "seconds": round(time.time() - started, 1), "labels": len(labels),
+               "train_examples": len(texts), "settings": asdict(settings)}
+    write_json_atomic(run_dir / "summary.json", summary)
+    return summary
+
+
+def _schedule(step: int, total: int, warmup: int = 10) -> float:
+    # Linear warmup, then cosine to 10%: the random head needs a few gentle steps first.
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def load_classifier(run_dir: str | Path):
+    """(model, tokenizer, labels, max_len) of a trained classifier run directory."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from tuneloop.models.loading import load_tokenizer, resolve_model
+
+    run_dir = Path(run_dir)
+    info_path = run_dir / "labels.json"
+    if not info_path.is_file():
+        raise UserError(f"{run_dir} is not a classifier run (no labels.json)",
+                        hint="train one with `tuneloop auto` on classification data")
+    info = json.loads(info_path.read_text())
+    labels = info["labels"]
+    resolved = resolve_model(info["base_model"])
+    base = AutoModelForSequenceClassification.from_pretrained(
+        resolved.path, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)}, dtype=torch.float32)
+    tokenizer = load_tokenizer(resolved)
+    base.config.pad_token_id = tokenizer.pad_token_id
+    model = PeftModel.from_pretrained(base, run_dir / "adapter")
+    model.eval()
+    return model, tokenizer, labels, info["max_len"]
+
+
+def evaluate_classifier(run_dir, test_path, out_dir=None, untrained: bool = False,
+                        settings: ClassifierSettings | None = None) -> dict:
+    """Accuracy and macro F1 on ``test_path`` (the SPEC metric names); ``predictions.jsonl`` beside.
+
+    ``untrained``: the same architecture before training (random head), the classifier's base line.
+    """
+    import numpy as np
+
+    from tuneloop.evaluate.metrics import classification_scores
+
+    texts, names = read_split(test_path)
+    if untrained:
+        train_labels = json.loads((Path(run_dir) / "labels.json").read_text())["labels"]
+        model, tokenizer = build_model(settings or ClassifierSettings(), train_labels)
+        labels, max_len = train_labels, (settings or ClassifierSettings()).max_len
+    else:
+        model, tokenizer, labels, max_len = load_classifier(run_dir)
+    index = {label: i for i, label in enumerate(labels)}
+    truth = [index.get(n, -1) for n in names]
+    started = time.perf_counter()
+    predicted = predict_ids(model, tokenizer, texts, max_len)
+    seconds = time.perf_counter() - started
+    known = [i for i, t in enumerate(truth) if t >= 0]  # a test label never trained counts as wrong
+    scores = classification_scores(np.array([truth[i] for i in known]), np.array([predicted[i] for i in known]),
+                                   len(labels))
+    scores["accuracy"] = sum(predicted[i] == truth[i] for i in known) / max(1, len(truth))
+    result = {"model": str(run_dir) + (" (untrained head)" if untrained else ""), "data": str(test_path),
+              "n": len(texts), "metrics": scores | {"samples_per_s": round(len(texts) / seconds, 1)}}
+    if out_dir is not None:
+        out_dir = make_dir(out_dir, "--out")
+        name = "predictions.untrained.jsonl" if untrained else "predictions.jsonl"
+        write_jsonl_atomic(Path(out_dir) / name, [
+            {"text": t, "label": n, "prediction": labels[p], "correct": labels[p] == n}
+            for t, n, p in zip(texts, names, predicted)])
+    return result

@@ -1,0 +1,102 @@
+"""`tuneloop auto`'s pieces: data inspection, model choice (offline), and the classifier-head path."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from tuneloop.errors import UserError
+from tuneloop.tune.auto import choose_model, inspect_data
+from tuneloop.tune.classifier import ClassifierSettings, evaluate_classifier, text_and_label, train_classifier
+
+LABELS = ("card_arrival", "lost_or_stolen_card", "exchange_rate")
+QUERIES = {
+    "card_arrival": ["when will my card arrive", "my card has not come yet", "how long for card delivery",
+                     "still waiting on my new card", "card not delivered"],
+    "lost_or_stolen_card": ["i lost my card", "my card was stolen", "someone took my wallet and card",
+                            "i cannot find my card anywhere", "report a stolen card"],
+    "exchange_rate": ["what is the exchange rate", "how much is a euro in dollars", "exchange rate for pounds",
+                      "which rate do you use to convert", "currency conversion rate today"],
+}
+
+
+def _write_prepared(directory, copies: int = 4):
+    """A prepared classification directory (chat shape + label), every label in every split."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    splits = {"train": [], "validation": [], "test": []}
+    for label, queries in QUERIES.items():
+        for i, q in enumerate(queries * copies):
+            split = "train" if i % 5 < 3 else ("validation" if i % 5 == 3 else "test")
+            splits[split].append({"id": f"{label}-{i}", "label": label, "messages": [
+                {"role": "user", "content": q}, {"role": "assistant", "content": label}]})
+    for split, rows in splits.items():
+        rng.shuffle(rows)
+        (directory / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return directory
+
+
+def test_inspect_reads_the_task_shape_and_labels(tmp_path):
+    prepared = _write_prepared(tmp_path / "p")
+    profile, notes = inspect_data(prepared, tmp_path / "out")
+    assert profile.task == "classification" and profile.labels == 3
+    assert (profile.train, profile.validation, profile.test) == (36, 12, 12)
+    assert profile.label_counts == {label: 12 for label in LABELS}
+    assert "already prepared" in notes[0]
+
+
+def test_inspect_prepares_a_raw_csv_with_named_columns(tmp_path):
+    raw = tmp_path / "intents.csv"
+    raw.write_text("text,category\n" + "".join(f"{q} number {i},{label}\n" for label, qs in QUERIES.items()
+                                               for i in range(8) for q in qs))
+    profile, notes = inspect_data(raw, tmp_path / "out")
+    assert profile.task == "classification" and profile.labels == 3
+    assert any("label = 'category'" in n for n in notes)
+    assert (tmp_path / "out" / "prepared" / "report.json").is_file()
+
+
+def test_inspect_refuses_missing_data(tmp_path):
+    with pytest.raises(UserError, match="data not found"):
+        inspect_data(tmp_path / "nope.csv", tmp_path / "out")
+
+
+def test_model_choice_is_offline_and_explains_itself(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELOOP_HOME", str(tmp_path / "home"))  # an empty store: only the embedded model
+    profile, _ = inspect_data(_write_prepared(tmp_path / "p"), tmp_path / "out")
+    name, reasons = choose_model(profile, memory_gb=16, budget_minutes=30)
+    assert name == "smollm2-135m-instruct"
+    assert reasons[0].startswith("smollm2-135m-instruct:") and "GB for LoRA" in reasons[0]
+    assert any("not on this machine" in r for r in reasons)
+    name, reasons = choose_model(profile, memory_gb=0.1, budget_minutes=30)  # nothing fits: the fallback
+    assert name == "smollm2-135m-instruct" and "falling back" in reasons[-1]
+
+
+def test_text_and_label_from_a_prepared_record():
+    record = {"label": "x", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"},
+                                         {"role": "assistant", "content": "x"}]}
+    assert text_and_label(record) == ("q", "x")
+    with pytest.raises(UserError, match="no label"):
+        text_and_label({"messages": []})
+
+
+@pytest.mark.slow
+def test_classifier_head_trains_and_beats_its_untrained_self(tiny_model_dir, tmp_path):
+    prepared = _write_prepared(tmp_path / "p", copies=6)
+    settings = ClassifierSettings(model=str(tiny_model_dir), r=8, alpha=16, learning_rate=3e-3,
+                                  head_learning_rate=1e-2, batch_size=8, max_steps=40, eval_every=20, max_len=16)
+    run_dir = tmp_path / "head"
+    summary = train_classifier(prepared / "train.jsonl", prepared / "validation.jsonl", run_dir, settings)
+    metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert summary["steps"] == 40 and summary["labels"] == 3
+    assert sum(m["loss"] for m in metrics[-10:]) < sum(m["loss"] for m in metrics[:10])  # it learned
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+    assert json.loads((run_dir / "labels.json").read_text())["labels"] == sorted(LABELS)
+    tuned = evaluate_classifier(run_dir, prepared / "test.jsonl", tmp_path / "eval")
+    untrained = evaluate_classifier(run_dir, prepared / "test.jsonl", tmp_path / "eval", untrained=True,
+                                    settings=settings)
+    assert tuned["metrics"]["accuracy"] > untrained["metrics"]["accuracy"]
+    assert tuned["metrics"]["accuracy"] >= 0.6  # three easy intents, reloaded from disk
+    predictions = [json.loads(x) for x in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 18 and {p["prediction"] for p in predictions} <= set(LABELS)
