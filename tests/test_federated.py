@@ -15,6 +15,7 @@ import pytest
 import torch
 from flwr.app import (ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, MetricRecord,
                       RecordDict)
+from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 from fixtures_train.helpers import TRAIN, tiny_recipe
@@ -25,7 +26,7 @@ from tuneloop.federated.client import train_reply
 from tuneloop.federated.launch import recipe_text
 from tuneloop.federated.local import LocalTrainer, ProximalLoss
 from tuneloop.federated.payload import to_array_record, wire_objects
-from tuneloop.federated.privacy import epsilon_after
+from tuneloop.federated.privacy import clip_when_asked, epsilon_after
 from tuneloop.federated.server import ReportingStrategy, build_strategy
 
 TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1  # what a Flower process sets before building messages
@@ -247,3 +248,47 @@ def test_privacy_budget_grows_with_rounds_and_shrinks_with_noise():
     assert 0.85 * classic < three <= classic
     privacy.noise_multiplier = 4.0
     assert epsilon_after(privacy, 3, 4) < one
+
+
+class _Nodes(Grid):
+    """Only what sampling asks a grid: the connected node ids (no transport in this test)."""
+
+    def __init__(self, nodes):
+        self.nodes = nodes
+
+    def get_node_ids(self):
+        return self.nodes
+
+    set_run = run = create_message = push_messages = pull_messages = send_and_receive = None
+
+
+def test_dp_clips_each_update_adds_noise_and_reports_the_budget():
+    recipe = recipe_from_dict({"model": "x", "data": {"train": "t.jsonl"}, "federated": {
+        "min_fit_clients": 2, "min_available_clients": 2,
+        "privacy": {"clipping_norm": 1.0, "noise_multiplier": 0.001, "delta": 1e-5}}})
+    log = _Log()
+    strategy = ReportingStrategy(build_strategy(recipe.federated, 2), recipe.federated, None, log)
+    start = {"w": np.zeros(4, np.float32)}
+    sent = strategy.configure_train(1, to_array_record(start), ConfigRecord(), _Nodes([11, 12]))
+    assert [m.metadata.dst_node_id for m in sent] == [11, 12]
+
+    def client(update, examples):  # the ClientApp's reply, which goes through the client-side clipping mod
+        def train(message, context):
+            metrics = MetricRecord({"weight": 1, "examples": examples, "examples-seen": 1, "steps": 1,
+                                    "train-loss": 1.0, "seconds": 0.1, "partition-id": -1})
+            return Message(RecordDict({"arrays": to_array_record({"w": update}), "metrics": metrics}),
+                           reply_to=message)
+        return train
+
+    updates = [np.array([3.0, 4.0, 0, 0], np.float32), np.array([0, 0, 0.3, 0.4], np.float32)]
+    replies = [clip_when_asked(m, None, client(u, n)) for m, u, n in zip(sent, updates, (10, 30))]
+    clipped = replies[0].content["arrays"]["w"].numpy()
+    assert np.linalg.norm(clipped) == pytest.approx(1.0, rel=1e-5)  # norm 5 clipped to 1
+    assert replies[1].content["arrays"]["w"].numpy().tolist() == pytest.approx([0, 0, 0.3, 0.4])  # under 1: kept
+    arrays, _ = strategy.aggregate_train(1, replies)
+    # Equal weights under DP (10 vs 30 examples would otherwise weigh 1:3), plus noise of std 0.0005.
+    expected = (clipped + updates[1]) / 2
+    assert arrays["w"].numpy() == pytest.approx(expected, abs=0.005)
+    assert not np.array_equal(arrays["w"].numpy(), expected)
+    strategy.evaluate_global(1, arrays)
+    assert log.records[-1]["privacy"]["epsilon"] == pytest.approx(epsilon_after(recipe.federated.privacy, 1, 2))

@@ -18,6 +18,7 @@ across rounds.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 
@@ -84,6 +85,8 @@ class LocalTrainer:
         t = recipe.train
         self.recipe = recipe
         self.dist = DistInfo()
+        if os.environ.get("TUNELOOP_NUM_THREADS"):  # simulated clients share the cores
+            torch.set_num_threads(int(os.environ["TUNELOOP_NUM_THREADS"]))
         resolved = resolve_model(recipe.model)
         self.tokenizer = load_tokenizer(resolved)
         records = read_chat_jsonl(train_path)
