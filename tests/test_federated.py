@@ -292,3 +292,15 @@ def test_dp_clips_each_update_adds_noise_and_reports_the_budget():
     assert not np.array_equal(arrays["w"].numpy(), expected)
     strategy.evaluate_global(1, arrays)
     assert log.records[-1]["privacy"]["epsilon"] == pytest.approx(epsilon_after(recipe.federated.privacy, 1, 2))
+
+
+def test_cli_without_a_federated_section_exits_1_and_says_how(tmp_path, capsys):
+    from tuneloop.cli.main import main
+
+    path = tmp_path / "r.yaml"
+    path.write_text("data: {train: t.jsonl}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["federated", str(path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "Traceback" not in err
+    assert "the recipe has no federated: section" in err and "hint: add e.g. federated:" in err

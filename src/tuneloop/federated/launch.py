@@ -47,16 +47,44 @@ def simulate(recipe, threads_per_client: int = 1) -> Path:
     fed, text = recipe.federated, recipe_text(recipe)
     cores = os.cpu_count() or 1
     # Ray workers inherit the environment: one torch thread per concurrent client, clients <= cores.
+    threads_before = os.environ.get("TUNELOOP_NUM_THREADS")
     os.environ["TUNELOOP_NUM_THREADS"] = str(threads_per_client)
     backend = {"client_resources": {"num_cpus": threads_per_client, "num_gpus": 0.0},
                "init_args": {"num_cpus": max(threads_per_client, min(cores, fed.clients * threads_per_client)),
                              "include_dashboard": False, "log_to_driver": True}}
-    run_simulation(server_app=make_server_app(text, run_dir, fed.clients), client_app=make_client_app(text),
-                   num_supernodes=fed.clients, backend_config=backend)
+    try:
+        start_ray(backend["init_args"])
+        run_simulation(server_app=make_server_app(text, run_dir, fed.clients), client_app=make_client_app(text),
+                       num_supernodes=fed.clients, backend_config=backend)
+    finally:
+        os.environ.pop("TUNELOOP_NUM_THREADS", None)
+        if threads_before is not None:
+            os.environ["TUNELOOP_NUM_THREADS"] = threads_before
     if not (run_dir / "summary.json").is_file():
         raise UserError("the federated simulation ended without a result", where=str(run_dir),
                         hint="see the log above for the server's error")
     return run_dir
+
+
+def start_ray(init_args: dict, tries: int = 3) -> None:
+    """Start Ray before Flower does, retrying: Ray gives its node a fixed 30 s to come up, which a
+    heavily loaded machine can miss; Flower reuses a Ray that is already running."""
+    import ray
+
+    pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
+    os.environ["PYTHONPATH"] = pythonpath  # Ray workers import tuneloop from the same places as here
+    if ray.is_initialized():
+        ray.shutdown()  # a Ray left from an earlier simulation in this process
+    for attempt in range(1, tries + 1):
+        try:
+            ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
+            return
+        except Exception as e:  # Ray raises a bare Exception for the start-up timeout
+            ray.shutdown()
+            if attempt == tries:
+                raise UserError(f"Ray (Flower's simulation engine) did not start: {e}",
+                                hint="the machine may be overloaded; try again, or use fewer clients") from None
+            print(f"Ray did not start ({e}); retrying ({attempt}/{tries})", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
