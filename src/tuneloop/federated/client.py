@@ -62,10 +62,11 @@ def trainer_for(recipe_yaml: str, node_config) -> tuple[LocalTrainer, int]:
 
 def train_reply(message: Message, context: Context, recipe_yaml: str) -> Message:
     """One round on this client: the reply message (adapter + counts), or a located error."""
+    config = message.content["config"]
+    print(f"tuneloop federated client: round {config['server-round']}: training", file=sys.stderr, flush=True)
     try:
         trainer, partition = trainer_for(recipe_yaml, context.node_config)
         received = message.content["arrays"]
-        config = message.content["config"]
         trainer.load_adapter(from_array_record(received))
         fed = trainer.recipe.federated
         result = trainer.train_round(int(config["server-round"]), int(config.get("rounds", fed.rounds)), fed,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -186,6 +187,8 @@ def run_server(recipe, host: str, port: int, security: Security, expected_client
         [f'root-certificates = "{security.ca_certfile}"'] if security.ca_certfile else [])
     write_text_atomic(home / "config.toml", "\n".join(
         ["[superlink]", 'default = "tuneloop"', "", "[superlink.tuneloop]", *connection]) + "\n")
+    # A SIGTERM to this process must still stop the SuperLink (it runs in its own session).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     link = subprocess.Popen([_bin("flower-superlink"), *security.server_flags(), "--host", host, "--port",
                              str(port), "--disable-runtime-dependency-installation", *security.extra],
                             env=env, cwd=app_dir, stdout=open(home / "superlink.log", "w"),
