@@ -46,8 +46,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _recipe(tiny_model_dir, tmp_path, **federated) -> Path:
+def _recipe(tiny_model_dir, tmp_path, train: str | None = None, **federated) -> Path:
     raw = tiny_recipe(tiny_model_dir, tmp_path / "runs", name="fed", validation=True, batch_size=4)
+    if train:
+        raw["data"]["train"] = train  # deployment: the file name inside each client's --data-dir
     raw["federated"] = {"rounds": 2, "local_steps": 2, **federated}
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -84,7 +86,7 @@ def _kill_training_when_it_starts(node: subprocess.Popen, log: Path, timeout: fl
 
 
 def test_deployment_on_loopback_survives_a_drop_out_and_excludes_bad_data(tiny_model_dir, tmp_path):
-    recipe = _recipe(tiny_model_dir, tmp_path, min_fit_clients=3, min_available_clients=3, min_results=1,
+    recipe = _recipe(tiny_model_dir, tmp_path, "train.jsonl", min_fit_clients=3, min_available_clients=3, min_results=1,
                      round_timeout=600)
     good = write_client_dirs(TRAIN, tmp_path / "clients", 2, "iid", 0.5, "label", 0)
     bad = tmp_path / "clients" / "bad"

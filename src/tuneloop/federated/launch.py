@@ -74,6 +74,9 @@ def start_ray(init_args: dict, tries: int = 3) -> None:
 
     pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
     os.environ["PYTHONPATH"] = pythonpath  # Ray workers import tuneloop from the same places as here
+    # Ray renices its workers by +15 unless told otherwise; the clients are the work, so they keep
+    # this process's priority (run the whole command under `nice` to lower it).
+    os.environ.setdefault("RAY_worker_niceness", "0")
     if ray.is_initialized():
         ray.shutdown()  # a Ray left from an earlier simulation in this process
     for attempt in range(1, tries + 1):
