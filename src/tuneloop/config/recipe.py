@@ -45,7 +45,7 @@ class TrainConfig(Strict):
         "linear", description="Decay after warmup: linear to 0 (TRL/transformers default), cosine, or constant.")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps spent warming up linearly "
                                 "(TRL default 0; Axolotl/LLaMA-Factory recipes often use 0.03-0.1).")
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on matrices (never norms or biases).")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null turns it off.")
     batch_size: int = Field(8, ge=1, description=(
         "Examples per micro-batch per process; an optimizer step takes batch_size x gradient_accumulation "
@@ -67,13 +67,14 @@ class TrainConfig(Strict):
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="bf16 autocast where the hardware has it; trainable weights stay fp32."
     )
-    seed: int = 0
+    seed: int = Field(0, description="Seeds the data order, LoRA initialisation and dropout.")
     deterministic: bool = Field(False, description="Seed everything and use deterministic kernels.")
     eval_every: int = Field(50, ge=1, description="Steps between validation evaluations.")
     save_every: int = Field(100, ge=1, description="Steps between checkpoints.")
     keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept (plus the best).")
-    early_stopping: EarlyStopping | None = None
-    gradient_checkpointing: bool = False
+    early_stopping: EarlyStopping | None = Field(None, description=(
+        "{patience, metric, min_delta}: stop when validation stops improving; the best weights are kept."))
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, ~25% slower.")
     compile: bool = Field(False, description=(
         "torch.compile each decoder layer: ~8% faster steps on a 2-core CPU after ~40 s of compiling, "
         "so it pays on runs of a few hundred steps or more."))
@@ -377,3 +378,16 @@ def _resolve_data_paths(recipe: Recipe, base_dir: Path) -> None:
                 candidate = base_dir / value
                 if candidate.exists():
                     setattr(section, field, str(candidate))
+
+
+def train_reference_markdown() -> str:
+    """README's table of the ``train:`` keys (default and meaning), generated from :class:`TrainConfig`.
+
+    A test checks that README holds exactly this text, so the stated defaults cannot drift.
+    """
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for name, field in TrainConfig.model_fields.items():
+        default = field.default_factory() if field.default_factory else field.default
+        shown = "null" if default is None else str(default).lower() if isinstance(default, bool) else default
+        rows.append(f"| `{name}` | `{shown}` | {field.description or ''} |")
+    return "\n".join(rows)
