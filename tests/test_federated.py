@@ -110,6 +110,25 @@ def test_fedprox_client_stays_closer_to_the_global_adapter(tiny_model_dir, tmp_p
     assert 0 < distances[50.0] < distances[0.0]
 
 
+def test_clients_sharing_one_model_train_as_if_each_had_its_own(tiny_model_dir, tmp_path):
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "train.jsonl").write_text(TRAIN.read_text())
+    recipe = recipe_from_dict(fed_recipe(tiny_model_dir, tmp_path))
+    first = LocalTrainer(recipe, data / "train.jsonl", indices=list(range(0, 48, 2)))
+    global_adapter = {k: v + 0.01 for k, v in first.adapter_arrays().items()}
+    first.load_adapter(global_adapter)
+    first.train_round(1, 2, recipe.federated)  # leaves its trained weights in the shared model
+    shared = LocalTrainer(recipe, data / "train.jsonl", indices=list(range(1, 48, 2)), share_model=first)
+    alone = LocalTrainer(recipe, data / "train.jsonl", indices=list(range(1, 48, 2)))
+    assert shared.model is first.model and alone.model is not first.model
+    for trainer in (shared, alone):
+        trainer.load_adapter(global_adapter)
+        trainer.train_round(1, 2, recipe.federated)
+    after_shared, after_alone = shared.adapter_arrays(), alone.adapter_arrays()
+    assert all(np.array_equal(after_shared[k], after_alone[k]) for k in after_alone)
+
+
 # ---------------------------------------------------------------------------------------------
 # What a client sends
 

@@ -30,7 +30,7 @@ from tuneloop.federated.partition import partition_indices, read_records
 from tuneloop.federated.payload import from_array_record, to_array_record
 from tuneloop.federated.privacy import clip_when_asked
 
-_TRAINERS: dict[tuple, LocalTrainer] = {}  # one per (recipe, data) in this process: rounds reuse the model
+_TRAINERS: dict[tuple, LocalTrainer] = {}  # one per (recipe, data) in this process, all on one model
 
 
 def recipe_from_yaml(text: str):
@@ -54,9 +54,11 @@ def client_data(recipe, node_config) -> tuple[Path, list[int] | None, int]:
 def trainer_for(recipe_yaml: str, node_config) -> tuple[LocalTrainer, int]:
     recipe = recipe_from_yaml(recipe_yaml)
     path, indices, partition = client_data(recipe, node_config)
-    key = (hashlib.sha256(recipe_yaml.encode()).hexdigest(), str(path), partition)
+    digest = hashlib.sha256(recipe_yaml.encode()).hexdigest()
+    key = (digest, str(path), partition)
     if key not in _TRAINERS:
-        _TRAINERS[key] = LocalTrainer(recipe, path, indices)
+        same_model = next((t for k, t in _TRAINERS.items() if k[0] == digest), None)
+        _TRAINERS[key] = LocalTrainer(recipe, path, indices, share_model=same_model)
     return _TRAINERS[key], partition
 
 

@@ -81,14 +81,14 @@ def trainable_parameters(model) -> dict[str, nn.Parameter]:
 class LocalTrainer:
     """The base model with a LoRA adapter and one client's tokenised data, set up once per process."""
 
-    def __init__(self, recipe, train_path, indices: list[int] | None = None):
+    def __init__(self, recipe, train_path, indices: list[int] | None = None, share_model: LocalTrainer | None = None):
         t = recipe.train
         self.recipe = recipe
         self.dist = DistInfo()
         if os.environ.get("TUNELOOP_NUM_THREADS"):  # simulated clients share the cores
             torch.set_num_threads(int(os.environ["TUNELOOP_NUM_THREADS"]))
         resolved = resolve_model(recipe.model)
-        self.tokenizer = load_tokenizer(resolved)
+        self.tokenizer = share_model.tokenizer if share_model else load_tokenizer(resolved)
         records = read_chat_jsonl(train_path)
         if indices is not None:
             records = [records[i] for i in indices]
@@ -98,6 +98,12 @@ class LocalTrainer:
                             f"{self.report.dropped_overlong} longer than max_seq_len)", where=str(train_path))
         self.units = batch_units(samples, t.batch_tokens)
         self.examples = len(samples)
+        if share_model is not None:
+            # Simulated clients served by one worker process take turns on one model: every round
+            # starts by loading the global adapter over all trainable weights, so nothing carries over.
+            self.precision, self.prepared = share_model.precision, share_model.prepared
+            self.model, self.params, self.loss_model = share_model.model, share_model.params, share_model.loss_model
+            return
         self.precision = resolve_precision(t.precision, self.dist.device, recipe.method)
         self.prepared = setup_model(recipe, resolved.path, self.precision, self.dist.device)
         self.model = self.prepared.model
