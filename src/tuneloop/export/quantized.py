@@ -1,11 +1,11 @@
 """``--format quantized`` and ``--quantize int4|int8``: the integer model, for CPUs and edge devices.
 
-Both go through :func:`tuneloop.train.qat.quantize_model` (torchao, int4/int8 weights with int8
+Both go through :func:`tuneloop.models.quantized.quantize_model` (torchao, int4/int8 weights with int8
 dynamic activations by default). ``--format quantized`` uses the scheme a QAT run was trained for (its
 recipe's ``quantization_aware``); ``--quantize`` applies post-training quantization to any run or model.
 The directory holds ``config.json``, tokenizer and chat template, ``generation_config.json``,
 ``quantized_model.pt`` (torchao tensors) and ``tuneloop_quantization.json``; tuneloop's ``eval`` and
-``serve`` load it through :func:`load_quantized`.
+``serve`` load it through :func:`tuneloop.models.quantized.load_quantized`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tuneloop.errors import UserError
 from tuneloop.export.merge import ExportCheckFailed, MergedModel, max_abs_diff, probe_batch, probe_logits
-from tuneloop.train.qat import QUANT_FILE, WEIGHTS_FILE, quantize_model
+from tuneloop.models.quantized import QUANT_FILE, WEIGHTS_FILE, load_quantized, quantize_model, scheme
 
 
 def scheme_from_run(run_dir) -> dict | None:
@@ -26,12 +26,6 @@ def scheme_from_run(run_dir) -> dict | None:
     if not path.is_file():
         return None
     return (yaml.safe_load(path.read_text()) or {}).get("quantization_aware")
-
-
-def scheme(weights: str = "int4", activations: str = "int8", group_size: int = 32):
-    from tuneloop.config.recipe import QuantizationAwareConfig
-
-    return QuantizationAwareConfig(weights=weights, activations=activations, group_size=group_size)
 
 
 def write_quantized(merged: MergedModel, out_dir: Path, quantize: str | None = None,
@@ -67,22 +61,3 @@ def write_quantized(merged: MergedModel, out_dir: Path, quantize: str | None = N
 def _probe(merged: MergedModel):
     ids, mask = probe_batch(merged.tokenizer)
     return probe_logits(merged.model, ids, mask)
-
-
-def is_quantized_dir(path: Path) -> bool:
-    return (Path(path) / QUANT_FILE).is_file()
-
-
-def load_quantized(path: Path):
-    """Rebuild the architecture, quantize it to the same layout, then load the stored integers."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    path = Path(path)
-    qa = scheme(**{k: v for k, v in json.loads((path / QUANT_FILE).read_text()).items() if k != "trained"})
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32)
-    quantize_model(model, qa)
-    state = torch.load(path / WEIGHTS_FILE, weights_only=False, map_location="cpu")
-    model.load_state_dict(state, assign=True)
-    model.tie_weights()
-    return model.eval()
