@@ -106,11 +106,16 @@ class EndpointJudge:
 
     def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None,
                  max_tokens: int = 64, timeout_s: float = 300.0):
-        import openai
+        try:
+            import openai
+        except ImportError:
+            raise UserError("the openai client is not installed", where="--judge",
+                            hint="pip install 'tuneloop[judge]' (or pip install openai)") from None
 
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY") or "none",
                                     max_retries=2, timeout=timeout_s)
-        self.model = model or self._only_model()
+        self.base_url, self._errors = base_url, (openai.APIConnectionError, openai.APIStatusError)
+        self.model = model or self._call(lambda: self._only_model())
         self.max_tokens = max_tokens
         self.name = f"{self.model} at {base_url}"
 
@@ -120,9 +125,16 @@ class EndpointJudge:
             raise UserError("the judge endpoint serves no model", where="--judge", hint="pass --judge-model NAME")
         return ids[0]
 
+    def _call(self, fn):
+        try:
+            return fn()
+        except self._errors as e:
+            raise UserError(f"the judge at {self.base_url} failed: {e}", where="--judge",
+                            hint="check the URL, --judge-model and --judge-api-key") from None
+
     def reply(self, messages: list[dict]) -> str:
-        response = self.client.chat.completions.create(model=self.model, messages=messages, temperature=0,
-                                                       max_tokens=self.max_tokens)
+        response = self._call(lambda: self.client.chat.completions.create(
+            model=self.model, messages=messages, temperature=0, max_tokens=self.max_tokens))
         return response.choices[0].message.content or ""
 
 

@@ -9,6 +9,8 @@ gate rules parsed *before* any model is loaded, so a typo fails in a second, not
                       out_dir="eval", gates=["f1 >= baseline + 0.02"])
     result["gate"]["passed"]
 
+Optional parts, each its own module: label likelihood (classification), judge, harness tasks.
+
 Files written to ``out_dir``: ``eval.json`` (the returned dict), ``predictions.jsonl`` (and
 ``predictions.baseline.jsonl``), ``report.html``.
 """
@@ -234,6 +236,9 @@ def run_eval(model: str, data: str | Path, baseline: str | None = None, out_dir:
     ``classify``: how a classification answer becomes a label (``likelihood``, ``generate`` or
     ``similar``; see :mod:`tuneloop.evaluate.classification`). ``gate_mode``: ``ci`` (a rule passes only
     beyond its paired-bootstrap 95% CI) or ``point`` (observed values); see :mod:`tuneloop.evaluate.compare`.
+    ``judge``: a model reference or an OpenAI-compatible URL scoring the answers on ``judge_rubrics``
+    (:mod:`tuneloop.evaluate.judge`). ``tasks``: lm-evaluation-harness task names and task YAML files,
+    run on both models (:mod:`tuneloop.evaluate.harness`).
     """
     started = time.perf_counter()
     if classify not in CLASSIFY_MODES:
