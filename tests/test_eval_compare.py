@@ -161,3 +161,43 @@ def test_reference_nll_matches_the_model_own_loss(tiny_model_dir):
             loss = model(input_ids=torch.tensor([encoded.input_ids]), labels=torch.tensor([encoded.labels])).loss
         assert count == encoded.n_trainable
         assert total / count == pytest.approx(loss.item(), rel=1e-4)
+
+
+def test_a_gain_inside_the_ci_fails_the_ci_rule_and_passes_the_point_rule():
+    # 60 samples: the model gets 4 more right than the baseline (0.55 vs 0.4833): a point gain of
+    # 0.067 >= 0.02, but a paired 95% CI that reaches below 0.02.
+    rng = np.random.default_rng(3)
+    baseline = rng.random(60) < 0.5
+    model = baseline.copy()
+    flips = np.flatnonzero(~baseline)[:6]
+    model[flips] = True
+    model[np.flatnonzero(baseline)[:2]] = False
+    stats, base_stats = {"accuracy": mean_of(model)}, {"accuracy": mean_of(baseline)}
+    metrics = {"accuracy": stats["accuracy"].value()}
+    base_metrics = {"accuracy": base_stats["accuracy"].value()}
+    assert metrics["accuracy"] - base_metrics["accuracy"] == pytest.approx(4 / 60)
+    gates = [parse_gate("accuracy >= baseline + 0.02", ["accuracy"])]
+    point = evaluate_gates(gates, metrics, base_metrics, "point", stats, base_stats)
+    ci = evaluate_gates(gates, metrics, base_metrics, "ci", stats, base_stats)
+    assert point["passed"] is True and point["mode"] == "point" and point["details"][0]["decided_by"] == "point"
+    assert ci["passed"] is False and ci["mode"] == "ci" and ci["details"][0]["decided_by"] == "ci"
+    low, high = ci["details"][0]["margin_ci95"]
+    assert low < 0 < 4 / 60 - 0.02 < high  # the observed margin is positive; the CI's lower bound is not
+    assert ci["details"][0]["passed_point"] is True
+    # A gain well beyond the noise passes under both rules.
+    clear = {"accuracy": mean_of(np.ones(60, bool))}
+    assert evaluate_gates(gates, {"accuracy": 1.0}, base_metrics, "ci", clear, base_stats)["passed"] is True
+
+
+def test_ci_rules_on_one_model_and_on_lower_is_better_metrics():
+    values = mean_of([1.0] * 45 + [0.0] * 15)  # accuracy 0.75
+    gate = parse_gate("accuracy >= 0.7", ["accuracy"])
+    assert gate.check(0.75, None)["passed"] is True
+    assert gate.check_ci(values, None)["passed"] is False  # 0.75's CI reaches below 0.7
+    latency_model, latency_base = mean_of([100.0] * 30), mean_of([100.0] * 30)
+    gate = parse_gate("latency_ms_p50 <= baseline * 1.2", ["latency_ms_p50"])
+    assert gate.check_ci(latency_model, latency_base)["margin_ci95"] == [-20.0, -20.0]
+    # A single figure (no per-sample stats) falls back to the point comparison, and says so.
+    verdict = evaluate_gates([parse_gate("peak_memory_mb <= 500", ["peak_memory_mb"])], {"peak_memory_mb": 400.0},
+                             None, "ci", {}, None)
+    assert verdict["passed"] is True and verdict["details"][0]["decided_by"] == "point"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tuneloop.evaluate.classification import NO_ANSWER, LabelMapper, classify, top_confused_pairs
+from tuneloop.evaluate.classification import NO_LABEL, LabelMapper, classify, top_confused_pairs
 from tuneloop.evaluate.text_metrics import chrf_from_statistics, chrf_statistics, generation_stats
 from tuneloop.evaluate.metrics import (bleu_from_statistics, bleu_statistics, classification_scores,
                                       confusion_counts, corpus_bleu, corpus_chrf, exact_match, facts_score,
@@ -63,12 +63,12 @@ def test_label_mapping_exact_contained_similar_empty():
     assert mapper.map("I think it is lost or stolen card").matched_by == "contained"
     similar = mapper.map("exchange rates")
     assert (similar.label, similar.matched_by) == ("exchange_rate", "similar")
-    assert mapper.map("  ...  ").label == NO_ANSWER
+    assert mapper.map("  ...  ").label == NO_LABEL
 
 
 def test_classify_counts_an_empty_answer_as_wrong():
     result = classify(["", "b"], ["a", "b"], ["a", "b"])
-    assert result.labels == ["a", "b", NO_ANSWER]
+    assert result.labels == ["a", "b", NO_LABEL]
     assert result.correct.tolist() == [0.0, 1.0]
     assert result.scores()["accuracy"] == 0.5
 

@@ -12,6 +12,18 @@ Gates are small rules checked after evaluation, parsed without ``eval()``::
 
 Grammar: ``METRIC OP EXPR`` with OP one of ``>= <= > < ==``; EXPR is a sum (``+``/``-``) of products
 (``*``) of numbers and the word ``baseline`` (the baseline model's value of the same metric).
+
+How a rule is decided (``--gate-mode``, written to eval.json's ``gate.mode`` and each rule's
+``decided_by``):
+
+* ``ci`` (default): the rule must hold beyond resampling noise. The margin ``value - threshold`` is
+  bootstrapped with paired resampling (the same samples for model and baseline), and ``>=``/``>``
+  pass only if the 95% CI's *lower* bound clears 0 (``<=``/``<``: the upper bound), so
+  ``f1 >= baseline + 0.02`` needs the lower bound of the F1 difference to be at least 0.02. A rule
+  without ``baseline`` (``accuracy >= 0.8``) uses the CI of the metric itself. Metrics measured
+  once (``peak_memory_mb``, ``model_size_mb``) have no CI and ``==`` asks for a point, so those rules
+  fall back to the point comparison and say so (``decided_by: point``).
+* ``point``: the observed values are compared as they are; a gain inside the noise passes.
 """
 
 from __future__ import annotations
@@ -46,21 +58,24 @@ def mean_of(values) -> SampleStats:
     return SampleStats(np.asarray(values, dtype=np.float64), lambda v: float(v.mean()) if len(v) else 0.0)
 
 
-def bootstrap_delta_ci(model: SampleStats, baseline: SampleStats, n_resamples: int = BOOTSTRAP_RESAMPLES,
-                       seed: int = BOOTSTRAP_SEED, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of ``model - baseline`` with paired resampling of samples."""
-    n = len(model.values)
-    if n != len(baseline.values):
-        raise ValueError("model and baseline were scored on different samples")
+def bootstrap_ci(statistic: Callable[[np.ndarray], float], n: int, n_resamples: int = BOOTSTRAP_RESAMPLES,
+                 seed: int = BOOTSTRAP_SEED, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``statistic(indices)`` over resamples of ``n`` sample indices."""
     if n == 0:
         return (float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
-    deltas = np.empty(n_resamples)
-    for r in range(n_resamples):
-        idx = rng.integers(0, n, n)
-        deltas[r] = model.value(idx) - baseline.value(idx)
+    values = np.array([statistic(rng.integers(0, n, n)) for _ in range(n_resamples)])
     tail = (1 - level) / 2 * 100
-    return (float(np.percentile(deltas, tail)), float(np.percentile(deltas, 100 - tail)))
+    return (float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail)))
+
+
+def bootstrap_delta_ci(model: SampleStats, baseline: SampleStats, n_resamples: int = BOOTSTRAP_RESAMPLES,
+                       seed: int = BOOTSTRAP_SEED, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``model - baseline`` with paired resampling of samples."""
+    if len(model.values) != len(baseline.values):
+        raise ValueError("model and baseline were scored on different samples")
+    return bootstrap_ci(lambda idx: model.value(idx) - baseline.value(idx), len(model.values), n_resamples, seed,
+                        level)
 
 
 def compare_metrics(model: dict[str, SampleStats], baseline: dict[str, SampleStats],
@@ -105,10 +120,30 @@ class Gate:
         return total
 
     def check(self, value: float, baseline_value: float | None) -> dict:
+        """The point comparison of the observed values."""
         threshold = self.threshold(baseline_value)
         passed = bool(_COMPARISONS[self.comparison](value, threshold))
         return {"rule": self.rule, "metric": self.metric, "value": value, "threshold": threshold,
-                "baseline": baseline_value, "passed": passed}
+                "baseline": baseline_value, "passed": passed, "passed_point": passed, "decided_by": "point",
+                "margin": value - threshold, "margin_ci95": None}
+
+    def check_ci(self, model: SampleStats, baseline: SampleStats | None, n_resamples: int = BOOTSTRAP_RESAMPLES,
+                 seed: int = BOOTSTRAP_SEED) -> dict:
+        """Decided by the 95% CI of ``value - threshold`` (paired bootstrap): its near bound must clear 0."""
+        baseline_value = baseline.value() if baseline is not None else None
+        detail = self.check(model.value(), baseline_value)
+        if self.comparison == "==":
+            return detail
+        if baseline is not None and len(baseline.values) != len(model.values):
+            raise ValueError("model and baseline were scored on different samples")
+
+        def margin(idx):
+            return model.value(idx) - self.threshold(baseline.value(idx) if baseline is not None else None)
+
+        low, high = bootstrap_ci(margin, len(model.values), n_resamples, seed)
+        bound = low if self.comparison in (">=", ">") else high
+        passed = bool(_COMPARISONS[self.comparison](bound, 0.0))
+        return {**detail, "passed": passed, "decided_by": "ci", "margin_ci95": [low, high]}
 
 
 def _tokenize(rule: str) -> list[tuple[str, str]]:
@@ -169,17 +204,32 @@ def parse_gate(rule: str, metric_names) -> Gate:
     return Gate(rule, metric, tokens[1][1], _parse_expression(rule, tokens[2:]))
 
 
-def evaluate_gates(gates: list[Gate], metrics: dict[str, float],
-                   baseline_metrics: dict[str, float] | None) -> dict | None:
-    """eval.json's ``gate``: passed when every rule holds; ``details`` has one entry per rule."""
+GATE_MODES = ("ci", "point")
+
+
+def evaluate_gates(gates: list[Gate], metrics: dict[str, float], baseline_metrics: dict[str, float] | None,
+                   mode: str = "ci", stats: dict[str, SampleStats] | None = None,
+                   baseline_stats: dict[str, SampleStats] | None = None) -> dict | None:
+    """eval.json's ``gate``: passed when every rule holds; ``details`` has one entry per rule.
+
+    ``mode="ci"`` decides each rule whose metric has per-sample ``stats`` by its bootstrap CI (see the
+    module docstring); the others, and every rule under ``mode="point"``, by the observed values.
+    """
     if not gates:
         return None
+    if mode not in GATE_MODES:
+        raise UserError(f"unknown gate mode {mode!r}", where="--gate-mode", hint="use ci or point")
     details = []
     for gate in gates:
         base = baseline_metrics.get(gate.metric) if baseline_metrics else None
         if gate.uses_baseline and base is None:
             raise UserError("the rule compares with the baseline but no baseline was evaluated",
                             where=f"--gate {gate.rule!r}", hint="add --baseline MODEL")
-        details.append(gate.check(metrics[gate.metric], base))
+        model_stats = (stats or {}).get(gate.metric)
+        base_stats = (baseline_stats or {}).get(gate.metric) if gate.uses_baseline else None
+        if mode == "ci" and model_stats is not None and (base_stats is not None or not gate.uses_baseline):
+            details.append(gate.check_ci(model_stats, base_stats))
+        else:
+            details.append(gate.check(metrics[gate.metric], base))
     return {"passed": all(d["passed"] for d in details), "rule": " and ".join(g.rule for g in gates),
-            "details": details}
+            "mode": mode, "details": details}

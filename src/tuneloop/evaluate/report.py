@@ -68,16 +68,31 @@ def _delta_class(name: str, delta: float, ci) -> str:
     return "good" if better else "bad"
 
 
+def _decided_by(detail: dict) -> str:
+    if detail.get("decided_by") == "ci":
+        low, high = detail["margin_ci95"]
+        return (f"95% CI of value &minus; threshold: [{_fmt(low, detail['metric'])}, {_fmt(high, detail['metric'])}]"
+                f" (point: {'pass' if detail['passed_point'] else 'fail'})")
+    return "point values"
+
+
 def _gate_section(gate: dict | None) -> str:
     if gate is None:
         return ""
     rows = "".join(
         f"<tr><td>{'PASS' if d['passed'] else 'FAIL'}</td><td>{_e(d['rule'])}</td>"
-        f"<td class=num>{_fmt(d['value'], d['metric'])}</td><td class=num>{_fmt(d['threshold'], d['metric'])}</td></tr>"
+        f"<td class=num>{_fmt(d['value'], d['metric'])}</td><td class=num>{_fmt(d['threshold'], d['metric'])}</td>"
+        f"<td>{_decided_by(d)}</td></tr>"
         for d in gate["details"])
     verdict = "Gate passed" if gate["passed"] else "Gate FAILED: do not release"
-    return (f"<div class='banner {'pass' if gate['passed'] else 'fail'}'>{verdict}</div>"
-            f"<table><tr><th>result</th><th>rule</th><th class=num>value</th><th class=num>threshold</th></tr>{rows}</table>")
+    mode = gate.get("mode", "point")
+    how = ("gate mode ci: a rule passes only if it holds at the near end of the 95% paired-bootstrap CI of "
+           "value &minus; threshold (rules on single figures, and ==, fall back to the point values)"
+           if mode == "ci" else "gate mode point: the observed values decide, so a difference inside the noise "
+           "can pass")
+    return (f"<div class='banner {'pass' if gate['passed'] else 'fail'}'>{verdict}</div><p class=note>{how}.</p>"
+            f"<table><tr><th>result</th><th>rule</th><th class=num>value</th><th class=num>threshold</th>"
+            f"<th>decided by</th></tr>{rows}</table>")
 
 
 def _metrics_section(result: dict) -> str:
@@ -123,25 +138,92 @@ def _confusion_block(confusion: dict, title: str) -> str:
             f"<div><p class=meta>Confusion matrix: {caption}; rows true, columns predicted</p>{plot}</div></div>")
 
 
-def _label_matching(rows: list[dict]) -> str:
+CLASSIFY_NOTES = {
+    "likelihood": "the label the model finds most likely as its whole answer, among the labels in the data "
+                  "(every answer is a label; the generated text is shown beside it)",
+    "generate": "the greedy answer, counted only when it is exactly a label (ignoring case, spacing and trailing "
+                "punctuation); anything else is 'no label' and wrong",
+    "similar": "LENIENT: the greedy answer mapped onto a label even when it is none: exact = the answer is the "
+               "label; contained = the label occurs in the answer; similar = closest by spelling. Accuracy "
+               "here overstates a model that does not answer with labels",
+}
+
+
+def _label_matching(result: dict, rows: list[dict], no_label) -> str:
     counts = {}
     for row in rows:
         counts[row.get("matched_by")] = counts.get(row.get("matched_by"), 0) + 1
     parts = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()) if k)
-    return (f"<p class=note>How answers were mapped onto labels ({_e(parts)}): exact = the answer is the label; "
-            "contained = the label occurs in the answer; similar = no label in the answer, closest by spelling "
-            "(many 'similar' matches mean the model does not answer with labels).</p>")
+    mode = result.get("classify") or "similar"
+    return (f"<p class=note>Scoring <b>classify={_e(mode)}</b>: {_e(CLASSIFY_NOTES[mode])}. "
+            f"No label: <b>{no_label or 0}</b> of {len(rows)} answers. How labels were found: {_e(parts)}.</p>")
 
 
 def _classification_section(result: dict, rows, baseline_rows) -> str:
     if not result.get("confusion"):
         return ""
-    parts = ["<h2>Where the classifier goes wrong</h2>", _label_matching(rows),
+    parts = ["<h2>Where the classifier goes wrong</h2>", _label_matching(result, rows, result.get("no_label")),
              _confusion_block(result["confusion"], f"model: {result['model']}")]
     if result.get("baseline") and result["baseline"].get("confusion"):
-        parts += [_label_matching(baseline_rows),
+        parts += [_label_matching(result, baseline_rows, result["baseline"].get("no_label")),
                   _confusion_block(result["baseline"]["confusion"], f"baseline: {result['baseline']['model']}")]
     return "".join(parts)
+
+
+JUDGE_SAMPLE_SIZE = 10
+
+
+def _judge_section(result: dict, rows: list[dict]) -> str:
+    judge = result.get("judge")
+    if not judge:
+        return ""
+    comparison = result.get("comparison") or {}
+    head = ("<tr><th>rubric</th><th class=num>model (1-5)</th><th class=num>baseline</th><th class=num>delta, 95% CI</th>"
+            "<th class=num>win rate of model, 95% CI</th><th class=num>position-consistent</th>"
+            "<th class=num>unreadable replies</th></tr>")
+    body = []
+    for rubric in judge["rubrics"]:
+        name = f"judge_{rubric}"
+        row = comparison.get(name)
+        delta = (f"{row['delta']:+.2f} [{row['ci95'][0]:+.2f}, {row['ci95'][1]:+.2f}]" if row else "-")
+        win = result["metrics"].get(f"judge_win_rate_{rubric}")
+        win_ci = judge["win_rate_ci95"].get(rubric)
+        win_text = f"{win:.2f} [{win_ci[0]:.2f}, {win_ci[1]:.2f}]" if win is not None else "-"
+        consistent = result["metrics"].get(f"judge_consistency_{rubric}")
+        base = (result.get("baseline") or {}).get("metrics", {}).get(name)
+        body.append(f"<tr><td>{_e(rubric)}</td><td class=num>{_fmt(result['metrics'][name])}</td>"
+                    f"<td class=num>{_fmt(base)}</td><td class=num>{delta}</td><td class=num>{win_text}</td>"
+                    f"<td class=num>{_fmt(consistent)}</td><td class=num>{judge['unreadable'][rubric]}</td></tr>")
+    picked = sorted(random.Random(0).sample(range(len(rows)), min(JUDGE_SAMPLE_SIZE, len(rows))))
+    rubric = judge["rubrics"][0]
+    reasons = "".join(
+        f"<tr><td>{_e(rows[i]['prompt'])}</td><td>{_answer(rows[i])}</td>"
+        f"<td class=num>{_fmt(rows[i]['judge'][rubric]['score'])}</td><td>{_e(rows[i]['judge'][rubric]['reason'])}</td>"
+        + (f"<td>{_e(rows[i]['judge'][rubric]['tuned_first'])}<hr>{_e(rows[i]['judge'][rubric]['tuned_second'])}</td>"
+           if "tuned_first" in rows[i]["judge"][rubric] else "") + "</tr>"
+        for i in picked)
+    pair_head = "<th>pairwise replies (model as A / model as B)</th>" if result.get("baseline") else ""
+    return (f"<h2>Judge: {_e(judge['judge'])}</h2><p class=meta>Scores 1-5 per rubric; win rate: each pair judged "
+            "with the model's answer first and then second, a win only when both orders agree (a split counts 0.5). "
+            "All replies are in predictions.jsonl.</p>"
+            f"<table>{head}{''.join(body)}</table><h3>The judge's reasons ({_e(rubric)}, fixed random sample)</h3>"
+            f"<table class=wrong><tr><th>prompt</th><th>model answer</th><th class=num>score</th><th>reason</th>"
+            f"{pair_head}</tr>{reasons}</table>")
+
+
+def _harness_section(result: dict) -> str:
+    harness = result.get("harness")
+    if not harness:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_e(task)}</td><td>{_e(name)}</td><td class=num>{_fmt(row['baseline'])}</td>"
+        f"<td class=num>{_fmt(row['model'])} &plusmn; {_fmt(row['model_stderr'])}</td>"
+        f"<td class=num>{_fmt(row['delta'])}</td></tr>"
+        for task, metrics in harness.items() for name, row in metrics.items())
+    return ("<h2>lm-evaluation-harness tasks</h2><p class=meta>Scored by the harness on both models "
+            "(&plusmn; the harness's standard error); a drop on general tasks after fine-tuning is forgetting.</p>"
+            "<table><tr><th>task</th><th>metric</th><th class=num>baseline</th><th class=num>model</th>"
+            f"<th class=num>delta</th></tr>{rows}</table>")
 
 
 def _slices_section(result: dict) -> str:
@@ -224,15 +306,22 @@ def _wrong_section(rows, baseline_rows, max_new_tokens=None) -> str:
             f"<code>tuneloop explain --model MODEL --data predictions.jsonl --wrong-only</code> (writes explain/ here).</p><table class=wrong>{head}{''.join(body)}</table>")
 
 
+def _classify_meta(result: dict) -> str:
+    return f"; classify={_e(result['classify'])}" if result.get("classify") else ""
+
+
 def render_report(result: dict, rows: list[dict], baseline_rows: list[dict] | None = None) -> str:
     """The whole page as one string."""
     out = io.StringIO()
     out.write(f"<!doctype html><html lang=en><head><meta charset=utf-8><title>tuneloop eval: {_e(result['model'])}"
               f"</title><style>{CSS}</style></head><body>")
     out.write(f"<h1>Evaluation: {_e(result['model'])}</h1><p class=meta>{_e(result['task'])} on {result['n']} "
-              f"samples of {_e(result['data'])}; greedy decoding; wall time {result.get('wall_s', 0):.0f} s</p>")
+              f"samples of {_e(result['data'])}; greedy decoding{_classify_meta(result)}; "
+              f"wall time {result.get('wall_s', 0):.0f} s</p>")
     out.write(_gate_section(result.get("gate")))
     out.write(_metrics_section(result))
+    out.write(_judge_section(result, rows))
+    out.write(_harness_section(result))
     out.write(_classification_section(result, rows, baseline_rows))
     out.write(_slices_section(result))
     out.write(_latency_section(rows, baseline_rows))

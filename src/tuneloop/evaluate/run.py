@@ -9,6 +9,8 @@ gate rules parsed *before* any model is loaded, so a typo fails in a second, not
                       out_dir="eval", gates=["f1 >= baseline + 0.02"])
     result["gate"]["passed"]
 
+Optional parts, each its own module: label likelihood (classification), judge, harness tasks.
+
 Files written to ``out_dir``: ``eval.json`` (the returned dict), ``predictions.jsonl`` (and
 ``predictions.baseline.jsonl``), ``report.html``.
 """
@@ -24,10 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from tuneloop.errors import UserError, did_you_mean
-from tuneloop.evaluate.classification import classification_stats, classify, top_confused_pairs
+from tuneloop.evaluate.classification import (CLASSIFY_MODES, classification_stats, classify, classify_by_likelihood,
+                                              predict_labels_by_likelihood, top_confused_pairs)
 from tuneloop.evaluate.compare import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, SampleStats, compare_metrics,
-                                       evaluate_gates, parse_gate)
+                                       GATE_MODES, evaluate_gates, parse_gate)
 from tuneloop.evaluate.examples import Example, detect_task, load_examples
+from tuneloop.evaluate.harness import compare_tasks, parse_tasks, run_tasks
+from tuneloop.evaluate.judge import check_rubrics, judge_metric_names, open_judge, run_judge
 from tuneloop.evaluate.text_metrics import generation_stats
 from tuneloop.evaluate.metrics import facts_score, percentile, perplexity_from_sums
 from tuneloop.evaluate.slices import DEFAULT_GAP_THRESHOLD, field_value, slice_metrics
@@ -51,6 +56,8 @@ class ModelResult:
     rows: list[dict]
     timing: dict[str, float]
     confusion: dict | None = None
+    no_label: int | None = None  # classification: answers that are no label (always wrong)
+    harness: dict | None = None  # lm-evaluation-harness results, {task: {metric: {value, stderr}}}
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -94,21 +101,25 @@ def _facts_stats(examples: list[Example], texts: list[str]) -> SampleStats:
     return SampleStats(rows, lambda r: float(r[:, 1].sum() / r[:, 0].sum()) if r[:, 0].sum() else 0.0)
 
 
-def _task_scores(task: str, examples: list[Example], texts: list[str]):
-    """(metric stats, per-sample fields for predictions.jsonl, confusion block or None)."""
+def _task_scores(task: str, examples: list[Example], texts: list[str], classify_mode: str,
+                 likely_labels: list[str] | None):
+    """(metric stats, per-sample fields for predictions.jsonl, confusion block or None, no_label count)."""
     if task == "classification":
         labels = [e.label for e in examples]
-        result = classify(texts, labels, labels)
+        if classify_mode == "likelihood":
+            result = classify_by_likelihood(likely_labels, labels, labels)
+        else:
+            result = classify(texts, labels, labels, mode=classify_mode)
         matrix = result.confusion()
         confusion = {"labels": result.labels, "matrix": matrix.tolist(),
                      "top_confused": top_confused_pairs(matrix, result.labels)}
         fields = [{"predicted_label": m.label, "matched_by": m.matched_by, "correct": bool(c)}
                   for m, c in zip(result.matches, result.correct)]
-        return classification_stats(result), fields, confusion
+        return classification_stats(result), fields, confusion, result.no_label
     stats = generation_stats(texts, [e.reference for e in examples])
     em, rouge_l = stats["exact_match"].values, stats["rougeL"].values
     fields = [{"correct": bool(em[i]), "score": round(float(rouge_l[i]), 4)} for i in range(len(texts))]
-    return stats, fields, None
+    return stats, fields, None, None
 
 
 def resolve_dtype(dtype: str):
@@ -123,8 +134,13 @@ def resolve_dtype(dtype: str):
 
 
 def evaluate_model(reference: str, examples: list[Example], task: str, batch_size: int,
-                   max_new_tokens: int | None, progress: bool = True, dtype: str = "auto") -> ModelResult:
-    """Load one model, answer every prompt, score perplexity on the references, then free it."""
+                   max_new_tokens: int | None, progress: bool = True, dtype: str = "auto",
+                   classify_mode: str = "likelihood", tasks: tuple | None = None) -> ModelResult:
+    """Load one model, answer every prompt, score perplexity on the references, then free it.
+
+    Greedy answers are generated in every mode (latency, tokens/s and the text in predictions.jsonl);
+    with ``classify_mode="likelihood"`` the label is then chosen by likelihood over the label set.
+    """
     import torch
 
     from tuneloop.evaluate.inference import PeakMemory, answer_prompts, model_size_mb
@@ -144,18 +160,32 @@ def evaluate_model(reference: str, examples: list[Example], task: str, batch_siz
         with _progress(len(examples), f"{Path(reference).name}: perplexity", progress) as bar:
             nll, counts = reference_nll(model, tokenizer, [e.conversation for e in examples], batch_size, bar)
         perplexity_s = time.perf_counter() - started
+        likely_labels, likelihood_s = None, None
+        if task == "classification" and classify_mode == "likelihood":
+            started = time.perf_counter()
+            label_set = sorted({e.label for e in examples})
+            with _progress(len(examples), f"{Path(reference).name}: label likelihood", progress) as bar:
+                likely_labels = predict_labels_by_likelihood(model, tokenizer, [e.prompt for e in examples],
+                                                             label_set, progress=bar)
+            likelihood_s = time.perf_counter() - started
+    harness, harness_s = None, None
+    if tasks:
+        started = time.perf_counter()
+        harness = run_tasks(model, tokenizer, *tasks, batch_size=batch_size)
+        harness_s = time.perf_counter() - started
     del model
     gc.collect()
-    stats, fields, confusion = _task_scores(task, examples, answers.texts)
+    stats, fields, confusion, no_label = _task_scores(task, examples, answers.texts, classify_mode, likely_labels)
     stats.update(_efficiency_stats(answers, nll, counts))
     if any(e.facts for e in examples):
         stats["fact_accuracy"] = _facts_stats(examples, answers.texts)
     scalars = {"peak_memory_mb": round(memory.peak_mb, 1),
                "model_size_mb": round(model_size_mb(resolved.path, resolved.adapter), 1)}
     timing = {"load_s": load_s, "generation_s": answers.wall_s, "perplexity_s": perplexity_s,
-              "max_new_tokens": max_new}
+              "max_new_tokens": max_new, **({"likelihood_s": likelihood_s} if likelihood_s is not None else {}),
+              **({"harness_s": harness_s} if harness_s is not None else {})}
     return ModelResult(reference, answers, stats, scalars, _prediction_rows(examples, answers, fields), timing,
-                       confusion)
+                       confusion, no_label, harness)
 
 
 def _prediction_rows(examples: list[Example], answers, fields: list[dict]) -> list[dict]:
@@ -197,45 +227,91 @@ def compare_results(main: ModelResult, base: ModelResult) -> dict:
 def run_eval(model: str, data: str | Path, baseline: str | None = None, out_dir: str | Path | None = None,
              gates=(), slice_by: str | None = None, max_samples: int | None = None, task: str = "auto",
              batch_size: int = 16, max_new_tokens: int | None = None,
-             slice_threshold: float = DEFAULT_GAP_THRESHOLD, progress: bool = True, dtype: str = "auto") -> dict:
-    """Evaluate ``model`` (and ``baseline``) on ``data``; returns eval.json's content (see SPEC)."""
+             slice_threshold: float = DEFAULT_GAP_THRESHOLD, progress: bool = True, dtype: str = "auto",
+             classify: str = "likelihood", gate_mode: str = "ci", judge: str | None = None,
+             judge_rubrics=(), judge_model: str | None = None, judge_api_key: str | None = None,
+             tasks: str | list[str] | None = None) -> dict:
+    """Evaluate ``model`` (and ``baseline``) on ``data``; returns eval.json's content (see SPEC).
+
+    ``classify``: how a classification answer becomes a label (``likelihood``, ``generate`` or
+    ``similar``; see :mod:`tuneloop.evaluate.classification`). ``gate_mode``: ``ci`` (a rule passes only
+    beyond its paired-bootstrap 95% CI) or ``point`` (observed values); see :mod:`tuneloop.evaluate.compare`.
+    ``judge``: a model reference or an OpenAI-compatible URL scoring the answers on ``judge_rubrics``
+    (:mod:`tuneloop.evaluate.judge`). ``tasks``: lm-evaluation-harness task names and task YAML files,
+    run on both models (:mod:`tuneloop.evaluate.harness`).
+    """
     started = time.perf_counter()
+    if classify not in CLASSIFY_MODES:
+        raise UserError(f"unknown classification scoring {classify!r}", where="--classify",
+                        hint="use " + ", ".join(CLASSIFY_MODES))
+    if gate_mode not in GATE_MODES:
+        raise UserError(f"unknown gate mode {gate_mode!r}", where="--gate-mode", hint="use ci or point")
     if out_dir is not None:
         from tuneloop.paths import check_output_dir
 
         check_output_dir(out_dir)
     examples = load_examples(data, max_samples)
     task = detect_task(examples, task)
-    parsed_gates = parse_gates(gates, metric_names(task, examples), baseline is not None)
+    rubrics = check_rubrics(judge_rubrics, True) if judge else []
+    harness_tasks = parse_tasks(tasks) if tasks else None
+    names = metric_names(task, examples) + judge_metric_names(rubrics, baseline is not None)
+    parsed_gates = parse_gates(gates, names, baseline is not None)
     if slice_by:
         check_slice_field(examples, slice_by)
     groups = [field_value(e.record, slice_by) for e in examples] if slice_by else None
 
-    results = [evaluate_model(model, examples, task, batch_size, max_new_tokens, progress, dtype)]
+    results = [evaluate_model(model, examples, task, batch_size, max_new_tokens, progress, dtype, classify,
+                              harness_tasks)]
     if baseline is not None:
-        results.append(evaluate_model(baseline, examples, task, batch_size, max_new_tokens, progress, dtype))
-    slices = [slice_metrics(r.stats, groups, slice_by, slice_threshold) if groups else None for r in results]
+        results.append(evaluate_model(baseline, examples, task, batch_size, max_new_tokens, progress, dtype,
+                                      classify, harness_tasks))
     main, base = results[0], (results[1] if baseline is not None else None)
+    judged = _judge(judge, judge_model, judge_api_key, rubrics, examples, main, base, progress) if judge else None
+    slices = [slice_metrics(r.stats, groups, slice_by, slice_threshold) if groups else None for r in results]
 
     result = {
         "model": model, "data": str(data), "task": task, "n": len(examples),
-        "metrics": main.metrics,
-        "baseline": ({"model": base.reference, "metrics": base.metrics, "slices": slices[1],
-                      "confusion": base.confusion, "timing": base.timing} if base else None),
+        "classify": classify if task == "classification" else None,
+        "metrics": main.metrics, "no_label": main.no_label,
+        "baseline": ({"model": base.reference, "metrics": base.metrics, "no_label": base.no_label,
+                      "slices": slices[1], "confusion": base.confusion, "timing": base.timing} if base else None),
         "comparison": compare_results(main, base) if base else None,
-        "gate": evaluate_gates(parsed_gates, main.metrics, base.metrics if base else None),
+        "gate": evaluate_gates(parsed_gates, main.metrics, base.metrics if base else None, gate_mode,
+                               main.stats, base.stats if base else None),
         "slices": slices[0],
+        "judge": judged,
+        "harness": compare_tasks(main.harness, base.harness if base else None) if harness_tasks else None,
         "confusion": main.confusion,
         "timing": main.timing,
         "settings": {"batch_size": batch_size, "max_new_tokens": max_new_tokens or "auto", "decoding": "greedy",
-                     "dtype": dtype,
+                     "dtype": dtype, "classify": classify if task == "classification" else None,
                      "bootstrap_resamples": BOOTSTRAP_RESAMPLES, "bootstrap_seed": BOOTSTRAP_SEED,
-                     "max_samples": max_samples, "slice_by": slice_by, "slice_threshold": slice_threshold},
+                     "max_samples": max_samples, "slice_by": slice_by, "slice_threshold": slice_threshold,
+                     "gate_mode": gate_mode},
     }
     result["wall_s"] = time.perf_counter() - started
     if out_dir is not None:
         write_outputs(Path(out_dir), result, main, base)
     return result
+
+
+def _judge(spec: str, judge_model, judge_api_key, rubrics: list[str], examples: list[Example], main: ModelResult,
+           base: ModelResult | None, progress: bool) -> dict:
+    """Judge scores join each model's stats (so they get CIs, deltas and gates); reasons join the rows."""
+    questions = [e.prompt_text for e in examples]
+    references = [e.reference for e in examples]
+    with open_judge(spec, judge_model, judge_api_key) as judge:
+        stats, base_stats, records, summary = run_judge(
+            judge, rubrics, questions, references, main.answers.texts, base.answers.texts if base else None,
+            lambda total, desc: _progress(total, desc, progress))
+    main.stats.update(stats)
+    for row, record in zip(main.rows, records):
+        row["judge"] = record
+    if base is not None:
+        base.stats.update(base_stats)
+        for row, record in zip(base.rows, records):
+            row["judge"] = {r: {"score": v["baseline_score"], "reason": v["baseline_reason"]} for r, v in record.items()}
+    return summary
 
 
 def write_outputs(out_dir: Path, result: dict, main: ModelResult, base: ModelResult | None) -> None:
