@@ -166,6 +166,9 @@ class Recipe(Strict):
     quantization_aware: QuantizationAwareConfig | None = Field(
         None, description="Train for the quantized form it will be deployed in (full and lora)."
     )
+    chat_template: str = Field("model", description=(
+        "How conversations are rendered: 'model' (the model's own template), 'chatml' (ChatML with "
+        "tool calls in <tool_call> tags) or the path of a Jinja template file."))
 
     @model_validator(mode="after")
     def _qat_methods(self):
@@ -289,6 +292,10 @@ def recipe_from_dict(raw: dict, source: str = "recipe", base_dir: Path | None = 
 
 
 def _resolve_data_paths(recipe: Recipe, base_dir: Path) -> None:
+    template = recipe.chat_template
+    if template not in ("model", "chatml") and not Path(template).expanduser().is_absolute():
+        if (base_dir / template).is_file() and not Path(template).is_file():
+            recipe.chat_template = str(base_dir / template)
     sections = [recipe.data, *(recipe.data.mixture or [])]
     for section in sections:
         for field in ("train", "validation", "test"):

@@ -114,7 +114,7 @@ def resolve_task(raw: list[ingest.RawRecord], task: str) -> str:
         return task
     shapes = Counter(detect_shape(r.obj) for r in raw if r.error is None)
     shapes.pop(None, None)
-    preference = shapes.pop("preference", 0)
+    preference = shapes.pop("preference", 0) + shapes.pop("unpaired_preference", 0)
     if preference > sum(shapes.values()):
         return "preference"
     if shapes and set(shapes) == {"classification"}:
@@ -259,7 +259,7 @@ class _TextPass:
             cleaned = clean.clean_text(text)
             spans = pii.find_pii(cleaned) if self.redact and cleaned else []
             result = pii.replace_spans(cleaned, spans) if spans else cleaned
-            hit = (result, cleaned != text, not cleaned, [kind for _, _, kind in spans])
+            hit = (result, cleaned != text, not cleaned and bool(text), [kind for _, _, kind in spans])
             if len(self.cache) < self.CACHE_LIMIT:
                 self.cache[text] = hit
         result, changed, empty, found = hit

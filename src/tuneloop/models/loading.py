@@ -123,8 +123,12 @@ def cannot_load(path: Path, what: str, error: Exception) -> UserError:
                           "re-download or re-export it")
 
 
-def load_tokenizer(reference: str | Path | ResolvedModel):
-    """The tokenizer, with a pad token distinct from EOS where the vocabulary has one."""
+def load_tokenizer(reference: str | Path | ResolvedModel, chat_template: str | None = None):
+    """The tokenizer, with a pad token distinct from EOS where the vocabulary has one.
+
+    ``chat_template``: a recipe's choice (``model``, ``chatml`` or a Jinja file), see
+    :func:`tuneloop.chat.template.select_chat_template`.
+    """
     resolved = reference if isinstance(reference, ResolvedModel) else resolve_model(reference)
     from transformers import AutoTokenizer  # after resolving: an unknown name fails without this import
 
@@ -137,9 +141,9 @@ def load_tokenizer(reference: str | Path | ResolvedModel):
         tokenizer.pad_token = pad
     elif tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # last resort; masks must come from attention_mask
-    from tuneloop.chat.template import ensure_chat_template
+    from tuneloop.chat.template import select_chat_template
 
-    ensure_chat_template(tokenizer)
+    select_chat_template(tokenizer, chat_template)
     return tokenizer
 
 

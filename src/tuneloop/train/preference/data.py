@@ -72,21 +72,26 @@ def load_preference_records(path: str | Path) -> list[dict]:
             lines = [f"{path}:{line_no}: {i.field}: {i.message}" for i in issues]
             raise UserError("\n".join(lines), hint="preference methods need prompt (or messages), "
                             "chosen and rejected; `tuneloop data validate` checks a whole file")
+        if shape == "unpaired_preference":
+            raise UserError("an unpaired row (completion with a true/false label) has no pair to compare",
+                            where=f"{path}:{line_no}",
+                            hint="dpo, orpo, kto and reward train on prompt/chosen/rejected pairs here; "
+                                 "pair good and bad answers to the same prompt")
         records.append(to_canonical(obj, shape))
     return records
 
 
 def prompt_messages(record: dict) -> list[dict]:
     """The conversation an answer follows: ``messages`` as given, or one user turn for ``prompt``."""
-    if "messages" in record:
-        return [{"role": m["role"], "content": m.get("content") or ""} for m in record["messages"]]
+    if "messages" in record:  # tool calls and tool turns stay: the template renders them
+        return [dict(m, content=m.get("content") or "") for m in record["messages"]]
     return [{"role": "user", "content": record["prompt"]}]
 
 
 def answer_messages(answer: str | list[dict]) -> list[dict]:
     if isinstance(answer, str):
         return [{"role": "assistant", "content": answer}]
-    return [{"role": m["role"], "content": m.get("content") or ""} for m in answer]
+    return [dict(m, content=m.get("content") or "") for m in answer]
 
 
 def encode_answer(tokenizer, prompt: list[dict], answer: list[dict], max_prompt_len: int,

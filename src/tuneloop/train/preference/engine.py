@@ -132,7 +132,7 @@ def build_model(recipe, head: str, device: torch.device):
     from tuneloop.train.methods import resolve_precision, setup_model
 
     resolved = resolve_model(recipe.model)
-    tokenizer = load_tokenizer(resolved)
+    tokenizer = load_tokenizer(resolved, recipe.chat_template)
     precision = resolve_precision(recipe.train.precision, device, recipe.finetuning)
     if head == "causal":
         as_sft = recipe.model_copy(update={"method": recipe.finetuning})
