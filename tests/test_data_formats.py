@@ -221,3 +221,39 @@ def test_a_run_on_sharegpt_and_tool_chats_keeps_its_template(tiny_model_dir, tmp
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert metrics and all(m["loss"] > 0 for m in metrics if "loss" in m)
     assert load_tokenizer(run_dir).chat_template == CHATML_TEMPLATE
+
+
+ROW = {"messages": [{"role": "user", "content": "Grüße?"}, {"role": "assistant", "content": "Hallo!"}]}
+
+
+@pytest.mark.parametrize("encoding, named", [
+    ("utf-16", "UTF-16 (little-endian, with BOM)"), ("utf-16-be", "UTF-16 big-endian (no BOM)"),
+    ("utf-16-le", "UTF-16 little-endian (no BOM)"), ("utf-32", "UTF-32 (little-endian, with BOM)"),
+])
+def test_utf16_and_utf32_files_are_named_with_the_fix(tmp_path, capsys, encoding, named):
+    src = tmp_path / "chats.jsonl"
+    src.write_bytes((json.dumps(ROW, ensure_ascii=False) + "\n").encode(encoding))
+    code, output = run_cli(capsys, ["data", "validate", str(src)])
+    assert code == 1
+    assert f"is {named} text, not UTF-8" in output and "iconv -f UTF-" in output
+    with pytest.raises(UserError, match=f"is {named.replace('(', '.').replace(')', '.')} text"):
+        read_chat_jsonl(src)
+    csv_file = tmp_path / "intents.csv"  # Excel's "Unicode text" export is UTF-16
+    csv_file.write_bytes("text,category\nhello,greeting\n".encode(encoding))
+    assert "not UTF-8" in run_cli(capsys, ["data", "validate", str(csv_file), "--label-column", "category"])[1]
+
+
+def run_cli(capsys, argv: list[str]) -> tuple[int, str]:
+    """Exit code and stderr+stdout of the real CLI entry point (where UserError becomes exit 1)."""
+    from tuneloop.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out + captured.err
+
+
+def test_utf8_with_bom_is_read(tmp_path):
+    src = tmp_path / "bom.jsonl"
+    src.write_bytes(b"\xef\xbb\xbf" + (json.dumps(ROW, ensure_ascii=False) + "\n").encode("utf-8"))
+    assert CliRunner().invoke(data, ["validate", str(src)]).exit_code == 0

@@ -4,6 +4,9 @@ Supported: ``.jsonl`` (one JSON value per line), ``.json`` (an array of records,
 a file named .json), ``.csv``, ``.parquet``, ``.txt``/``.md`` (one plain document per file, as a
 ``{"text": ...}`` record) and directories of these (searched recursively, in sorted order).
 
+Text must be UTF-8 (a UTF-8 BOM is dropped); a UTF-16 or UTF-32 file is recognised by its BOM or
+its NUL-byte pattern and refused with the encoding named and the ``iconv`` command that converts it.
+
 Nothing here judges a record: a line that is not valid JSON becomes a :class:`RawRecord` with
 ``error`` set, so that the caller reports it with its line number instead of stopping. Problems with
 a whole file (missing, unsupported type, a mapped CSV column that does not exist) are
@@ -78,10 +81,52 @@ def expand_inputs(paths) -> list[Path]:
     return files
 
 
+# Byte-order marks, longest first (UTF-32 LE starts with UTF-16 LE's mark).
+_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32 (little-endian, with BOM)", "UTF-32"),
+         (b"\x00\x00\xfe\xff", "UTF-32 (big-endian, with BOM)", "UTF-32"),
+         (b"\xff\xfe", "UTF-16 (little-endian, with BOM)", "UTF-16"),
+         (b"\xfe\xff", "UTF-16 (big-endian, with BOM)", "UTF-16"))
+
+
+def sniff_encoding(head: bytes) -> tuple[str, str] | None:
+    """(description, iconv name) when the first bytes say UTF-16/32 rather than UTF-8, else None.
+
+    Without a BOM, text in UTF-16/32 still shows itself: ASCII characters come with NUL bytes beside
+    them in a fixed pattern (``{\x00"\x00`` is ``{"`` in UTF-16 LE).
+    """
+    for bom, description, name in _BOMS:
+        if head.startswith(bom):
+            return description, name
+    sample = head[:64]
+    if len(sample) >= 8 and sample.count(0) >= len(sample) // 4:
+        if sample[1:4] == b"\x00\x00\x00":
+            return "UTF-32 little-endian (no BOM)", "UTF-32LE"
+        if sample[:3] == b"\x00\x00\x00":
+            return "UTF-32 big-endian (no BOM)", "UTF-32BE"
+        if sample[1::2].count(0) > len(sample) // 3:
+            return "UTF-16 little-endian (no BOM)", "UTF-16LE"
+        if sample[0::2].count(0) > len(sample) // 3:
+            return "UTF-16 big-endian (no BOM)", "UTF-16BE"
+    return None
+
+
+def check_encoding(path: Path) -> None:
+    """A :class:`UserError` naming the encoding and the conversion when a text file is UTF-16/32."""
+    with open(path, "rb") as f:
+        found = sniff_encoding(f.read(64))
+    if found is not None:
+        description, name = found
+        raise UserError(f"{path}: the file is {description} text, not UTF-8",
+                        hint=f"convert it: iconv -f {name} -t UTF-8 '{path}' > '{path.stem}.utf8{path.suffix}' "
+                             "(or re-save it as UTF-8 in your editor or spreadsheet)")
+
+
 def read_records(path: str | Path, columns: ColumnMap = ColumnMap()) -> Iterator[RawRecord]:
     """Yield every record of one file with its 1-based line (CSV: physical line; Parquet: row)."""
     path = Path(path)
     suffix = path.suffix.lower()
+    if suffix != ".parquet":
+        check_encoding(path)
     if suffix == ".jsonl":
         records = _read_jsonl(path)
     elif suffix == ".json":

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuneloop.chat.template import IGNORE_INDEX, Conversation, EncodedChat, TemplateError, encode_chat
+from tuneloop.data.ingest import check_encoding
 from tuneloop.data.records import to_canonical
 from tuneloop.data.validate import Issue, validate_record
 from tuneloop.errors import UserError
@@ -76,6 +77,7 @@ def read_chat_jsonl(path: str | Path) -> list[tuple[str, list[dict]]]:
     if not path.is_file():
         raise UserError(f"training data not found: {path}",
                         hint="point data.train at a JSONL file, e.g. from `tuneloop data prepare`")
+    check_encoding(path)
     records = []
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneloop.chat.template import IGNORE_INDEX, encode_chat, render_prompt_ids
+from tuneloop.data.ingest import check_encoding
 from tuneloop.errors import UserError
 
 
@@ -38,6 +39,7 @@ class EncodedPair:
 def _read_json_lines(path: Path) -> list[tuple[int, object]]:
     if not path.is_file():
         raise UserError(f"data file not found: {path}", hint="set data.train to a JSONL file")
+    check_encoding(path)
     rows = []
     data = path.read_bytes()
     try:
