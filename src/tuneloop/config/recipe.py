@@ -104,8 +104,13 @@ class DataConfig(Strict):
         return self
 
 
+TrackingBackend = Literal["mlflow", "tensorboard", "wandb", "none"]
+
+
 class TrackingConfig(Strict):
-    backend: Literal["mlflow", "none"] = "mlflow"
+    backend: TrackingBackend | list[TrackingBackend] = Field(
+        "mlflow", description="mlflow, tensorboard, wandb (offline unless WANDB_MODE=online), none, "
+                              "or a list of them.")
     uri: str | None = Field(None, description="Tracking URI; default a local store in the run dir.")
     experiment: str | None = None
 
@@ -187,6 +192,12 @@ class Recipe(Strict):
 
     def run_dir(self) -> Path:
         return Path(self.output_dir or "runs") / self.name
+
+
+def recipe_json_schema() -> dict:
+    """JSON Schema (draft 2020-12) of recipe files, from the same typed models that validate them."""
+    schema = Recipe.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "tuneloop recipe", **schema}
 
 
 def _model_for_path(model: type[BaseModel], path: tuple) -> type[BaseModel] | None:

@@ -82,10 +82,21 @@ def expand_inputs(paths) -> list[Path]:
 
 
 # Byte-order marks, longest first (UTF-32 LE starts with UTF-16 LE's mark).
-_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32 (little-endian, with BOM)", "UTF-32"),
-         (b"\x00\x00\xfe\xff", "UTF-32 (big-endian, with BOM)", "UTF-32"),
-         (b"\xff\xfe", "UTF-16 (little-endian, with BOM)", "UTF-16"),
-         (b"\xfe\xff", "UTF-16 (big-endian, with BOM)", "UTF-16"))
+_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32 (little-endian, with BOM)", "UTF-32", "utf-32-le"),
+         (b"\x00\x00\xfe\xff", "UTF-32 (big-endian, with BOM)", "UTF-32", "utf-32-be"),
+         (b"\xff\xfe", "UTF-16 (little-endian, with BOM)", "UTF-16", "utf-16-le"),
+         (b"\xfe\xff", "UTF-16 (big-endian, with BOM)", "UTF-16", "utf-16-be"))
+
+
+def _reads_as_text(data: bytes, codec: str) -> bool:
+    """Whether ``data`` decodes as ``codec`` into mostly printable text (binary files do not)."""
+    unit = 4 if "32" in codec else 2
+    try:
+        text = data[: len(data) // unit * unit].decode(codec)
+    except UnicodeDecodeError:
+        return False
+    printable = sum(1 for c in text if c.isprintable() or c in "\r\n\t")
+    return bool(text) and printable >= 0.9 * len(text)
 
 
 def sniff_encoding(head: bytes) -> tuple[str, str] | None:
@@ -94,26 +105,25 @@ def sniff_encoding(head: bytes) -> tuple[str, str] | None:
     Without a BOM, text in UTF-16/32 still shows itself: ASCII characters come with NUL bytes beside
     them in a fixed pattern (``{\x00"\x00`` is ``{"`` in UTF-16 LE).
     """
-    for bom, description, name in _BOMS:
+    for bom, description, name, codec in _BOMS:
         if head.startswith(bom):
-            return description, name
+            return (description, name) if _reads_as_text(head[len(bom):], codec) else None
     sample = head[:64]
     if len(sample) >= 8 and sample.count(0) >= len(sample) // 4:
-        if sample[1:4] == b"\x00\x00\x00":
-            return "UTF-32 little-endian (no BOM)", "UTF-32LE"
-        if sample[:3] == b"\x00\x00\x00":
-            return "UTF-32 big-endian (no BOM)", "UTF-32BE"
-        if sample[1::2].count(0) > len(sample) // 3:
-            return "UTF-16 little-endian (no BOM)", "UTF-16LE"
-        if sample[0::2].count(0) > len(sample) // 3:
-            return "UTF-16 big-endian (no BOM)", "UTF-16BE"
+        for description, name, codec in (
+                ("UTF-32 little-endian (no BOM)", "UTF-32LE", "utf-32-le"),
+                ("UTF-32 big-endian (no BOM)", "UTF-32BE", "utf-32-be"),
+                ("UTF-16 little-endian (no BOM)", "UTF-16LE", "utf-16-le"),
+                ("UTF-16 big-endian (no BOM)", "UTF-16BE", "utf-16-be")):
+            if _reads_as_text(head, codec):
+                return description, name
     return None
 
 
 def check_encoding(path: Path) -> None:
     """A :class:`UserError` naming the encoding and the conversion when a text file is UTF-16/32."""
     with open(path, "rb") as f:
-        found = sniff_encoding(f.read(64))
+        found = sniff_encoding(f.read(512))
     if found is not None:
         description, name = found
         raise UserError(f"{path}: the file is {description} text, not UTF-8",

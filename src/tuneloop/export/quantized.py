@@ -1,11 +1,16 @@
 """``--format quantized`` and ``--quantize int4|int8``: the integer model, for CPUs and edge devices.
 
-Both go through :func:`tuneloop.train.qat.quantize_model` (torchao, int4/int8 weights with int8
+Both use the torchao scheme of :func:`tuneloop.train.qat.base_config` (int4/int8 weights with int8
 dynamic activations by default). ``--format quantized`` uses the scheme a QAT run was trained for (its
 recipe's ``quantization_aware``); ``--quantize`` applies post-training quantization to any run or model.
-The directory holds ``config.json``, tokenizer and chat template, ``generation_config.json``,
-``quantized_model.pt`` (torchao tensors) and ``tuneloop_quantization.json``; tuneloop's ``eval`` and
-``serve`` load it through :func:`load_quantized`.
+
+The directory is a plain Hugging Face model quantized through transformers' ``TorchAoConfig``:
+``config.json`` (with its ``quantization_config``), ``model.safetensors`` (torchao tensors flattened
+into safetensors: data only, nothing executable), tokenizer, chat template, ``generation_config.json``
+and ``tuneloop_quantization.json`` (the scheme, for tuneloop's records). Plain
+``AutoModelForCausalLM.from_pretrained(DIR)`` loads it (torchao installed), and so do ``eval`` and
+``serve``. The earlier pickle format (``quantized_model.pt``) is refused, not unpickled: opening a
+pickle runs whatever code it names.
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ from pathlib import Path
 
 from tuneloop.errors import UserError
 from tuneloop.export.merge import ExportCheckFailed, MergedModel, max_abs_diff, probe_batch, probe_logits
-from tuneloop.train.qat import QUANT_FILE, WEIGHTS_FILE, quantize_model
+from tuneloop.paths import write_json_atomic
+from tuneloop.train.qat import QUANT_FILE, base_config, quantize_model
+
+LEGACY_PICKLE = "quantized_model.pt"  # written before 2026-12-02; refused, see load_quantized
 
 
 def scheme_from_run(run_dir) -> dict | None:
@@ -36,7 +44,7 @@ def scheme(weights: str = "int4", activations: str = "int8", group_size: int = 3
 
 def write_quantized(merged: MergedModel, out_dir: Path, quantize: str | None = None,
                     group_size: int = 32, **options) -> dict:
-    import torch
+    import shutil
 
     if quantize:
         qa, how = scheme(quantize, group_size=group_size), "post-training"
@@ -47,21 +55,38 @@ def write_quantized(merged: MergedModel, out_dir: Path, quantize: str | None = N
                             hint="for post-training quantization use --quantize int4 (or int8)")
         qa, how = scheme(**found), "quantization-aware"
     float_logits = _probe(merged)
-    model, tokenizer = quantize_model(merged.model, qa), merged.tokenizer
+    tokenizer = merged.tokenizer
+    # transformers quantizes while loading (TorchAoConfig), and only a model it quantized saves with
+    # its quantization_config; so the float model goes through a scratch directory once.
+    scratch = out_dir / ".float.tmp"
+    shutil.rmtree(scratch, ignore_errors=True)
+    merged.model.config.pad_token_id = tokenizer.pad_token_id
+    merged.model.save_pretrained(scratch, safe_serialization=True)
+    reference = quantize_model(merged.model, qa)  # the scheme as QAT and tuneloop apply it
+    try:
+        model = _load_with_torchao(scratch, qa)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     model.config._name_or_path = ""
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model.config.save_pretrained(out_dir)
-    model.generation_config.save_pretrained(out_dir)
+    model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    torch.save(model.state_dict(), out_dir / WEIGHTS_FILE)
-    (out_dir / QUANT_FILE).write_text(json.dumps(qa.model_dump() | {"trained": how}, indent=2))
+    write_json_atomic(out_dir / QUANT_FILE, qa.model_dump() | {"trained": how})
     reloaded = load_quantized(out_dir)
     ids, mask = probe_batch(tokenizer)
-    diff = max_abs_diff(probe_logits(model, ids, mask), probe_logits(reloaded, ids, mask))
+    quantized_logits = probe_logits(reference, ids, mask)
+    diff = max_abs_diff(quantized_logits, probe_logits(reloaded, ids, mask))
     if diff > 1e-4:
         raise ExportCheckFailed(f"{out_dir}: the reloaded quantized model differs by {diff:.2e}")
     return {"quantization": qa.model_dump(), "trained": how, "reload_max_abs_diff": diff,
-            "float_vs_quantized_max_abs_logit_diff": max_abs_diff(float_logits, probe_logits(model, ids, mask))}
+            "float_vs_quantized_max_abs_logit_diff": max_abs_diff(float_logits, quantized_logits)}
+
+
+def _load_with_torchao(path: Path, qa):
+    import torch
+    from transformers import AutoModelForCausalLM, TorchAoConfig
+
+    config = TorchAoConfig(base_config(qa), modules_to_not_convert=["lm_head"])
+    return AutoModelForCausalLM.from_pretrained(path, quantization_config=config, dtype=torch.float32)
 
 
 def _probe(merged: MergedModel):
@@ -74,15 +99,20 @@ def is_quantized_dir(path: Path) -> bool:
 
 
 def load_quantized(path: Path):
-    """Rebuild the architecture, quantize it to the same layout, then load the stored integers."""
+    """The quantized model, by plain transformers; the old pickle format is refused, never unpickled."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     path = Path(path)
-    qa = scheme(**{k: v for k, v in json.loads((path / QUANT_FILE).read_text()).items() if k != "trained"})
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32)
-    quantize_model(model, qa)
-    state = torch.load(path / WEIGHTS_FILE, weights_only=False, map_location="cpu")
-    model.load_state_dict(state, assign=True)
-    model.tie_weights()
+    if (path / LEGACY_PICKLE).is_file() and not (path / "model.safetensors").is_file():
+        raise UserError(f"{path / LEGACY_PICKLE} is a pickle (tuneloop's earlier quantized format); "
+                        "opening a pickle can run any code it names, so tuneloop does not load it",
+                        where=str(path), hint="re-export the model from its run: tuneloop export RUN_DIR "
+                        "--format quantized (or --quantize int4) --out DIR writes safetensors")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise UserError(f"cannot load the quantized model: {first}", where=str(path),
+                        hint="re-export it with `tuneloop export RUN_DIR --format quantized --out DIR`") from None
     return model.eval()
