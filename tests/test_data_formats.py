@@ -257,3 +257,31 @@ def test_utf8_with_bom_is_read(tmp_path):
     src = tmp_path / "bom.jsonl"
     src.write_bytes(b"\xef\xbb\xbf" + (json.dumps(ROW, ensure_ascii=False) + "\n").encode("utf-8"))
     assert CliRunner().invoke(data, ["validate", str(src)]).exit_code == 0
+
+
+def test_save_to_disk_directories_are_read_through_datasets(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = [sharegpt(i) for i in range(5)]
+    single = tmp_path / "sharegpt_ds"
+    datasets.Dataset.from_list(rows).save_to_disk(str(single))
+    split_dict = tmp_path / "pref_dd"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list([trl_preference(i) for i in range(4)]),
+                          "test": datasets.Dataset.from_list([trl_preference(9)])}).save_to_disk(str(split_dict))
+    assert CliRunner().invoke(data, ["validate", str(single)]).exit_code == 0
+    records = prepared(tmp_path, single, "sft")
+    assert sorted(r["messages"][1]["content"] for r in records) == sorted(
+        f"What is {i} plus {i}?" for i in range(5))
+    assert all(r["source"].startswith(f"{single}:") for r in records)
+    assert len(prepared(tmp_path / "p", split_dict, "preference")) == 4  # the train split
+    manifest = json.loads((tmp_path / "p" / "prepared" / "manifest.json").read_text())
+    assert manifest["inputs"][0]["path"] == str(split_dict) and len(manifest["inputs"][0]["sha256"]) == 64
+
+
+def test_a_hub_dataset_not_in_the_cache_is_a_clear_error_offline(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never the network in tests
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    code, output = run_cli(capsys, ["data", "validate", "tuneloop-test/no-such-set:default@train"])
+    assert code == 1
+    assert "tuneloop-test/no-such-set:default@train: could not load the hub dataset (cache:" in output
+    assert "Hugging Face cache" in output

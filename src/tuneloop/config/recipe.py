@@ -43,6 +43,8 @@ class TrainConfig(Strict):
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up.")
     weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["adamw", "adamw_8bit", "sgd", "adafactor"] = Field(
+        "adamw", description="adamw; adamw_8bit (bitsandbytes, CUDA); sgd (momentum 0.9); adafactor.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null turns it off.")
     batch_size: int = Field(8, ge=1, description="Sequences per micro-batch (per process).")
     gradient_accumulation: int = Field(1, ge=1, description="Micro-batches per optimizer step.")

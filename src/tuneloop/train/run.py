@@ -27,6 +27,7 @@ from tuneloop.train import loop
 from tuneloop.train.data import (Sample, TokenizeReport, collate, make_rows, read_chat_jsonl,
                                  tokenize_records)
 from tuneloop.train.distributed import DistInfo, barrier, init_distributed, shutdown
+from tuneloop.train.optimizers import decay_groups, make_optimizer
 
 
 @dataclass
@@ -173,12 +174,7 @@ def _set_threads(dist: DistInfo, model_parameters: int) -> None:
 
 
 def _make_optimizer(model, t) -> torch.optim.Optimizer:
-    # Weight decay on matrices only (not norms or biases), the usual AdamW practice.
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": t.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=t.learning_rate, betas=(0.9, 0.999))
+    return make_optimizer(decay_groups(model, t.weight_decay), t, next(model.parameters()).device)
 
 
 def _checkpoint_to_resume(recipe) -> Path:

@@ -28,6 +28,7 @@ import torch
 from tuneloop.chat.template import IGNORE_INDEX
 from tuneloop.train import checkpoint as ckpt
 from tuneloop.train import loop
+from tuneloop.train.optimizers import decay_groups, make_optimizer
 from tuneloop.train.preference import runtime
 
 
@@ -202,8 +203,7 @@ def run(recipe, method: Method, resume: bool = False):
     n_items = method.prepare(session)  # bad data or reward settings stop here, before any file
     runtime.start_run_dir(recipe, resume)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=recipe.train.learning_rate,
-                                  weight_decay=recipe.train.weight_decay)
+    optimizer = make_optimizer(decay_groups(model, recipe.train.weight_decay), recipe.train, device)
     steps = total_steps(recipe, n_items)
     state = runtime.resume_state(run_dir, recipe, model, optimizer) if resume else ckpt.TrainState()
     metrics = MetricsLog(run_dir / "metrics.jsonl", state.step if resume else None)
