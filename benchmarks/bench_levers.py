@@ -18,7 +18,7 @@ import argparse
 import time
 
 import bench_data
-from bench_train import data_statistics, packed_rows_per_step
+from bench_train import data_statistics
 from common import BENCH_DIR, ensure_workdir, run_worker, write_result
 from train_common import HYPER
 
@@ -47,12 +47,11 @@ def default_levers() -> list[str]:
     return [name for name in LEVERS if name != skip]
 
 
-def lever_args(name: str, data_dir, steps: int, packed_rows: int) -> list[str]:
+def lever_args(name: str, data_dir, steps: int) -> list[str]:
     flags = LEVERS[name][1]
-    rows = HYPER["batch_size"] if "--no-packing" in flags else packed_rows
     out = ensure_workdir() / "runs" / f"lever-{name}"
     return [str(BENCH_DIR / "worker_tuneloop.py"), "--data", str(data_dir), "--out", str(out),
-            "--max-steps", str(steps), "--batch-size", str(rows), "--no-validation", *flags]
+            "--max-steps", str(steps), "--batch-size", str(HYPER["batch_size"]), "--no-validation", *flags]
 
 
 def relative(runs: dict) -> dict:
@@ -87,17 +86,16 @@ def main(argv=None) -> dict:
     started = time.time()
     data = bench_data.build("quick")
     stats = data_statistics(data)
-    rows = packed_rows_per_step(stats["mean_len"])
     runs = {}
     for name in names:
         print(f"  lever {name} ...", flush=True)
-        runs[name] = run_worker(lever_args(name, ensure_workdir() / "data-quick", steps, rows), timeout=1800)
+        runs[name] = run_worker(lever_args(name, ensure_workdir() / "data-quick", steps), timeout=1800)
         r = runs[name]
         print(f"  {name}: " + (f"{r['tokens_per_s']:.1f} tokens/s (steady {r.get('steady_tokens_per_s')}), "
                                f"{r['peak_rss_gb']:.2f} GB" if "error" not in r else f"FAILED {r['error']}"),
               flush=True)
     table = relative(runs)
-    result = {"steps": steps, "packed_rows_per_step": rows, "data": {**data, **stats}, "levers": table,
+    result = {"steps": steps, "examples_per_step": HYPER["batch_size"], "data": {**data, **stats}, "levers": table,
               "runs": runs, "wall_s": round(time.time() - started, 1)}
     write_result("levers", result)
     return result

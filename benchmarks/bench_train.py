@@ -10,9 +10,10 @@ layers, learning rate 2e-4 cosine without warmup (HF and tuneloop round a 3% war
 differently, and HF's first warmup step has learning rate 0), max length 512, one epoch, loss on
 assistant tokens only.
 
-Effective batch = 8 examples per optimizer step on every side: 8 padded rows without packing; with
-packing, rows of ``8 x mean length`` tokens (split over several rows if that exceeds 512; see
-``packing_plan``), so a packed step holds ~8 examples. Same number of steps and tokens per step, so
+Effective batch = 8 examples per optimizer step on every side: tuneloop's ``batch_size: 8`` counts
+examples (packed padding-free into one row); TRL without packing takes 8 padded rows; TRL with
+packing fills rows of ``8 x mean length`` tokens (split over several rows if that exceeds 512; see
+``packing_plan``), so a packed TRL step holds ~8 examples. Same number of steps and tokens per step, so
 the validation losses compare like for like.
 
 Tokens/s = every real (non-padding) token of the training chats, once per epoch, / ``train()`` wall
@@ -36,9 +37,9 @@ from bench_peak import flops_per_token, measure_peaks, mfu, model_dimensions
 from common import BENCH_DIR, ensure_workdir, run_worker, write_result
 from train_common import HYPER, LORA, count_tokens
 
-# name -> (worker script, extra args, whether it packs)
+# name -> (worker script, extra args, whether it packs TRL's way: rows of row_len tokens per step)
 SIDES = {
-    "tuneloop": ("worker_tuneloop.py", [], True),
+    "tuneloop": ("worker_tuneloop.py", [], False),  # batch_size = 8 examples, packed padding-free
     "trl_defaults": ("worker_trl.py", ["--variant", "defaults"], False),
     "trl_defaults_fp32": ("worker_trl.py", ["--variant", "defaults_fp32"], False),
     "trl_packing": ("worker_trl.py", ["--variant", "packing"], True),

@@ -155,6 +155,39 @@ def other_section(results: dict) -> list[str]:
             *[f"| {what} | {value} |" for what, value in rows]]
 
 
+def learning_section(result: dict) -> list[str]:
+    """The learning-quality comparison: same recipe, same steps, exact-label accuracy."""
+    sides, base = result.get("sides", {}), result.get("base", {})
+    if not all("scored" in sides.get(s, {}) for s in ("tuneloop", "trl")):
+        return []
+    data, recipe = result["data"], result["recipe"]
+    lines = [f"**Learning quality** (`benchmarks/learning_quality.py`, {result['mode']} mode): Banking77 through "
+             f"`data prepare --task classification`, {data['n_train']:,} training chats, {recipe['epochs']} epoch, "
+             f"LoRA r{recipe['lora']['r']} all-linear, {recipe['batch_size']} examples per step, lr "
+             f"{recipe['learning_rate']} {recipe['lr_scheduler']}, max length {recipe['max_seq_len']}; accuracy by "
+             f"exact label (greedy answer == label) on the {data['n_test']:,} queries of the prepared test split.",
+             machine_line(result), "",
+             "| side | optimizer steps | examples/step | train wall s | peak RSS (GB) | final train loss | "
+             "validation loss | test accuracy | answers that are no label |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+             f"| base model (untrained) | - | - | - | - | - | {fmt(base.get('validation_loss'), 4)} | "
+             f"{fmt(100 * base.get('accuracy', 0), 1, '%')} | {base.get('no_label')} |"]
+    for name, label in (("tuneloop", "tuneloop (defaults: padding-free packing)"), ("trl", "TRL `SFTTrainer` (defaults)")):
+        r = sides[name]
+        lines.append(f"| {label} | {r['steps']} | {r['examples_per_step']} | {fmt(r['train_s'], 0)} | "
+                     f"{fmt(r['peak_rss_gb'], 2)} | {fmt(r['final_train_loss'], 3)} | "
+                     f"{fmt(r['scored']['validation_loss'], 4)} | {fmt(100 * r['scored']['accuracy'], 1, '%')} | "
+                     f"{r['scored']['no_label']} |")
+    verdict = result.get("verdict")
+    if verdict:
+        lines += ["", f"- accuracy tuneloop - TRL: {100 * verdict['accuracy_tuneloop_minus_trl']:+.1f} points "
+                      f"({'at least TRL' if verdict['accuracy_at_least_trl'] else 'below TRL'}); same optimizer steps: "
+                      f"{'yes' if verdict['same_optimizer_steps'] else 'no'}; TRL's training wall time / tuneloop's: "
+                      f"{verdict['wall_time_ratio_trl_over_tuneloop']}x; tuneloop's peak RSS / TRL's: "
+                      f"{verdict['peak_rss_ratio_tuneloop_over_trl']}x."]
+    return lines
+
+
 def render(results: dict) -> str:
     parts = ["Figures are produced by the scripts in `benchmarks/` (`make bench` runs them in quick mode, "
              "`python benchmarks/run_all.py` in full) and copied here by `benchmarks/make_readme_table.py` "
@@ -165,6 +198,9 @@ def render(results: dict) -> str:
         parts.append("\n".join(train_section(results["train"])))
     else:
         parts.append("Training throughput: not measured yet (`python benchmarks/bench_train.py --quick`).")
+    for name in ("learning_quality", "learning_quality_fp32"):
+        if name in results and learning_section(results[name]):
+            parts.append("\n".join(learning_section(results[name])))
     if "levers" in results:
         parts.append("\n".join(levers_section(results["levers"])))
     other = other_section(results)

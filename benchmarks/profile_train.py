@@ -17,7 +17,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_data  # noqa: E402
-from bench_train import data_statistics, packed_rows_per_step  # noqa: E402
 from common import ensure_workdir, write_result  # noqa: E402
 
 KINDS = {  # operator name fragments -> kind, first match wins
@@ -55,7 +54,7 @@ def main(argv=None) -> dict:
     from tuneloop.train import run as engine
 
     data = bench_data.build("quick")
-    rows = packed_rows_per_step(data_statistics(data)["mean_len"]) if args.packing else 8
+    rows = 8  # examples per step (packed padding-free, or padded rows with --no-packing)
     ns = argparse.Namespace(data=str(Path(data["train"]).parent), out=str(ensure_workdir() / "runs" / "profile"),
                             epochs=1.0, max_steps=args.steps + 2, batch_size=rows, packing=args.packing,
                             precision="auto", gradient_checkpointing=False, head=args.head, compile=False,

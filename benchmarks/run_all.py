@@ -28,6 +28,7 @@ def plan(quick: bool) -> dict[str, list[str]]:
     return {
         "startup": ["bench_startup.py", *q],
         "train": ["bench_train.py", *q],
+        "learning_quality": ["learning_quality.py", *q],
         "levers": ["bench_levers.py", *q],
         "estimate_vs_measured": ["estimate_vs_measured.py", "--steps", "2" if quick else "3"],
         "eval": ["bench_eval.py", *q],

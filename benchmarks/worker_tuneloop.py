@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--max-steps", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=None, help="rows per step (packed rows if packing)")
+    parser.add_argument("--batch-size", type=int, default=None, help="examples per optimizer step")
     parser.add_argument("--packing", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--row-len", type=int, default=None, help="packed row length (default: max length)")
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))

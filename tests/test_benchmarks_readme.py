@@ -59,3 +59,20 @@ def test_missing_results_say_not_measured(tmp_path):
     generator = load_generator()
     body = generator.render({})
     assert "not measured yet" in body
+
+
+def test_learning_quality_section_reports_both_sides_and_the_verdict():
+    generator = load_generator()
+    side = {"steps": 250, "examples_per_step": 8, "train_s": 300.0, "peak_rss_gb": 2.5, "final_train_loss": 0.4,
+            "scored": {"accuracy": 0.41, "validation_loss": 0.5, "no_label": 3}}
+    result = {"mode": "full", "recipe": {"epochs": 1, "lora": {"r": 16}, "batch_size": 8, "learning_rate": 2e-4,
+                                        "lr_scheduler": "linear", "max_seq_len": 256},
+              "data": {"n_train": 2000, "n_test": 1501}, "machine": TRAIN["machine"], "versions": TRAIN["versions"],
+              "base": {"accuracy": 0.0, "validation_loss": 6.1, "no_label": 1501},
+              "sides": {"tuneloop": side, "trl": {**side, "train_s": 900.0, "scored": {**side["scored"], "accuracy": 0.40}}},
+              "verdict": {"same_optimizer_steps": True, "accuracy_tuneloop_minus_trl": 0.01, "accuracy_at_least_trl": True,
+                          "wall_time_ratio_trl_over_tuneloop": 3.0, "peak_rss_ratio_tuneloop_over_trl": 1.0}}
+    text = generator.render({"learning_quality": result})
+    assert "**Learning quality**" in text and "2,000 training chats" in text
+    assert "| 41.0% | 3 |" in text and "| 40.0% | 3 |" in text and "| 0.0% | 1501 |" in text
+    assert "+1.0 points (at least TRL)" in text and "3.0x" in text

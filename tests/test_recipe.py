@@ -46,3 +46,16 @@ def test_invalid_yaml_names_the_line(tmp_path):
     path = write(tmp_path, "data:\n  train: [unclosed\n")
     with pytest.raises(UserError, match=r"recipe.yaml:\d+: not valid YAML"):
         load_recipe(path)
+
+
+def test_readme_train_reference_matches_the_schema():
+    from pathlib import Path
+
+    from tuneloop.config.recipe import train_reference_markdown
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start, end = "<!-- train-reference -->\n", "\n<!-- /train-reference -->"
+    assert start in readme, "README lost its train reference section"
+    shown = readme.split(start, 1)[1].split(end, 1)[0]
+    assert shown == train_reference_markdown(), (
+        "README's train: table is stale; regenerate it with tuneloop.config.recipe.train_reference_markdown()")

@@ -159,3 +159,36 @@ def test_early_stopping_keeps_the_best_checkpoint(tiny_model_dir, tmp_path):
     assert summary["best_step"] == 1
     best_meta = json.loads((run_dir / "checkpoints" / "best" / "state.json").read_text())
     assert best_meta["state"]["step"] == 1
+
+
+def test_packed_and_unpacked_runs_take_the_same_steps_and_reach_the_same_loss(tiny_model_dir, tmp_path):
+    """batch_size counts examples per step (TRL's meaning): packing only removes the padding."""
+    runs = {}
+    for packing in (True, False):
+        recipe = recipe_from_dict(tiny_recipe(tiny_model_dir, tmp_path, name=f"p{packing}", packing=packing,
+                                              epochs=2, batch_size=4, validation=True, eval_every=6))
+        run_dir = run_training(recipe)
+        runs[packing] = (read_jsonl(run_dir / "metrics.jsonl"), json.loads((run_dir / "summary.json").read_text()))
+    (packed, packed_summary), (padded, padded_summary) = runs[True], runs[False]
+    examples = sum(1 for _ in open(TRAIN))
+    assert packed_summary["steps"] == padded_summary["steps"] == 2 * -(-examples // 4)
+    assert packed_summary["examples_per_step"] == padded_summary["examples_per_step"] == 4
+    # Same examples in the same order: every step's loss and the validation losses agree (fp32 noise only).
+    assert [m["loss"] for m in packed] == pytest.approx([m["loss"] for m in padded], rel=1e-3, abs=1e-4)
+    assert packed_summary["validation_loss"] == pytest.approx(padded_summary["validation_loss"], rel=1e-3)
+    assert packed_summary["trained_tokens"] == padded_summary["trained_tokens"]
+
+
+def test_token_budget_batching_is_explicit_and_reported(tiny_model_dir, tmp_path):
+    settings = tiny_recipe(tiny_model_dir, tmp_path, name="tok", batch_tokens=256)
+    del settings["train"]["batch_size"]  # the helper sets it; a token budget replaces it
+    recipe = recipe_from_dict(settings)
+    run_dir = run_training(recipe)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["batching"] == "tokens" and summary["examples_per_step"] > 1
+    assert summary["steps"] == summary["units_per_epoch"] < sum(1 for _ in open(TRAIN))
+    with pytest.raises(UserError, match="batch_size .* or batch_tokens"):
+        recipe_from_dict(tiny_recipe(tiny_model_dir, tmp_path, batch_tokens=256, batch_size=4))
+    with pytest.raises(UserError, match="needs packing: true"):
+        settings["train"]["packing"] = False
+        recipe_from_dict(settings)

@@ -40,16 +40,26 @@ class TrainConfig(Strict):
     epochs: float = Field(3, gt=0, description="Passes over the training data.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
     learning_rate: float = Field(2.0e-4, gt=0, description="Peak learning rate.")
-    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up.")
-    weight_decay: float = Field(0.0, ge=0)
+    # TRL / transformers' defaults (linear decay, no warmup), so a recipe moved from TRL trains alike.
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "linear", description="Decay after warmup: linear to 0 (TRL/transformers default), cosine, or constant.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps spent warming up linearly "
+                                "(TRL default 0; Axolotl/LLaMA-Factory recipes often use 0.03-0.1).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on matrices (never norms or biases).")
     optimizer: Literal["adamw", "adamw_8bit", "sgd", "adafactor"] = Field(
-        "adamw", description="adamw; adamw_8bit (bitsandbytes, CUDA); sgd (momentum 0.9); adafactor.")
+        "adamw", description="adamw; adamw_8bit (bitsandbytes 8-bit states, CUDA only); sgd (momentum 0.9); adafactor.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null turns it off.")
-    batch_size: int = Field(8, ge=1, description="Sequences per micro-batch (per process).")
+    batch_size: int = Field(8, ge=1, description=(
+        "Examples per micro-batch per process; an optimizer step takes batch_size x gradient_accumulation "
+        "x processes examples, as in TRL, Axolotl and LLaMA-Factory (packing or not)."))
     gradient_accumulation: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    max_seq_len: int = Field(1024, ge=8, description="Longest sample (or packed row) in tokens.")
-    packing: bool = Field(True, description="Pack samples into rows without cross-sample attention.")
+    max_seq_len: int = Field(1024, ge=8, description="Longest sample in tokens (see overlong).")
+    packing: bool = Field(True, description=(
+        "Padding-free batching: a micro-batch's examples are laid end to end in one row with "
+        "per-sample attention, so no padding is computed; the same steps as packing: false."))
+    batch_tokens: int | None = Field(None, ge=8, description=(
+        "Batch by token budget instead of by examples: each micro-batch is a best-fit packed row of "
+        "up to this many tokens (batch_size is then not used; steps depend on sample lengths)."))
     overlong: Literal["error", "drop", "truncate_prompt"] = Field(
         "drop", description="What to do with samples longer than max_seq_len."
     )
@@ -59,19 +69,34 @@ class TrainConfig(Strict):
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="bf16 autocast where the hardware has it; trainable weights stay fp32."
     )
-    seed: int = 0
+    seed: int = Field(0, description="Seeds the data order, LoRA initialisation and dropout.")
     deterministic: bool = Field(False, description="Seed everything and use deterministic kernels.")
     eval_every: int = Field(50, ge=1, description="Steps between validation evaluations.")
     save_every: int = Field(100, ge=1, description="Steps between checkpoints.")
     keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept (plus the best).")
-    early_stopping: EarlyStopping | None = None
-    gradient_checkpointing: bool = False
+    early_stopping: EarlyStopping | None = Field(None, description=(
+        "{patience, metric, min_delta}: stop when validation stops improving; the best weights are kept."))
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, ~25% slower.")
     compile: bool = Field(False, description=(
         "torch.compile each decoder layer: ~8% faster steps on a 2-core CPU after ~40 s of compiling, "
         "so it pays on runs of a few hundred steps or more."))
     sample_prompts: list[str] = Field(
         default_factory=list, description="Prompts generated from during training into samples.jsonl."
     )
+
+
+    @model_validator(mode="after")
+    def _batching(self):
+        if self.batch_tokens is not None:
+            if not self.packing:
+                raise ValueError("batch_tokens packs rows by a token budget; it needs packing: true")
+            if "batch_size" in self.model_fields_set:
+                raise ValueError("give batch_size (examples per micro-batch) or batch_tokens "
+                                 "(tokens per micro-batch), not both")
+            if self.batch_tokens < self.max_seq_len:
+                raise ValueError(f"batch_tokens ({self.batch_tokens}) must be >= max_seq_len "
+                                 f"({self.max_seq_len}) so that every sample fits a micro-batch")
+        return self
 
 
 class MixtureTask(Strict):
@@ -317,3 +342,16 @@ def _resolve_data_paths(recipe: Recipe, base_dir: Path) -> None:
                 candidate = base_dir / value
                 if candidate.exists():
                     setattr(section, field, str(candidate))
+
+
+def train_reference_markdown() -> str:
+    """README's table of the ``train:`` keys (default and meaning), generated from :class:`TrainConfig`.
+
+    A test checks that README holds exactly this text, so the stated defaults cannot drift.
+    """
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for name, field in TrainConfig.model_fields.items():
+        default = field.default_factory() if field.default_factory else field.default
+        shown = "null" if default is None else str(default).lower() if isinstance(default, bool) else default
+        rows.append(f"| `{name}` | `{shown}` | {field.description or ''} |")
+    return "\n".join(rows)

@@ -30,7 +30,7 @@ from tuneloop.errors import UserError
 # Fields whose change makes a checkpoint's optimizer state or data position meaningless.
 HASHED_TRAIN_FIELDS = (
     "epochs", "max_steps", "learning_rate", "lr_scheduler", "warmup_ratio", "weight_decay",
-    "max_grad_norm", "batch_size", "gradient_accumulation", "max_seq_len", "packing", "overlong",
+    "max_grad_norm", "batch_size", "gradient_accumulation", "max_seq_len", "packing", "batch_tokens", "overlong",
     "train_on", "precision", "seed",
 )
 

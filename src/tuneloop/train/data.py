@@ -5,8 +5,15 @@ reuse them:
 
     records = read_chat_jsonl(path)                       # [(source, messages)], errors name file:line
     samples, report = tokenize_records(tokenizer, records, max_seq_len, overlong="drop")
-    rows = pack_best_fit(samples, max_seq_len)             # or one sample per row without packing
-    batch = collate(rows, pad_id)                          # input_ids, position_ids, targets
+    units = batch_units(samples, batch_tokens=None)        # one example per unit (or token-budget rows)
+    batch = collate_micro_batch(units[:8], pad_id, packing=True)  # input_ids, position_ids, targets
+
+Batch semantics are the ones TRL, Axolotl and LLaMA-Factory use: ``train.batch_size`` counts
+*examples* per micro-batch, so the number of optimizer steps does not depend on packing. Packing is
+padding-free batching: a micro-batch's examples are laid end to end in one row (no padding tokens,
+no attention across examples); without packing each example is its own row, padded to the longest.
+Only ``train.batch_tokens`` (asked for explicitly) batches by a token budget instead: then a unit is a
+best-fit packed row of up to that many tokens and one unit is one micro-batch.
 
 A row is a list of samples laid end to end. Position ids restart at 0 for each sample, which is how
 transformers builds a block-diagonal causal mask (no attention across samples) when no 2-D attention
@@ -254,9 +261,27 @@ def pack_best_fit(lengths: list[int], capacity: int) -> list[list[int]]:
 
 
 def make_rows(samples: list[Sample], max_seq_len: int, packing: bool) -> list[list[Sample]]:
+    """Best-fit packed rows of up to ``max_seq_len`` tokens, or one sample per row."""
     if not packing:
         return [[s] for s in samples]
     return [[samples[i] for i in row] for row in pack_best_fit([len(s) for s in samples], max_seq_len)]
+
+
+def batch_units(samples: list[Sample], batch_tokens: int | None) -> list[list[Sample]]:
+    """What an optimizer step draws from: one example per unit, or best-fit rows of ``batch_tokens``."""
+    return make_rows(samples, batch_tokens, packing=True) if batch_tokens else make_rows(samples, 0, False)
+
+
+def examples_per_micro_batch(batch_size: int, batch_tokens: int | None) -> int:
+    """Units per micro-batch: ``batch_size`` examples, or one token-budget row."""
+    return 1 if batch_tokens else batch_size
+
+
+def collate_micro_batch(units: list[list[Sample]], pad_id: int, packing: bool) -> dict:
+    """A micro-batch as tensors: padding-free (all its examples in one row) or one padded row each."""
+    if packing:
+        units = [[sample for unit in units for sample in unit]]
+    return collate(units, pad_id)
 
 
 def shifted_targets(labels: list[int]) -> list[int]:

@@ -14,7 +14,7 @@ import torch
 
 from tuneloop.chat.template import IGNORE_INDEX
 from tuneloop.errors import UserError
-from tuneloop.train.data import Sample, collate, row_tokens
+from tuneloop.train.data import Sample, collate_micro_batch, row_tokens
 from tuneloop.train.distributed import DistInfo, all_reduce_gradients, all_reduce_sum
 
 
@@ -50,7 +50,10 @@ def total_steps(n_rows: int, rows_per_step: int, epochs: float, max_steps: int |
 
 
 def micro_batches(step_rows: list, rank: int, world_size: int, batch_size: int) -> list[list]:
-    """This process's share of a step's rows (every world_size-th), cut into micro-batches."""
+    """This process's share of a step's units (every world_size-th), cut into micro-batches.
+
+    ``batch_size`` is in units: examples, or token-budget rows (see ``data.examples_per_micro_batch``).
+    """
     mine = step_rows[rank::world_size]
     return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
 
@@ -95,13 +98,14 @@ def train_step(loss_model, batches: list[dict], optimizer, params: list, lr: flo
 
 
 @torch.no_grad()
-def evaluate(loss_model, rows: list[list[Sample]], batch_size: int, pad_id: int, dist: DistInfo) -> float:
+def evaluate(loss_model, rows: list[list[Sample]], batch_size: int, pad_id: int, dist: DistInfo,
+             packing: bool = True) -> float:
     """Mean validation loss per supervised token. Memory stays one micro-batch: only sums are kept."""
     was_training = loss_model.training
     loss_model.eval()
     totals = torch.zeros(2, dtype=torch.float64)
     for batch_rows in micro_batches(rows, dist.rank, dist.world_size, batch_size):
-        batch = collate(batch_rows, pad_id)
+        batch = collate_micro_batch(batch_rows, pad_id, packing)
         loss_sum, count = loss_model(**{k: v.to(dist.device) for k, v in batch.items()})
         totals += torch.tensor([float(loss_sum), float(count)], dtype=torch.float64)
     totals = all_reduce_sum(totals, dist)

@@ -75,7 +75,7 @@ def task_token_counts(rows) -> dict[str, int]:
 def prepare_mixture_data(recipe, tokenizer, show_progress: bool = True):
     """Tokenise and pack each task, then mix the training rows by the recipe's sampling."""
     from tuneloop.errors import UserError
-    from tuneloop.train.data import TokenizeReport, make_rows, read_chat_jsonl, tokenize_records
+    from tuneloop.train.data import TokenizeReport, batch_units, read_chat_jsonl, tokenize_records
     from tuneloop.train.run import TrainData
 
     t, data = recipe.train, recipe.data
@@ -88,14 +88,14 @@ def prepare_mixture_data(recipe, tokenizer, show_progress: bool = True):
         _merge_reports(report, task_report)
         for sample in samples:
             sample.task = task.name
-        task_rows[task.name] = make_rows(samples, t.max_seq_len, t.packing)
+        task_rows[task.name] = batch_units(samples, t.batch_tokens)
         sizes[task.name] = len(task_rows[task.name])
         if task.validation:
             val, _ = tokenize_records(tokenizer, read_chat_jsonl(task.validation), t.max_seq_len,
                                       "drop" if t.overlong == "error" else t.overlong, t.train_on)
             for sample in val:
                 sample.task = task.name
-            validation_by_task[task.name] = make_rows(val, t.max_seq_len, t.packing)
+            validation_by_task[task.name] = batch_units(val, t.batch_tokens)
     weights = {task.name: task.weight for task in data.mixture}
     probabilities = task_probabilities(sizes, weights, data.sampling, data.temperature)
     rows = mix_rows(task_rows, probabilities, t.seed)
@@ -114,11 +114,12 @@ def evaluate_tasks(run, record: dict) -> float:
     """Per-task validation loss into ``record``; returns the value early stopping watches:
     ``validation_loss/<task>`` when the recipe names one, else the mean over tasks."""
     from tuneloop.train import loop
+    from tuneloop.train.data import examples_per_micro_batch
 
-    losses = {}
+    t, losses = run.recipe.train, {}
     for name, rows in sorted(run.data.validation_by_task.items()):
-        losses[name] = loop.evaluate(run.loss_model, rows, run.recipe.train.batch_size,
-                                     run.tokenizer.pad_token_id, run.dist)
+        losses[name] = loop.evaluate(run.loss_model, rows, examples_per_micro_batch(t.batch_size, t.batch_tokens),
+                                     run.tokenizer.pad_token_id, run.dist, t.packing)
         record[f"validation_loss/{name}"] = round(losses[name], 6)
     mean = sum(losses.values()) / len(losses)
     record["validation_loss_task_mean"] = round(mean, 6)

@@ -15,6 +15,7 @@ def dry_run_report(recipe, color: bool | None = None) -> str:
     from tuneloop.chat.template import EncodedChat, preview
     from tuneloop.models.loading import load_tokenizer, resolve_model
     from tuneloop.train import loop
+    from tuneloop.train.data import examples_per_micro_batch
     from tuneloop.train.run import prepare_data
 
     color = sys.stdout.isatty() if color is None else color
@@ -24,7 +25,7 @@ def dry_run_report(recipe, color: bool | None = None) -> str:
     report = data.report
     first = data.train_rows[0][0]
     sample = EncodedChat(first.input_ids, first.labels)
-    rows_per_step = t.batch_size * t.gradient_accumulation
+    rows_per_step = examples_per_micro_batch(t.batch_size, t.batch_tokens) * t.gradient_accumulation
     steps = loop.total_steps(len(data.train_rows), rows_per_step, t.epochs, t.max_steps)
     tokens = sum(report.lengths)
     tokens_total = tokens * (t.epochs if t.max_steps is None else
@@ -39,18 +40,36 @@ def dry_run_report(recipe, color: bool | None = None) -> str:
         f"max_seq_len {t.max_seq_len} (policy {t.overlong}), {report.truncated_prompt} prompt-truncated, "
         f"{report.no_trainable_tokens} without trainable tokens",
         *[f"  {p}" for p in report.problems[:5]],
-        f"tokens: {tokens:,} in {len(data.train_rows)} rows "
-        f"({'packed' if t.packing else 'one sample per row'})",
+        f"tokens: {tokens:,} in {report.kept:,} examples ("
+        f"{'padding-free packed micro-batches' if t.packing else 'padded micro-batches, one example per row'})",
         "length histogram (tokens per sample):",
         length_histogram(report.lengths),
-        f"steps: {steps} ({rows_per_step} rows per step, batch {t.batch_size} x accumulation "
-        f"{t.gradient_accumulation})",
-        _estimate_lines(recipe, tokens_total),
+        _steps_line(t, steps, rows_per_step, report.kept, len(data.train_rows)),
+        _estimate_lines(recipe, tokens_total, _micro_batch_shape(t, report.lengths)),
     ]
     return "\n".join(lines)
 
 
-def _estimate_lines(recipe, tokens_total: float) -> str:
+def _steps_line(t, steps: int, units_per_step: int, examples: int, units: int) -> str:
+    if t.batch_tokens:
+        per_step = examples / max(1, units) * units_per_step
+        return (f"steps: {steps} of ~{per_step:.1f} examples each ({units_per_step} token-budget rows of up "
+                f"to {t.batch_tokens} tokens x accumulation {t.gradient_accumulation}; batch_tokens is set)")
+    return (f"steps: {steps} of {units_per_step} examples each (batch_size {t.batch_size} x accumulation "
+            f"{t.gradient_accumulation})")
+
+
+def _micro_batch_shape(t, lengths: list[int]) -> tuple[int, int]:
+    """(sequence length, rows) of a typical micro-batch, for the memory estimate."""
+    if t.batch_tokens:
+        return t.batch_tokens, 1
+    mean = sum(lengths) / max(1, len(lengths))
+    if t.packing:  # one row holding batch_size examples end to end
+        return max(8, round(mean * t.batch_size)), 1
+    return max(lengths, default=t.max_seq_len), t.batch_size
+
+
+def _estimate_lines(recipe, tokens_total: float, shape: tuple[int, int] | None = None) -> str:
     from tuneloop.models import catalog
 
     card = catalog.find_card(recipe.model)
@@ -61,7 +80,8 @@ def _estimate_lines(recipe, tokens_total: float) -> str:
     except ImportError:
         return "memory and ETA: estimator not available"
     method = "lora" if recipe.method == "dora" else recipe.method
-    est = estimate(card, method, recipe.train.max_seq_len, recipe.train.batch_size, r=recipe.lora.r)
+    seq_len, rows = shape or (recipe.train.max_seq_len, recipe.train.batch_size)
+    est = estimate(card, method, seq_len, rows, r=recipe.lora.r)
     eta_s = tokens_total / 1000 * est.seconds_per_1k_tokens
     return (f"memory estimate: {est.total_gb:.2f} GB (weights {est.weights_gb:.2f}, optimizer "
             f"{est.optimizer_gb:.2f}, activations {est.activations_gb:.2f}) on {est.device}\n"

@@ -24,8 +24,8 @@ from tuneloop.errors import UserError
 from tuneloop.paths import make_dir, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from tuneloop.train import checkpoint as ckpt
 from tuneloop.train import loop
-from tuneloop.train.data import (Sample, TokenizeReport, collate, make_rows, read_chat_jsonl,
-                                 tokenize_records)
+from tuneloop.train.data import (Sample, TokenizeReport, batch_units, collate_micro_batch,
+                                 examples_per_micro_batch, read_chat_jsonl, tokenize_records)
 from tuneloop.train.distributed import DistInfo, barrier, init_distributed, shutdown
 from tuneloop.train.optimizers import decay_groups, make_optimizer
 
@@ -87,11 +87,11 @@ def prepare_data(recipe, tokenizer, show_progress: bool = True) -> TrainData:
         val_records = read_chat_jsonl(recipe.data.validation)
         val_samples, val_report = tokenize_records(tokenizer, val_records, t.max_seq_len,
                                                    "drop" if t.overlong == "error" else t.overlong, t.train_on)
-        val_rows = make_rows(val_samples, t.max_seq_len, t.packing)
+        val_rows = batch_units(val_samples, t.batch_tokens)
         prompts = [_prompt_part(m) for _, m in val_records if any(x["role"] == "assistant" for x in m)][:2]
     if t.sample_prompts:
         prompts = [[{"role": "user", "content": p}] for p in t.sample_prompts]
-    return TrainData(make_rows(samples, t.max_seq_len, t.packing), val_rows, report, val_report, prompts)
+    return TrainData(batch_units(samples, t.batch_tokens), val_rows, report, val_report, prompts)
 
 
 def _prompt_part(messages: list[dict]) -> list[dict]:
@@ -127,7 +127,9 @@ def setup(recipe, resume: bool = False) -> Run:
     params = [p for p in prepared.model.parameters() if p.requires_grad]
     optimizer = _make_optimizer(prepared.model, recipe.train)
     t = recipe.train
-    rows_per_step = t.batch_size * t.gradient_accumulation * dist.world_size
+    # An optimizer step takes batch_size x accumulation x processes examples, as in TRL (packing or not).
+    per_micro = examples_per_micro_batch(t.batch_size, t.batch_tokens)
+    rows_per_step = per_micro * t.gradient_accumulation * dist.world_size
     steps = loop.total_steps(len(data.train_rows), rows_per_step, t.epochs, t.max_steps)
     run_dir = recipe.run_dir()
     state = ckpt.TrainState()
@@ -229,7 +231,12 @@ def _start_run_dir(run: Run, resume: bool):
     tracker.log_params(run.recipe.model_dump() | {"trainable_parameters": run.prepared.trainable_parameters})
     print(run.prepared.describe(), flush=True)
     r = run.data.report
-    print(f"data: {r.kept} of {r.total} samples kept in {len(run.data.train_rows)} rows; "
+    t = run.recipe.train
+    per_step = (f"{run.rows_per_step} token-budget rows of up to {t.batch_tokens} tokens" if t.batch_tokens
+                else f"{run.rows_per_step} examples")
+    print(f"steps: {run.total_steps} of {per_step} each "
+          f"({'padding-free packed' if t.packing else 'padded'} micro-batches)", flush=True)
+    print(f"data: {r.kept} of {r.total} samples kept; "
           f"{r.dropped_overlong} dropped as longer than max_seq_len (overlong: {run.recipe.train.overlong}), "
           f"{r.truncated_prompt} prompt-truncated, {r.no_trainable_tokens} without trainable tokens; "
           f"precision {run.precision.name}", flush=True)
@@ -250,14 +257,16 @@ def train(run: Run, tracker) -> None:
                disable=not run.dist.is_main, dynamic_ncols=True)
     b_before = loop.lora_b_snapshot(run.prepared.model) if state.step == 0 else None
     if state.step == 0 and run.data.validation_rows:
-        state.initial_validation_loss = loop.evaluate(run.loss_model, run.data.validation_rows,
-                                                      t.batch_size, run.tokenizer.pad_token_id, run.dist)
+        state.initial_validation_loss = loop.evaluate(
+            run.loss_model, run.data.validation_rows, examples_per_micro_batch(t.batch_size, t.batch_tokens),
+            run.tokenizer.pad_token_id, run.dist, t.packing)
     run.loss_model.train()
     while state.step < run.total_steps:
         step_rows = _next_step_rows(run)
         started = time.perf_counter()
-        batches = [collate(rows, run.tokenizer.pad_token_id)
-                   for rows in loop.micro_batches(step_rows, run.dist.rank, run.dist.world_size, t.batch_size)]
+        per_micro = examples_per_micro_batch(t.batch_size, t.batch_tokens)
+        batches = [collate_micro_batch(rows, run.tokenizer.pad_token_id, t.packing)
+                   for rows in loop.micro_batches(step_rows, run.dist.rank, run.dist.world_size, per_micro)]
         lr = loop.learning_rate(state.step, run.total_steps, t.learning_rate, run.warmup_steps, t.lr_scheduler)
         mine = loop.step_real_tokens(step_rows[run.dist.rank :: run.dist.world_size])
         result = loop.train_step(run.loss_model, batches, run.optimizer, run.params, lr,
@@ -318,8 +327,9 @@ def _maybe_evaluate(run: Run, record: dict, tracker) -> bool:
     last = state.step >= run.total_steps
     if not run.data.validation_rows or not (state.step % t.eval_every == 0 or last):
         return False
-    value = loop.evaluate(run.loss_model, run.data.validation_rows, t.batch_size,
-                          run.tokenizer.pad_token_id, run.dist)
+    value = loop.evaluate(run.loss_model, run.data.validation_rows,
+                          examples_per_micro_batch(t.batch_size, t.batch_tokens), run.tokenizer.pad_token_id,
+                          run.dist, t.packing)
     record["validation_loss"] = round(value, 6)
     if run.data.validation_by_task:
         from tuneloop.train.mixture import evaluate_tasks
@@ -433,7 +443,10 @@ def write_summary(run: Run) -> dict:
         "trainable_parameters": run.prepared.trainable_parameters,
         "total_parameters": run.prepared.total_parameters,
         "targeted_modules": run.prepared.targeted_modules,
-        "rows": len(run.data.train_rows), "data": report.as_dict(),
+        "units_per_epoch": len(run.data.train_rows),
+        "examples_per_step": round(report.kept / max(1, len(run.data.train_rows)) * run.rows_per_step, 2),
+        "batching": "tokens" if run.recipe.train.batch_tokens else "examples",
+        "data": report.as_dict(),
     }
     if state.task_tokens:
         total = sum(state.task_tokens.values())
