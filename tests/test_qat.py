@@ -130,7 +130,7 @@ def test_quantized_export_is_safetensors_that_plain_transformers_loads(tiny_mode
               f"print(json.dumps(m(torch.tensor({ids})).logits[0, -1, :5].tolist())); "
               "print('tuneloop' in sys.modules)")
     lines = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                           timeout=120).stdout.strip().splitlines()
+                           timeout=600).stdout.strip().splitlines()
     assert lines[0] == "IntxUnpackedToInt8Tensor" and lines[2] == "False"
     assert json.loads(lines[1]) == pytest.approx(ours, abs=1e-5)
 
