@@ -10,8 +10,9 @@ makes tuneloop faster by taking fewer or worse optimizer steps shows up here as 
 The recipe is the one a TRL user writes: LoRA r16 / alpha 32 / dropout 0.05 on all linear layers,
 8 examples per optimizer step, learning rate 2e-4 with TRL's linear decay and no warmup, 1 epoch,
 max length 256, loss on the answer only. Data: Banking77 from ``../shared`` through ``tuneloop data
-prepare --task classification`` (user = the query, assistant = the intent label), the first N
-training chats of the prepared train split; accuracy on the prepared test split.
+prepare --task classification`` (user = the query, assistant = the intent label), a seeded random
+sample of N training chats from the prepared train split (the splits keep the CSV's intent order, so
+"the first N" would cover a fraction of the intents); accuracy on the whole prepared test split.
 
 Each side trains in its own subprocess (peak RSS is its own): tuneloop through ``tuneloop.train.
 run_training`` with the recipe's defaults (padding-free packing, precision auto); TRL through
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -58,7 +60,8 @@ def prepare(work: Path, sizes: dict) -> dict:
     files = {}
     for split, limit in (("train", sizes["train"]), ("validation", sizes["validation"]), ("test", sizes["test"])):
         rows = [json.loads(x) for x in (prepared / f"{split}.jsonl").read_text().splitlines() if x.strip()]
-        rows = rows[:limit] if limit else rows
+        # The prepared splits keep Banking77's order (sorted by intent): a seeded sample, not the first N.
+        rows = random.Random(0).sample(rows, limit) if limit and limit < len(rows) else rows
         path = out / f"{split}.jsonl"
         path.write_text("".join(json.dumps({"messages": r["messages"], "label": r.get("label")}) + "\n" for r in rows))
         files[split] = str(path)
@@ -204,10 +207,21 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def cached(path: Path, compute, fresh: bool = False) -> dict:
+    """The untrained base model scores the same every time: keep its result beside the data."""
+    if path.is_file() and not fresh:
+        return json.loads(path.read_text())
+    result = compute()
+    if "error" not in result:
+        path.write_text(json.dumps(result))
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32"))
+    parser.add_argument("--fresh", action="store_true", help="re-score the base model (cached otherwise)")
     parser.add_argument("--worker", choices=("tuneloop", "trl", "score"), help=argparse.SUPPRESS)
     for name in ("train", "validation", "test", "out", "adapter"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
@@ -229,7 +243,9 @@ def main() -> None:
     name = "learning_quality" + ("_quick" if args.quick else "") + ("_fp32" if args.precision == "fp32" else "")
     result = {"mode": mode, "recipe": RECIPE, "data": files, "sides": {}}
     print("scoring the base model", flush=True)
-    result["base"] = run_worker([script, "--worker", "score", *data_args], timeout=3600)
+    result["base"] = cached(work / f"lq-base-{mode}-{args.precision}.json",
+                            lambda: run_worker([script, "--worker", "score", *data_args], timeout=3600),
+                            fresh=args.fresh)
     for side in ("tuneloop", "trl"):
         print(f"training {side}", flush=True)
         out = work / f"lq-run-{mode}-{args.precision}-{side}"

@@ -29,7 +29,7 @@ def validation_loss(model, tokenizer, chats: list[list[dict]], batch_size: int =
     import torch.nn.functional as F
 
     from tuneloop.chat.template import IGNORE_INDEX, encode_chat
-    from tuneloop.evaluate.perplexity import pad_batch
+    from tuneloop.chat.batch import pad_batch
 
     encoded = [encode_chat(tokenizer, messages) for messages in chats]
     model.eval()

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tuneloop.evaluate.classification import NO_ANSWER, LabelMapper, classify, top_confused_pairs
-from tuneloop.evaluate.generation import chrf_from_statistics, chrf_statistics, generation_stats
+from tuneloop.evaluate.text_metrics import chrf_from_statistics, chrf_statistics, generation_stats
 from tuneloop.evaluate.metrics import (bleu_from_statistics, bleu_statistics, classification_scores,
                                       confusion_counts, corpus_bleu, corpus_chrf, exact_match, facts_score,
                                       normalize_text, percentile, perplexity_from_sums, rouge_per_sample)

@@ -119,7 +119,7 @@ def test_models_cli_list_and_estimate():
 
 
 def test_estimate_for_a_local_model_directory(tiny_model_dir):
-    from tuneloop.models.catalog import card_for
+    from tuneloop.models.loading import card_for
 
     card = card_for(str(tiny_model_dir))
     assert (card.layers, card.hidden, card.vocab, card.tied_embeddings) == (2, 64, 49152, True)

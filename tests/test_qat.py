@@ -9,6 +9,7 @@ import torch
 
 from tuneloop.config.recipe import QuantizationAwareConfig, recipe_from_dict
 from tuneloop.errors import UserError
+from tuneloop.models.quantized import quantize_model
 
 CHATS = [{"messages": [{"role": "user", "content": f"What is code {i}?"},
                        {"role": "assistant", "content": f"Code {i} means {'red' if i % 2 else 'blue'}."}]}
@@ -62,7 +63,7 @@ def test_lora_qat_forward_equals_the_deployed_integer_model(tiny_model_dir):
     twin = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
                           LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0))
     twin.load_state_dict(model.state_dict(), strict=False)
-    real = qat.quantize_model(twin.merge_and_unload(), qa)
+    real = quantize_model(twin.merge_and_unload(), qa)
     with torch.no_grad():
         real_logits = real(ids).logits
     assert torch.allclose(fake.detach(), real_logits, atol=1e-4)

@@ -124,6 +124,7 @@ def tiny_quickstart(tiny_model_dir, tmp_path_factory) -> tuple[Path, dict]:
     return out, run_quickstart(out, settings=settings)
 
 
+@pytest.mark.slow  # the whole pipeline: prepare, train, evaluate, export
 def test_quickstart_writes_every_artifact(tiny_quickstart):
     out, summary = tiny_quickstart
     for name in ("report.html", "training_curve.svg", "quickstart.json", "heldout.jsonl", "data/train.jsonl",
@@ -143,6 +144,7 @@ def test_quickstart_writes_every_artifact(tiny_quickstart):
     assert "<svg" in (out / "training_curve.svg").read_text()[:500]
 
 
+@pytest.mark.slow
 def test_exported_model_in_a_separate_process_matches_training_and_the_tuned_answers(tiny_quickstart):
     from tuneloop.chat.template import encode_chat
     from tuneloop.models.loading import load_tokenizer

@@ -107,6 +107,7 @@ def _client_loop(number: int, url: str, deadline: float, result: LoadResult) -> 
             result.statuses[status] += 1
 
 
+@pytest.mark.slow  # a server process under load, restarted
 def test_sixteen_clients_then_restart(tiny_model_dir, tmp_path):
     support = make_adapter_run(tiny_model_dir, tmp_path / "support", seed=3)
     db = f"sqlite:///{tmp_path / 'serve.db'}"

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from fixtures_train.helpers import tiny_recipe
@@ -14,6 +15,7 @@ from tuneloop.paths import read_jsonl
 from tuneloop.train import run_training
 
 
+@pytest.mark.slow  # two processes under torchrun
 def test_two_gloo_processes_match_one_process(tiny_model_dir, tmp_path):
     # fp32: with bf16 autocast (precision auto on a CPU with native bf16) the rounding depends on how
     # the batch is split, and the two runs differ by ~1e-4 for that reason alone.

@@ -40,6 +40,7 @@ def _adapter(run_dir):
     return load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
 
 
+@pytest.mark.slow  # a run in its own process, killed and resumed
 def test_sigkill_then_resume_matches_uninterrupted_run(tiny_model_dir, tmp_path):
     reference = run_training(recipe_from_dict(_recipe(tiny_model_dir, tmp_path, "straight")))
 

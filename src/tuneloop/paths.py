@@ -12,6 +12,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from tuneloop.errors import UserError
+
 
 def tuneloop_home() -> Path:
     env = os.environ.get("TUNELOOP_HOME")
@@ -28,7 +30,6 @@ def model_store() -> Path:
 
 def check_output_dir(path: str | os.PathLike, what: str = "--out") -> Path:
     """Fail early (before hours of work) when ``path`` cannot become a writable directory."""
-    from tuneloop.errors import UserError
 
     path = Path(path)
     probe = path
@@ -45,7 +46,6 @@ def check_output_dir(path: str | os.PathLike, what: str = "--out") -> Path:
 
 def make_dir(path: str | os.PathLike, what: str = "--out") -> Path:
     """``mkdir -p`` for an output directory; one that cannot be created is a UserError naming it."""
-    from tuneloop.errors import UserError
 
     path = Path(path)
     check_output_dir(path, what)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tuneloop.models.loading import load_tokenizer
+
 
 def build_tiny_model(out_dir: str | Path, seed: int = 0, layers: int = 2, hidden: int = 64) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from tuneloop.models.loading import load_tokenizer
 
     out_dir = Path(out_dir)
     if (out_dir / "config.json").is_file():

@@ -71,7 +71,7 @@ def estimate_command(model, method, seq_len, batch_size, lora_r, as_json):
 
     MODEL is a catalog name or any model reference (local dir, .gguf, hub id) whose config is read.
     """
-    from tuneloop.models.catalog import card_for
+    from tuneloop.models.loading import card_for
     from tuneloop.models.estimate import estimate
 
     est = estimate(card_for(model), method, seq_len, batch_size, r=lora_r)

@@ -14,11 +14,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tuneloop.errors import UserError, did_you_mean
 
-Method = Literal["full", "lora", "dora", "qlora", "dpo", "orpo", "kto", "reward", "grpo"]
+# The training methods, named here once: the recipe schema accepts these, and
+# tuneloop.train.registry maps each to its trainer (a test checks that the two agree).
+ADAPTER_METHODS = ("lora", "dora", "qlora")
+SFT_METHODS = ("full",) + ADAPTER_METHODS
+PREFERENCE_METHODS = ("dpo", "orpo", "kto", "reward", "grpo")
+Method = Literal[SFT_METHODS + PREFERENCE_METHODS]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # validate_default: a default such as `epochs: float = 3` is stored as 3.0, exactly as a value
+    # read from YAML or JSON is, so the checkpoint's recipe hash does not depend on where it came from.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
 
 
 class LoraConfig(Strict):
@@ -206,7 +213,7 @@ class Recipe(Strict):
     def _qat_methods(self):
         if self.quantization_aware is not None and self.method not in ("full", "lora"):
             raise ValueError(f"quantization_aware works with method full or lora, not {self.method}")
-        if self.data.mixture and self.method not in ("full", "lora", "dora", "qlora"):
+        if self.data.mixture and self.method not in SFT_METHODS:
             raise ValueError(f"data.mixture works with the SFT methods (full, lora, dora, qlora), not {self.method}")
         return self
 

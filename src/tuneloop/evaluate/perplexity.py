@@ -15,6 +15,7 @@ import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from tuneloop.chat.batch import pad_batch
 from tuneloop.chat.template import IGNORE_INDEX, encode_chat
 
 
@@ -70,18 +71,6 @@ def validation_loss(model, batches: Iterable[dict]) -> LossResult:
     finally:
         model.train(was_training)
     return LossResult(total / count if count else float("nan"), count)
-
-
-def pad_batch(encoded: list, pad_id: int) -> dict:
-    """Right-padded tensors for a list of :class:`~tuneloop.chat.template.EncodedChat`."""
-    import torch
-
-    width = max(len(e.input_ids) for e in encoded)
-    ids = [e.input_ids + [pad_id] * (width - len(e.input_ids)) for e in encoded]
-    labels = [e.labels + [IGNORE_INDEX] * (width - len(e.labels)) for e in encoded]
-    attention = [[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in encoded]
-    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
-            "attention_mask": torch.tensor(attention)}
 
 
 def reference_batches(tokenizer, conversations: list[list[dict]], batch_size: int = 16,

@@ -28,7 +28,7 @@ from tuneloop.evaluate.classification import classification_stats, classify, top
 from tuneloop.evaluate.compare import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, SampleStats, compare_metrics,
                                        evaluate_gates, parse_gate)
 from tuneloop.evaluate.examples import Example, detect_task, load_examples
-from tuneloop.evaluate.generation import generation_stats
+from tuneloop.evaluate.text_metrics import generation_stats
 from tuneloop.evaluate.metrics import facts_score, percentile, perplexity_from_sums
 from tuneloop.evaluate.slices import DEFAULT_GAP_THRESHOLD, field_value, slice_metrics
 

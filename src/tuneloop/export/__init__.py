@@ -18,23 +18,22 @@ import time
 from pathlib import Path
 
 from tuneloop.errors import UserError
+from tuneloop.export.gguf_file import write_gguf
+from tuneloop.export.hf_dir import write_hf_dir
+from tuneloop.export.merge import load_merged
+from tuneloop.export.quantized import write_quantized
+from tuneloop.paths import check_output_dir, write_json_atomic
 
 
 def _write_safetensors(merged, out_dir: Path, **options) -> dict:
-    from tuneloop.export.hf_dir import write_hf_dir
-
     return write_hf_dir(merged, out_dir)
 
 
 def _write_gguf(merged, out_dir: Path, gguf_dtype: str = "f32", **options) -> dict:
-    from tuneloop.export.gguf_file import write_gguf
-
     return write_gguf(merged, out_dir, dtype=gguf_dtype)
 
 
 def _write_quantized(merged, out_dir: Path, **options) -> dict:
-    from tuneloop.export.quantized import write_quantized
-
     return write_quantized(merged, out_dir, **options)
 
 
@@ -55,7 +54,6 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
         if not overwrite:
             raise UserError(f"{out_dir} already exists and is not empty",
                             hint="choose another --out, or pass --overwrite to replace it")
-    from tuneloop.paths import check_output_dir
 
     check_output_dir(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.partial")
@@ -74,8 +72,6 @@ def export_model(run_dir, fmt: str, out_dir, overwrite: bool = False, log=None, 
     Returns the export record also written to ``out_dir/export.json``: source, base, format, the
     merge check (max |logit| difference, adapter vs merged) and the read-back check.
     """
-    from tuneloop.export.merge import load_merged
-    from tuneloop.paths import write_json_atomic
 
     log = log or (lambda text: print(text, file=sys.stderr))
     if fmt not in FORMATS:

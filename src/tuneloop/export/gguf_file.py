@@ -25,6 +25,7 @@ from pathlib import Path
 from tuneloop.errors import UserError
 from tuneloop.export.merge import (ExportCheckFailed, MergedModel, greedy_ids, max_abs_diff, probe_batch,
                                    probe_logits)
+from tuneloop.models.store import store_info
 
 GGUF_FILE = "model.gguf"
 # Logit tolerance of the read-back check: f32 is a bit-exact copy; f16 rounds every weight.
@@ -209,7 +210,6 @@ def pre_tokenizer_name(backend: dict, base_path: str) -> str:
     tokenizer's split regex is matched against the ones transformers' GGUF loader knows, and a plain
     GPT-2 byte-level tokenizer is ``gpt-2``. The read-back check catches any mismatch.
     """
-    from tuneloop.models.store import store_info
 
     source = store_info(Path(base_path)).get("converted_from")
     if source and Path(source).is_file():

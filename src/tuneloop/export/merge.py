@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tuneloop.chat.template import render_prompt_ids
 from tuneloop.errors import UserError
+from tuneloop.models.generation import generate_ids
+from tuneloop.models.loading import load_model, load_tokenizer, resolve_model
 
 # Fixed conversations whose logits are compared between model forms (any text would do; these also
 # exercise the chat template and the system turn).
@@ -41,8 +44,6 @@ def probe_batch(tokenizer, conversations=PROBE_CONVERSATIONS):
     """Left-padded ids and attention mask of the probe prompts (rendered by the one chat template)."""
     import torch
 
-    from tuneloop.chat.template import render_prompt_ids
-
     prompts = [render_prompt_ids(tokenizer, list(c)) for c in conversations]
     width = max(len(p) for p in prompts)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -62,8 +63,6 @@ def probe_logits(model, ids, mask):
 
 def greedy_ids(model, tokenizer, max_new_tokens: int = 12) -> list[list[int]]:
     """Greedy continuations of the probe prompts: what "answers the same" is checked on."""
-    from tuneloop.chat.template import render_prompt_ids
-    from tuneloop.models.generation import generate_ids
 
     prompts = [render_prompt_ids(tokenizer, list(c)) for c in PROBE_CONVERSATIONS]
     return generate_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
@@ -76,8 +75,6 @@ def max_abs_diff(a, b) -> float:
 def load_merged(reference, tolerance: float = MERGE_TOLERANCE) -> MergedModel:
     """The model behind ``reference`` with any adapter merged, checked against the unmerged model."""
     import torch
-
-    from tuneloop.models.loading import load_model, load_tokenizer, resolve_model
 
     resolved = resolve_model(reference)
     tokenizer = load_tokenizer(resolved)

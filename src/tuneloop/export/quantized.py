@@ -9,8 +9,8 @@ The directory is a plain Hugging Face model quantized through transformers' ``To
 into safetensors: data only, nothing executable), tokenizer, chat template, ``generation_config.json``
 and ``tuneloop_quantization.json`` (the scheme, for tuneloop's records). Plain
 ``AutoModelForCausalLM.from_pretrained(DIR)`` loads it (torchao installed), and so do ``eval`` and
-``serve``. The earlier pickle format (``quantized_model.pt``) is refused, not unpickled: opening a
-pickle runs whatever code it names.
+``serve`` (through :func:`tuneloop.models.quantized.load_quantized`, which refuses the earlier pickle
+format, ``quantized_model.pt``, instead of unpickling it: opening a pickle runs whatever code it names).
 """
 
 from __future__ import annotations
@@ -20,10 +20,8 @@ from pathlib import Path
 
 from tuneloop.errors import UserError
 from tuneloop.export.merge import ExportCheckFailed, MergedModel, max_abs_diff, probe_batch, probe_logits
+from tuneloop.models.quantized import QUANT_FILE, base_config, load_quantized, quantize_model, scheme
 from tuneloop.paths import write_json_atomic
-from tuneloop.train.qat import QUANT_FILE, base_config, quantize_model
-
-LEGACY_PICKLE = "quantized_model.pt"  # written before 2026-12-02; refused, see load_quantized
 
 
 def scheme_from_run(run_dir) -> dict | None:
@@ -34,12 +32,6 @@ def scheme_from_run(run_dir) -> dict | None:
     if not path.is_file():
         return None
     return (yaml.safe_load(path.read_text()) or {}).get("quantization_aware")
-
-
-def scheme(weights: str = "int4", activations: str = "int8", group_size: int = 32):
-    from tuneloop.config.recipe import QuantizationAwareConfig
-
-    return QuantizationAwareConfig(weights=weights, activations=activations, group_size=group_size)
 
 
 def write_quantized(merged: MergedModel, out_dir: Path, quantize: str | None = None,
@@ -93,26 +85,3 @@ def _probe(merged: MergedModel):
     ids, mask = probe_batch(merged.tokenizer)
     return probe_logits(merged.model, ids, mask)
 
-
-def is_quantized_dir(path: Path) -> bool:
-    return (Path(path) / QUANT_FILE).is_file()
-
-
-def load_quantized(path: Path):
-    """The quantized model, by plain transformers; the old pickle format is refused, never unpickled."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    path = Path(path)
-    if (path / LEGACY_PICKLE).is_file() and not (path / "model.safetensors").is_file():
-        raise UserError(f"{path / LEGACY_PICKLE} is a pickle (tuneloop's earlier quantized format); "
-                        "opening a pickle can run any code it names, so tuneloop does not load it",
-                        where=str(path), hint="re-export the model from its run: tuneloop export RUN_DIR "
-                        "--format quantized (or --quantize int4) --out DIR writes safetensors")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    except (OSError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise UserError(f"cannot load the quantized model: {first}", where=str(path),
-                        hint="re-export it with `tuneloop export RUN_DIR --format quantized --out DIR`") from None
-    return model.eval()

@@ -150,20 +150,3 @@ def card_from_config(name: str, config: dict) -> ModelCard:
         bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", False))),
         head_dim=text.get("head_dim"), qkv_bias=bool(text.get("attention_bias", False)),
     )
-
-
-def card_for(reference: str) -> ModelCard:
-    """The catalog card, or one built from the config of any model reference (dir, .gguf, hub id)."""
-    card = find_card(reference)
-    if card is not None:
-        return card
-    import json
-
-    from tuneloop.models.loading import resolve_model
-
-    config_path = resolve_model(reference).path / "config.json"
-    try:
-        return card_from_config(str(reference), json.loads(config_path.read_text()))
-    except (KeyError, ValueError) as e:
-        raise UserError(f"{config_path}: cannot read the architecture ({e})",
-                        hint="estimates need a decoder config with layers, hidden and head sizes") from None

@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from tuneloop.models.catalog import ModelCard, layer_linear_shapes
+from tuneloop.paths import tuneloop_home, write_json_atomic
 
 GB = 1024**3
 RUNTIME_BYTES = 0.55 * GB  # Python, torch, transformers and tokenizer, measured as idle RSS after import
@@ -78,7 +79,6 @@ def activation_bytes(card: ModelCard, method: str, seq_len: int, batch_size: int
 
 def matmul_peak_tflops(device: str = "cpu") -> float:
     """The machine's matmul peak (bf16 where supported), measured once and cached in TUNELOOP_HOME."""
-    from tuneloop.paths import tuneloop_home, write_json_atomic
 
     cache = tuneloop_home() / "matmul_peak.json"
     if cache.is_file():

@@ -14,8 +14,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuneloop.chat.template import select_chat_template
 from tuneloop.errors import UserError, did_you_mean
 from tuneloop.models import catalog, store
+from tuneloop.models.quantized import is_quantized_dir, load_quantized
 from tuneloop.paths import model_store
 
 
@@ -141,7 +143,6 @@ def load_tokenizer(reference: str | Path | ResolvedModel, chat_template: str | N
         tokenizer.pad_token = pad
     elif tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # last resort; masks must come from attention_mask
-    from tuneloop.chat.template import select_chat_template
 
     select_chat_template(tokenizer, chat_template)
     return tokenizer
@@ -157,9 +158,7 @@ def load_model(reference: str | Path | ResolvedModel, dtype=None, merge_adapter:
 
     hf_logging.disable_progress_bar()  # a per-tensor bar for a one-second load is noise
     resolved = reference if isinstance(reference, ResolvedModel) else resolve_model(reference)
-    if (resolved.path / "tuneloop_quantization.json").is_file():  # `export --format quantized`
-        from tuneloop.export.quantized import load_quantized
-
+    if is_quantized_dir(resolved.path):  # `export --format quantized`
         return load_quantized(resolved.path)
     try:
         model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=dtype or torch.float32)
@@ -180,3 +179,16 @@ def load_model(reference: str | Path | ResolvedModel, dtype=None, merge_adapter:
 def load_model_and_tokenizer(reference, dtype=None, merge_adapter: bool = False, device=None):
     resolved = reference if isinstance(reference, ResolvedModel) else resolve_model(reference)
     return load_model(resolved, dtype, merge_adapter, device), load_tokenizer(resolved)
+
+
+def card_for(reference: str) -> catalog.ModelCard:
+    """The catalog card, or one built from the config of any model reference (dir, .gguf, hub id)."""
+    card = catalog.find_card(reference)
+    if card is not None:
+        return card
+    config_path = resolve_model(reference).path / "config.json"
+    try:
+        return catalog.card_from_config(str(reference), json.loads(config_path.read_text()))
+    except (KeyError, ValueError) as e:
+        raise UserError(f"{config_path}: cannot read the architecture ({e})",
+                        hint="estimates need a decoder config with layers, hidden and head sizes") from None

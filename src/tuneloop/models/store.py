@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from tuneloop.errors import UserError
+from tuneloop.models.catalog import EMBEDDED
 from tuneloop.paths import model_store, write_json_atomic
 
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -101,7 +102,6 @@ def convert_gguf(gguf_path: Path, out_dir: Path, source: str) -> Path:
 
 def ensure_embedded() -> Path:
     """The embedded default as a HF directory, converting it on first use."""
-    from tuneloop.models.catalog import EMBEDDED
 
     out = model_store() / EMBEDDED
     if is_hf_dir(out):

@@ -54,11 +54,18 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True, type=Path, help="Working directory (one folder per config).")
     parser.add_argument("--config", action="append", type=json.loads,
                         help="A JSON object of QuickstartSettings fields; repeatable. Default: CONFIGS.")
+    parser.add_argument("--results", type=Path, help="Also write the lines as one JSON file (a list).")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     prepare_data(args.out / "prepared", QuickstartSettings())
+    lines = []
     for i, config in enumerate(args.config or CONFIGS):
-        print(json.dumps(score(config, args.out / f"config-{i}", args.out / "prepared" / "data")), flush=True)
+        lines.append(score(config, args.out / f"config-{i}", args.out / "prepared" / "data"))
+        print(json.dumps(lines[-1]), flush=True)
+        if args.results:
+            from tuneloop.paths import write_json_atomic
+
+            write_json_atomic(args.results, lines)
 
 
 if __name__ == "__main__":

@@ -28,11 +28,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuneloop.chat.template import IGNORE_INDEX, Conversation, EncodedChat, TemplateError, encode_chat
+from tuneloop.chat.template import (IGNORE_INDEX, Conversation, EncodedChat, TemplateError, encode_chat,
+                                    render_text)
 from tuneloop.data.ingest import check_encoding
 from tuneloop.data.records import to_canonical
 from tuneloop.data.validate import Issue, validate_record
 from tuneloop.errors import UserError
+from tuneloop.train.mixture import mix_rows, task_probabilities
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -227,7 +229,6 @@ def _bos_is_turn_marker(tokenizer) -> bool:
     if tokenizer.bos_token is None:
         return False
     probe = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
-    from tuneloop.chat.template import render_text
 
     return render_text(tokenizer, probe).count(tokenizer.bos_token) > 1
 
@@ -330,3 +331,85 @@ def length_histogram(lengths: list[int], bins: int = 10, width: int = 40) -> str
         bar = "#" * max(1 if count else 0, round(width * count / top))
         lines.append(f"{low + b * step:>6}-{low + (b + 1) * step - 1:<6} {count:>7}  {bar}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# A run's data: what the SFT recipe trains and validates on
+
+
+@dataclass
+class TrainData:
+    """A run's training and validation rows, with what tokenising them reported."""
+
+    train_rows: list[list[Sample]]
+    validation_rows: list[list[Sample]]
+    report: TokenizeReport
+    validation_report: TokenizeReport | None
+    sample_prompts: list[list[dict]]
+    validation_by_task: dict = field(default_factory=dict)  # task -> rows (multi-task only)
+
+
+def prepare_data(recipe, tokenizer, show_progress: bool = True) -> TrainData:
+    """Tokenise, check and pack train (and validation) data. Deterministic, so every rank agrees."""
+    t = recipe.train
+    if recipe.data.mixture:
+        return prepare_mixture_data(recipe, tokenizer, show_progress)
+    records = read_chat_jsonl(recipe.data.train)
+    samples, report = tokenize_records(tokenizer, records, t.max_seq_len, t.overlong, t.train_on,
+                                       show_progress=show_progress)
+    if not samples:
+        raise UserError(
+            f"no sample in {recipe.data.train} has a trainable token ({report.no_trainable_tokens} without "
+            f"any, {report.dropped_overlong} longer than max_seq_len)",
+            hint="each record needs an assistant turn with content (loss is on assistant tokens; "
+                 "train.train_on: all trains on everything)")
+    val_rows, val_report, prompts = [], None, []
+    if recipe.data.validation:
+        val_records = read_chat_jsonl(recipe.data.validation)
+        val_samples, val_report = tokenize_records(tokenizer, val_records, t.max_seq_len,
+                                                   "drop" if t.overlong == "error" else t.overlong, t.train_on)
+        val_rows = batch_units(val_samples, t.batch_tokens)
+        prompts = [_prompt_part(m) for _, m in val_records if any(x["role"] == "assistant" for x in m)][:2]
+    if t.sample_prompts:
+        prompts = [[{"role": "user", "content": p}] for p in t.sample_prompts]
+    return TrainData(batch_units(samples, t.batch_tokens), val_rows, report, val_report, prompts)
+
+
+def _prompt_part(messages: list[dict]) -> list[dict]:
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return messages[:last]
+
+
+def prepare_mixture_data(recipe, tokenizer, show_progress: bool = True) -> TrainData:
+    """Multi-task data: tokenise and pack each task, then mix the training rows by the recipe's sampling
+    (:mod:`tuneloop.train.mixture`)."""
+    t, data = recipe.train, recipe.data
+    task_rows, validation_by_task, sizes, report = {}, {}, {}, TokenizeReport()
+    for task in data.mixture:
+        samples, task_report = tokenize_records(tokenizer, read_chat_jsonl(task.train), t.max_seq_len,
+                                                t.overlong, t.train_on, show_progress=show_progress)
+        if not samples:
+            raise UserError(f"data.mixture[{task.name}]: no sample in {task.train} has a trainable token")
+        _merge_reports(report, task_report)
+        for sample in samples:
+            sample.task = task.name
+        task_rows[task.name] = batch_units(samples, t.batch_tokens)
+        sizes[task.name] = len(task_rows[task.name])
+        if task.validation:
+            val, _ = tokenize_records(tokenizer, read_chat_jsonl(task.validation), t.max_seq_len,
+                                      "drop" if t.overlong == "error" else t.overlong, t.train_on)
+            for sample in val:
+                sample.task = task.name
+            validation_by_task[task.name] = batch_units(val, t.batch_tokens)
+    weights = {task.name: task.weight for task in data.mixture}
+    probabilities = task_probabilities(sizes, weights, data.sampling, data.temperature)
+    rows = mix_rows(task_rows, probabilities, t.seed)
+    validation = [row for name in sorted(validation_by_task) for row in validation_by_task[name]]
+    return TrainData(rows, validation, report, None, [], validation_by_task)
+
+
+def _merge_reports(total, part) -> None:
+    for name in ("total", "kept", "dropped_overlong", "truncated_prompt", "no_trainable_tokens"):
+        setattr(total, name, getattr(total, name) + getattr(part, name))
+    total.lengths.extend(part.lengths)
+    total.problems.extend(part.problems[: max(0, 20 - len(total.problems))])

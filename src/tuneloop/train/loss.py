@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tuneloop.chat.template import IGNORE_INDEX
+from tuneloop.train import attention
 from tuneloop.train.attention import segment_buckets
 
 
@@ -82,7 +83,6 @@ class SupervisedCausalLM(nn.Module):
 
 def _use_packed_attention(model) -> bool:
     """Switch a model that runs on SDPA to the packed implementation (generation still gets SDPA)."""
-    from tuneloop.train import attention
 
     config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
     if getattr(config, "_attn_implementation", None) not in ("sdpa", attention.NAME):

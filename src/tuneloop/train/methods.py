@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tuneloop.config.recipe import ADAPTER_METHODS
 from tuneloop.errors import UserError, did_you_mean
-
-ADAPTER_METHODS = ("lora", "dora", "qlora")
+from tuneloop.models.estimate import bf16_supported
+from tuneloop.train.dropout import use_fast_dropout
 
 
 @dataclass
@@ -45,7 +46,6 @@ class PreparedModel:
 
 def resolve_precision(requested: str, device: torch.device, method: str) -> Precision:
     """``auto`` = bf16 autocast where the hardware runs bf16 matmuls natively, else fp32."""
-    from tuneloop.models.estimate import bf16_supported
 
     if requested == "fp16" and device.type != "cuda":
         raise UserError("train.precision: fp16 needs a CUDA GPU", hint="use auto, bf16 or fp32 on CPU")
@@ -134,8 +134,6 @@ def linear_module_names(model) -> list[str]:
 
 def _add_adapters(model, recipe):
     from peft import LoraConfig, get_peft_model
-
-    from tuneloop.train.dropout import use_fast_dropout
 
     lora = recipe.lora
     targets = lora.target_modules

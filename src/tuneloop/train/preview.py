@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import sys
 
-from tuneloop.train.data import length_histogram
+from tuneloop.chat.template import EncodedChat, preview
+from tuneloop.models import catalog
+from tuneloop.models.estimate import estimate
+from tuneloop.models.loading import load_tokenizer, resolve_model
+from tuneloop.train import loop
+from tuneloop.train.data import examples_per_micro_batch, length_histogram, prepare_data
 
 
 def dry_run_report(recipe, color: bool | None = None) -> str:
-    from tuneloop.chat.template import EncodedChat, preview
-    from tuneloop.models.loading import load_tokenizer, resolve_model
-    from tuneloop.train import loop
-    from tuneloop.train.data import examples_per_micro_batch
-    from tuneloop.train.run import prepare_data
-
     color = sys.stdout.isatty() if color is None else color
     t = recipe.train
     tokenizer = load_tokenizer(resolve_model(recipe.model), recipe.chat_template)
@@ -70,15 +69,9 @@ def _micro_batch_shape(t, lengths: list[int]) -> tuple[int, int]:
 
 
 def _estimate_lines(recipe, tokens_total: float, shape: tuple[int, int] | None = None) -> str:
-    from tuneloop.models import catalog
-
     card = catalog.find_card(recipe.model)
     if card is None:
         return "memory and ETA: no estimate (model not in the catalog); run a few steps to measure"
-    try:
-        from tuneloop.models.estimate import estimate
-    except ImportError:
-        return "memory and ETA: estimator not available"
     method = "lora" if recipe.method == "dora" else recipe.method
     seq_len, rows = shape or (recipe.train.max_seq_len, recipe.train.batch_size)
     est = estimate(card, method, seq_len, rows, r=recipe.lora.r)

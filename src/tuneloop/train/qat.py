@@ -2,7 +2,7 @@
 
 During training every linear layer of the decoder sees its weights (and, with ``activations: int8``,
 its inputs) rounded the way the deployed model will round them, with straight-through gradients, so
-the fine-tune learns weights that survive quantization. After training, :func:`quantize_model` turns
+the fine-tune learns weights that survive quantization. After training, :func:`tuneloop.models.quantized.quantize_model` turns
 the float model into the real integer one; post-training quantization (``export --quantize``) is the
 same function applied to a model trained without QAT, which is the baseline QAT has to beat.
 
@@ -21,34 +21,7 @@ import types
 
 import torch
 
-QUANT_FILE = "tuneloop_quantization.json"
-WEIGHTS_FILE = "quantized_model.pt"
-
-
-def base_config(qa):
-    """The torchao post-training config that the deployed model uses (CPU-friendly kernels)."""
-    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
-    from torchao.quantization.granularity import PerGroup
-
-    dtype = {"int4": torch.int4, "int8": torch.int8}[qa.weights]
-    if qa.activations == "int8":
-        return Int8DynamicActivationIntxWeightConfig(weight_dtype=dtype, weight_granularity=PerGroup(qa.group_size))
-    return IntxWeightOnlyConfig(weight_dtype=dtype, granularity=PerGroup(qa.group_size))
-
-
-def is_decoder_linear(module: torch.nn.Module, name: str) -> bool:
-    # Adapter matrices (lora_A/lora_B) are not deployed as such: they are merged into the base first.
-    return isinstance(module, torch.nn.Linear) and not name.endswith("lm_head") and ".lora_" not in name
-
-
-def check_group_size(model, qa) -> None:
-    from tuneloop.errors import UserError
-
-    for name, module in model.named_modules():
-        if is_decoder_linear(module, name) and module.in_features % qa.group_size:
-            raise UserError(f"quantization_aware.group_size: {qa.group_size} does not divide the input "
-                            f"size {module.in_features} of {name}",
-                            hint="use a power of two such as 32 that divides the model's hidden sizes")
+from tuneloop.models.quantized import base_config, check_group_size, is_decoder_linear
 
 
 def prepare_full(model, qa) -> None:
@@ -112,12 +85,3 @@ def prepare(model, recipe) -> None:
         prepare_full(model, qa)
     else:
         prepare_lora(model, qa)
-
-
-def quantize_model(model, qa):
-    """The real integer model: decoder linears quantized with torchao (in place; returns the model)."""
-    from torchao.quantization import quantize_
-
-    check_group_size(model, qa)
-    quantize_(model, base_config(qa), filter_fn=is_decoder_linear)
-    return model

@@ -8,25 +8,9 @@ method's loss, and a ``METHOD`` record at the bottom):
 * ``grpo.py``: online RL, rewards from a reward run or a Python function named in the recipe.
 
 Shared library: ``data.py`` (records -> token ids through the one chat-template module),
-``losses.py`` (pure loss functions), ``pairs.py`` (scoring pairs), ``engine.py`` (the loop:
-LoRA/full, accumulation, progress, metrics, checkpoints, resume), ``runtime.py`` (run-dir files).
+``losses.py`` (pure loss functions), ``pairs.py`` (scoring pairs), ``engine.py`` (model, session and
+the step every method runs inside the run shell, :mod:`tuneloop.train.shell`).
 
-Entry point: :func:`run_preference` (``tuneloop train`` dispatches here on these methods).
+Each method is registered in :mod:`tuneloop.train.registry`; train through
+:func:`tuneloop.train.run_training`.
 """
-
-from __future__ import annotations
-
-import importlib
-from pathlib import Path
-
-METHODS = ("dpo", "orpo", "kto", "reward", "grpo")
-
-
-def run_preference(recipe, resume: bool = False) -> Path:
-    """Train ``recipe`` (method dpo/orpo/kto/reward/grpo) and return its run directory."""
-    from tuneloop.train.preference.engine import run
-
-    if recipe.method not in METHODS:
-        raise ValueError(f"not a preference method: {recipe.method}")
-    module = importlib.import_module(f"tuneloop.train.preference.{recipe.method}")
-    return run(recipe, module.METHOD, resume=resume)

@@ -16,8 +16,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuneloop.chat.batch import pad_batch
 from tuneloop.chat.template import IGNORE_INDEX, encode_chat, render_prompt_ids
 from tuneloop.data.ingest import check_encoding
+from tuneloop.data.records import to_canonical
+from tuneloop.data.validate import validate_record
 from tuneloop.errors import UserError
 
 
@@ -63,8 +66,6 @@ def _read_json_lines(path: Path) -> list[tuple[int, object]]:
 
 def load_preference_records(path: str | Path) -> list[dict]:
     """Canonical preference records of a JSONL file; any bad record is a UserError at FILE:LINE."""
-    from tuneloop.data.records import to_canonical
-    from tuneloop.data.validate import validate_record
 
     path = Path(path)
     records = []
@@ -130,8 +131,6 @@ def encode_pairs(tokenizer, records: list[dict], max_prompt_len: int, max_seq_le
 
 def collate(answers: list[EncodedAnswer], pad_id: int) -> dict:
     """Right-padded tensors ``input_ids``, ``attention_mask``, ``labels`` for a list of answers."""
-    from tuneloop.evaluate.perplexity import pad_batch
-
     return pad_batch(answers, pad_id)
 
 

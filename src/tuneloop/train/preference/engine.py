@@ -1,16 +1,17 @@
-"""The loop every preference/RL method runs, and the model helpers they share.
+"""The preference/RL methods' part of a run, and the model helpers they share.
 
 A method is a :class:`Method` record (see the bottom of ``dpo.py``, ``orpo.py``, ...): how to prepare
-its data, the loss of one micro-batch and its held-out evaluation. :func:`run` does the rest the same
-way for all of them: run directory, model (LoRA or full), optimizer and schedule, gradient
-accumulation, progress bar, metrics.jsonl, checkpoints with exact resume, final weights, summary.json.
+its data, the loss of one micro-batch and its held-out evaluation. :func:`run` sets up the model
+(LoRA or full) and the session, and hands one optimizer step and the evaluation to the run shell
+(:mod:`tuneloop.train.shell`), which does the rest exactly as it does for SFT: run directory,
+resume, optimizer and schedule, checkpoints, early stopping, tracking, progress, final weights.
+
+Data parallelism: each of a step's ``gradient_accumulation x world_size`` micro-batches goes to one
+process; gradients are summed across processes (``train.distributed``) and every process evaluates
+the same held-out set, so all agree on metrics and on when to stop.
 
 Reference model: for LoRA it is the same network with the adapter switched off (no second copy in
 memory); for full fine-tuning a frozen copy of the starting weights is kept.
-
-The SFT engine's library does the generic parts: model set-up and precision (``train.methods``),
-schedule and shuffling (``train.loop``), checkpoints (``train.checkpoint``), metrics.jsonl and
-MLflow (``train.tracking``).
 """
 
 from __future__ import annotations
@@ -19,17 +20,24 @@ import contextlib
 import copy
 import functools
 import time
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForSequenceClassification
+
 from tuneloop.chat.template import IGNORE_INDEX
+from tuneloop.errors import UserError
+from tuneloop.models.loading import load_tokenizer, resolve_model
+from tuneloop.paths import read_jsonl, write_json_atomic
 from tuneloop.train import checkpoint as ckpt
-from tuneloop.train import loop
-from tuneloop.train.optimizers import decay_groups, make_optimizer
-from tuneloop.train.preference import runtime
+from tuneloop.train import loop, shell
+from tuneloop.train.distributed import DistInfo, all_reduce_gradients, all_reduce_sum, barrier, init_distributed, shutdown
+from tuneloop.train.methods import resolve_precision, setup_model
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,7 @@ class Session:
     reference_model: Any = None  # full fine-tuning only; LoRA disables its adapter instead
     autocast_dtype: Any = None  # None = fp32 (train.methods.resolve_precision decides)
     data: dict = field(default_factory=dict)  # whatever the method's prepare() encodes
+    dist: DistInfo = field(default_factory=DistInfo)
 
     @property
     def pad_id(self) -> int:
@@ -129,23 +138,16 @@ def build_model(recipe, head: str, device: torch.device):
     A language-model head goes through the SFT engine's set-up, as method lora or full; the reward
     model's scalar head is a sequence-classification model with the same adapter settings.
     """
-    from tuneloop.models.loading import load_tokenizer, resolve_model
-    from tuneloop.train.methods import resolve_precision, setup_model
-
     resolved = resolve_model(recipe.model)
     tokenizer = load_tokenizer(resolved, recipe.chat_template)
     precision = resolve_precision(recipe.train.precision, device, recipe.finetuning)
     if head == "causal":
         as_sft = recipe.model_copy(update={"method": recipe.finetuning})
         return setup_model(as_sft, resolved.path, precision, device).model, tokenizer, precision.autocast
-    from transformers import AutoModelForSequenceClassification
-
     model = AutoModelForSequenceClassification.from_pretrained(resolved.path, num_labels=1,
                                                                dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id  # the head reads the last non-pad token
     if recipe.finetuning == "lora":
-        from peft import LoraConfig, get_peft_model
-
         lora = recipe.lora
         torch.manual_seed(recipe.train.seed)
         model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
@@ -160,10 +162,14 @@ def learning_rate(step: int, total: int, recipe) -> float:
     return loop.learning_rate(step, total, t.learning_rate, int(t.warmup_ratio * total), t.lr_scheduler)
 
 
-def micro_batch_indices(step: int, micro: int, n_items: int, recipe) -> list[int]:
-    """Item indices of one micro-batch: a seeded shuffle per epoch, so step N is the same on resume."""
+def micro_batch_indices(step: int, micro: int, n_items: int, recipe, world_size: int = 1) -> list[int]:
+    """Item indices of one micro-batch: a seeded shuffle per epoch, so step N is the same on resume.
+
+    A step has ``gradient_accumulation x world_size`` micro-batches; process r takes micro-batches
+    ``r x gradient_accumulation ...`` of them.
+    """
     size = recipe.train.batch_size
-    start = (step * recipe.train.gradient_accumulation + micro) * size
+    start = (step * recipe.train.gradient_accumulation * world_size + micro) * size
     indices = []
     for position in range(start, start + size):
         epoch, offset = divmod(position, n_items)
@@ -176,110 +182,146 @@ def _epoch_order(n_items: int, seed: int, epoch: int) -> tuple[int, ...]:
     return tuple(loop.epoch_order(n_items, seed, epoch))
 
 
-def total_steps(recipe, n_items: int) -> int:
+def total_steps(recipe, n_items: int, world_size: int = 1) -> int:
     t = recipe.train
-    return loop.total_steps(n_items, t.batch_size * t.gradient_accumulation, t.epochs, t.max_steps)
+    return loop.total_steps(n_items, t.batch_size * t.gradient_accumulation * world_size, t.epochs, t.max_steps)
 
 
-# ---------------------------------------------------------------- the loop
+# ---------------------------------------------------------------- the run
 
-def run(recipe, method: Method, resume: bool = False):
+@dataclass
+class PreferenceRun:
+    """A job of :mod:`tuneloop.train.shell`: the session plus what the shell's loop needs."""
+
+    recipe: Any
+    dist: DistInfo
+    run_dir: Path
+    session: Session
+    method: Method
+    optimizer: torch.optim.Optimizer
+    params: list
+    state: ckpt.TrainState
+    total_steps: int
+    n_items: int
+    on_evaluate: shell.EvaluateCallback | None = None
+    metrics: Any = None  # tracking.MetricsLog on rank 0
+    tracker: Any = None
+    started: float = field(default_factory=time.time)
+
+    @property
+    def model(self):
+        return self.session.model
+
+    @property
+    def keep_best(self) -> bool:
+        return bool(self.recipe.train.early_stopping)
+
+
+def run(recipe, method: Method, resume: bool = False, on_evaluate: shell.EvaluateCallback | None = None) -> Path:
     """Train ``recipe`` with ``method``; returns the run directory."""
-    from tqdm.auto import tqdm
+    job = setup(recipe, method, resume)
+    job.on_evaluate = on_evaluate
+    try:
+        if job.dist.is_main:
+            if not resume:
+                shell.clear_stale_checkpoints(job.run_dir)
+            job.metrics, job.tracker = shell.open_run_dir(recipe, resume, job.state.step, {})
+        barrier(job.dist)
+        initial = _initial_metrics(job.run_dir) if resume else None
+        if initial is None:
+            initial = _evaluate(job.session, method)
+            shell.log_record(job, {"step": 0, **initial})
+        if initial:
+            _watched(recipe, initial)  # an early-stopping metric the method lacks fails before training
+        last = {"metrics": initial}
 
-    from tuneloop.train.tracking import MetricsLog, Tracker
+        def evaluate():
+            metrics = _evaluate(job.session, method)
+            if not metrics:  # no held-out data
+                return None
+            last["metrics"] = metrics
+            return metrics, _watched(recipe, metrics)
 
-    started = time.time()
-    torch.manual_seed(recipe.train.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    run_dir = runtime.check_run_dir(recipe, resume)
-    if method.check is not None:  # a typo in the data should not wait for a model to load
+        shell.run_steps(job, lambda: _train_step(job), evaluate, desc=f"{method.name} {recipe.name}")
+        if job.dist.is_main:
+            shell.save_final(job, job.session.tokenizer)
+            summary = _summary(job, initial, last["metrics"])
+            write_json_atomic(job.run_dir / "summary.json", summary)
+            job.tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))},
+                                    job.state.step)
+        barrier(job.dist)
+    except BaseException:
+        if job.tracker:
+            job.tracker.close("FAILED")
+        raise
+    finally:
+        shutdown(job.dist)
+    if job.tracker:
+        job.tracker.close()
+    return job.run_dir
+
+
+def setup(recipe, method: Method, resume: bool = False) -> PreferenceRun:
+    """Model, session (with the method's encoded data), optimizer and, resuming, the restored state."""
+    dist = init_distributed()
+    # Refuse an incompatible checkpoint, and a typo in the data, before a model loads.
+    resume_from = shell.checkpoint_to_resume(recipe) if resume else None
+    if method.check is not None:
         method.check(recipe)
-    model, tokenizer, autocast_dtype = build_model(recipe, method.head, device)
-    session = Session(recipe, run_dir, model, tokenizer, device, autocast_dtype=autocast_dtype)
+    shell.seed_everything(recipe.train.seed, recipe.train.deterministic)
+    model, tokenizer, autocast_dtype = build_model(recipe, method.head, dist.device)
+    session = Session(recipe, recipe.run_dir(), model, tokenizer, dist.device, autocast_dtype=autocast_dtype,
+                      dist=dist)
     if recipe.finetuning == "full" and method.keeps_reference:
         session.reference_model = copy.deepcopy(model).eval().requires_grad_(False)
-    _set_threads(sum(p.numel() for p in model.parameters()))
+    shell.set_threads(dist, sum(p.numel() for p in model.parameters()))
     n_items = method.prepare(session)  # bad data or reward settings stop here, before any file
-    runtime.start_run_dir(recipe, resume)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(decay_groups(model, recipe.train.weight_decay), recipe.train, device)
-    steps = total_steps(recipe, n_items)
-    state = runtime.resume_state(run_dir, recipe, model, optimizer) if resume else ckpt.TrainState()
-    metrics = MetricsLog(run_dir / "metrics.jsonl", state.step if resume else None)
-    tracker = Tracker(recipe.tracking, run_dir, recipe.name, resume=resume)
-    tracker.log_params(recipe.model_dump())
-    initial = runtime.initial_metrics(run_dir) if resume else None
-    if initial is None:
-        initial = _evaluate(session, method)
-        _log(metrics, tracker, {"step": 0, **initial})
-    last = initial
-    progress = tqdm(total=steps, initial=state.step, desc=f"{method.name} {recipe.name}", unit="step",
-                    dynamic_ncols=True)
-    try:
-        while state.step < steps:
-            row = _train_step(session, method, optimizer, trainable, state, steps, n_items)
-            if state.step % recipe.train.eval_every == 0 or state.step == steps:
-                last = _evaluate(session, method)
-                row.update(last)
-            _log(metrics, tracker, row)
-            progress.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
-            progress.update(1)
-            if state.step % recipe.train.save_every == 0 and state.step < steps:
-                runtime.save_step_checkpoint(session, optimizer, state)
-    except BaseException:
-        tracker.close("FAILED")
-        raise
-    progress.close()
-    runtime.save_final(run_dir, model, tokenizer, recipe.finetuning)
-    summary = _summary(recipe, method, state, initial, last, device)
-    summary["wall_seconds"] = round(time.time() - started, 2)
-    runtime.write_summary(run_dir, summary)
-    tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))}, state.step)
-    tracker.close()
-    return run_dir
+    optimizer = shell.make_optimizer(model, recipe.train)
+    state = ckpt.restore_checkpoint(resume_from, model, optimizer) if resume_from else ckpt.TrainState()
+    params = [p for p in model.parameters() if p.requires_grad]
+    return PreferenceRun(recipe, dist, recipe.run_dir(), session, method, optimizer, params, state,
+                         total_steps(recipe, n_items, dist.world_size), n_items)
 
 
-def _set_threads(model_parameters: int) -> None:
-    """As the SFT engine does: tiny models (tests) on one thread, else one per physical core.
-
-    On a busy machine, idle-spinning worker threads made tiny-model steps many times slower.
-    """
-    import os
-
-    if os.environ.get("TUNELOOP_NUM_THREADS"):
-        torch.set_num_threads(int(os.environ["TUNELOOP_NUM_THREADS"]))
-    elif model_parameters < 20_000_000:
-        torch.set_num_threads(1)
+def _initial_metrics(run_dir: Path) -> dict | None:
+    """The held-out metrics measured before training (metrics.jsonl's step-0 row), if logged."""
+    path = run_dir / "metrics.jsonl"
+    rows = read_jsonl(path) if path.is_file() else []
+    first = next((r for r in rows if r.get("step") == 0), None)
+    return {k: v for k, v in first.items() if k != "step"} if first else None
 
 
-def _log(metrics, tracker, row: dict) -> None:
-    metrics.write(row)
-    tracker.log_metrics(row, row["step"])
-
-
-def _train_step(session, method, optimizer, trainable, state, steps, n_items) -> dict:
-    """One optimizer step over ``gradient_accumulation`` micro-batches; returns its metrics row."""
-    recipe, began = session.recipe, time.perf_counter()
+def _train_step(job: PreferenceRun) -> dict:
+    """One optimizer step: this process's ``gradient_accumulation`` micro-batches, gradients summed
+    across processes; returns the step's metrics row (averaged over all micro-batches)."""
+    session, recipe, dist, state = job.session, job.recipe, job.dist, job.state
+    began = time.perf_counter()
     session.model.train()
-    lr = learning_rate(state.step, steps, recipe)
-    for group in optimizer.param_groups:
+    lr = learning_rate(state.step, job.total_steps, recipe)
+    for group in job.optimizer.param_groups:
         group["lr"] = lr
     sums, tokens = {}, 0
     accumulation = recipe.train.gradient_accumulation
+    share = accumulation * dist.world_size  # micro-batches in the whole step
     for micro in range(accumulation):
-        indices = micro_batch_indices(state.step, micro, n_items, recipe)
+        indices = micro_batch_indices(state.step, dist.rank * accumulation + micro, job.n_items, recipe,
+                                      dist.world_size)
         with session.autocast():
-            loss, metrics, n_tokens = method.loss(session, indices)
-        (loss / accumulation).backward()
+            loss, metrics, n_tokens = job.method.loss(session, indices)
+        (loss / share).backward()
         tokens += n_tokens
         for key, value in {"loss": float(loss.detach()), **metrics}.items():
-            sums[key] = sums.get(key, 0.0) + value / accumulation
+            sums[key] = sums.get(key, 0.0) + value / share
+    all_reduce_gradients(job.params, dist)
+    if dist.enabled:
+        keys = sorted(sums)
+        totals = all_reduce_sum(torch.tensor([sums[k] for k in keys] + [tokens], dtype=torch.float64), dist)
+        sums, tokens = dict(zip(keys, totals[:-1].tolist())), int(totals[-1])
     grad_norm = None
     if recipe.train.max_grad_norm:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, recipe.train.max_grad_norm))
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(job.params, recipe.train.max_grad_norm))
+    job.optimizer.step()
+    job.optimizer.zero_grad(set_to_none=True)
     state.step += 1
     state.tokens_seen += tokens
     state.train_seconds += time.perf_counter() - began
@@ -295,14 +337,26 @@ def _evaluate(session, method) -> dict:
     return {f"validation_{k}": v for k, v in metrics.items()}
 
 
-def _summary(recipe, method, state, initial: dict, final: dict, device) -> dict:
-    """Final held-out metrics at the top level, and the same metrics before training beside them."""
-    from tuneloop.train.run import peak_rss_gb
+def _watched(recipe, metrics: dict) -> float | None:
+    """The held-out value early stopping watches: ``train.early_stopping.metric`` (validation_loss)."""
+    stopping = recipe.train.early_stopping
+    metric = stopping.metric if stopping else "validation_loss"
+    if metric in metrics:
+        return metrics[metric]
+    if stopping:
+        raise UserError(f"train.early_stopping.metric: method {recipe.method} reports no {metric!r}",
+                        hint=f"watch one of: {', '.join(sorted(metrics)) or '(none: add held-out data)'}")
+    return None
 
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else peak_rss_gb()
-    return {"name": recipe.name, "model": recipe.model, "method": method.name,
+
+def _summary(job: PreferenceRun, initial: dict, final: dict) -> dict:
+    """Final held-out metrics at the top level, and the same metrics before training beside them."""
+    recipe, state = job.recipe, job.state
+    return {"name": recipe.name, "model": recipe.model, "method": job.method.name,
             "finetuning": recipe.finetuning, "steps": state.step, "trained_tokens": state.tokens_seen,
             "train_seconds": round(state.train_seconds, 2),
+            "wall_seconds": round(time.time() - job.started, 2),
             "tokens_per_s": round(state.tokens_seen / max(state.train_seconds, 1e-9), 1),
-            "peak_memory_gb": round(peak, 3), **final,
+            "peak_memory_gb": round(shell.peak_memory_gb(job.dist.device), 3),
+            "world_size": job.dist.world_size, "best_step": state.best_step, **final,
             "before": initial, "after": final}

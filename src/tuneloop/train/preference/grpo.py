@@ -29,6 +29,7 @@ from tuneloop.models.generation import generate_ids
 from tuneloop.train.preference import data as pref_data
 from tuneloop.train.preference.engine import Method, Session, answer_kl, answer_logits
 from tuneloop.train.preference.losses import group_advantages, grpo_loss
+from tuneloop.train.preference.reward import load_reward_model
 
 HELD_OUT_PROMPTS = 32  # greedy answers scored at each evaluation: enough to see a trend, cheap
 
@@ -72,7 +73,6 @@ def reward_source(session: Session):
                                 where=f"reward function {config.reward_function}")
             return torch.tensor([float(v) for v in values])
         return rewards
-    from tuneloop.train.preference.reward import load_reward_model
 
     model, tokenizer = load_reward_model(config.reward_model, session.device)
 

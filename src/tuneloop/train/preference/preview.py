@@ -9,14 +9,13 @@ from __future__ import annotations
 import sys
 
 from tuneloop.chat.template import EncodedChat, preview
+from tuneloop.models.loading import load_tokenizer, resolve_model
+from tuneloop.train import loop
+from tuneloop.train.preference import data as pref_data
+from tuneloop.train.preference import pairs
 
 
 def dry_run_report(recipe, color: bool | None = None) -> str:
-    from tuneloop.models.loading import load_tokenizer, resolve_model
-    from tuneloop.train import loop
-    from tuneloop.train.preference import data as pref_data
-    from tuneloop.train.preference import pairs
-
     color = sys.stdout.isatty() if color is None else color
     tokenizer = load_tokenizer(resolve_model(recipe.model), recipe.chat_template)
     t = recipe.train

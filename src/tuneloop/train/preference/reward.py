@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from tuneloop.errors import UserError
+from tuneloop.models.loading import load_tokenizer, resolve_model
 from tuneloop.train.preference import pairs
 from tuneloop.train.preference.engine import Method, Session
 from tuneloop.train.preference.losses import reward_model_loss
@@ -64,8 +65,6 @@ def evaluate(session: Session) -> dict:
 def load_reward_model(run_dir: str | Path, device: torch.device):
     """(model, tokenizer) of a ``method: reward`` run directory, in eval mode."""
     from transformers import AutoModelForSequenceClassification
-
-    from tuneloop.models.loading import load_tokenizer, resolve_model
 
     run_dir = Path(run_dir)
     meta_path = run_dir / "tuneloop_base.json"

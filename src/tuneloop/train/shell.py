@@ -1,0 +1,261 @@
+"""The run shell: everything a training run does the same way whatever the method.
+
+A method (SFT in :mod:`tuneloop.train.run`, the preference methods in
+:mod:`tuneloop.train.preference.engine`) supplies what differs: its data, its model, one optimizer
+step and its held-out evaluation. The shell supplies the rest, once:
+
+1. the resume check, before any data or model work: a bad ``--resume`` fails in a second;
+2. seeding, and threads (one per physical core, shared among local ranks; tiny models on one);
+3. one optimizer (``train.optimizer``, AdamW by default), with norms and biases out of weight
+   decay; the schedule is ``loop.learning_rate``;
+4. the run directory: ``recipe.resolved.yaml``, ``tuneloop_base.json`` (the same keys for every
+   method), ``metrics.jsonl`` and the tracker (MLflow), ``summary.json``;
+5. the step loop: progress bar, evaluation every ``eval_every`` steps and at the end, a checkpoint
+   every ``save_every`` steps (pruned to ``keep_checkpoints``), early stopping and the caller's
+   ``on_evaluate`` callback, decided alike on every process so that all ranks stop together;
+6. the final weights: ``adapter/`` or ``model/`` (the best checkpoint's under early stopping),
+   written to a temporary directory and renamed into place.
+
+Data parallelism: a method shares each step's work among the processes (see ``train.distributed``);
+only rank 0 writes files.
+
+A *job* is the object both engines hand to :func:`run_steps`; it has the attributes ``recipe``,
+``dist``, ``run_dir``, ``model``, ``optimizer``, ``state``, ``total_steps``, ``keep_best``,
+``metrics`` (a MetricsLog on rank 0), ``tracker`` and ``on_evaluate``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from tuneloop.config.recipe import SFT_METHODS
+from tuneloop.errors import UserError
+from tuneloop.paths import make_dir, write_json_atomic, write_text_atomic
+from tuneloop.train import checkpoint as ckpt
+from tuneloop.train import optimizers
+from tuneloop.train.distributed import DistInfo, all_reduce_sum
+from tuneloop.train.tracking import MetricsLog, Tracker
+
+# on_evaluate(step, metrics) -> True to stop the run (final outputs are still written)
+EvaluateCallback = Callable[[int, dict], bool]
+
+
+# ---------------------------------------------------------------------------------------------
+# Before the model loads
+
+
+def checkpoint_to_resume(recipe) -> Path:
+    """The newest step checkpoint, after checking that this recipe can continue it."""
+    found = ckpt.step_checkpoints(recipe.run_dir() / "checkpoints")
+    if not found:
+        raise UserError(f"--resume: no checkpoint in {recipe.run_dir() / 'checkpoints'}",
+                        hint="run without --resume to start, or check name/output_dir")
+    ckpt.check_compatible(found[-1], recipe)
+    return found[-1]
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def set_threads(dist: DistInfo, model_parameters: int) -> None:
+    """One thread per physical core (hyper-threads slow matmuls down), shared among local ranks.
+
+    Tiny models (tests) run on one thread: their matmuls are too small to split, and on a busy
+    machine idle-spinning worker threads made a step ~10x slower. TUNELOOP_NUM_THREADS overrides.
+    """
+    if os.environ.get("TUNELOOP_NUM_THREADS"):
+        torch.set_num_threads(int(os.environ["TUNELOOP_NUM_THREADS"]))
+        return
+    try:
+        import psutil
+
+        cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:
+        cores = os.cpu_count() or 1
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
+    threads = max(1, cores // max(1, local_world))
+    torch.set_num_threads(1 if model_parameters < 20_000_000 else threads)
+
+
+def make_optimizer(model, t) -> torch.optim.Optimizer:
+    """The recipe's ``train.optimizer`` (AdamW by default), no weight decay on norms or biases."""
+    return optimizers.make_optimizer(optimizers.decay_groups(model, t.weight_decay), t,
+                                     next(model.parameters()).device)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run directory
+
+
+def recipe_yaml(recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def finetuning(recipe) -> str:
+    """What a run trains: ``full``, or the adapter kind (lora, dora, qlora)."""
+    return recipe.method if recipe.method in SFT_METHODS else recipe.finetuning
+
+
+def trains_adapter(recipe) -> bool:
+    return finetuning(recipe) != "full"
+
+
+def base_record(recipe) -> dict:
+    """``tuneloop_base.json``: what ``serve``, ``eval`` and ``export`` read to find the base model.
+
+    The same keys for every method: ``base_model`` (a local path made absolute), ``method`` and
+    ``finetuning`` (``full``, or the adapter kind: lora, dora, qlora).
+    """
+    base = recipe.model
+    if Path(base).expanduser().exists():
+        base = str(Path(base).expanduser().resolve())
+    return {"base_model": base, "method": recipe.method, "finetuning": finetuning(recipe)}
+
+
+def clear_stale_checkpoints(run_dir: Path) -> None:
+    """A fresh run must not leave someone's old steps for a later ``--resume`` to pick up."""
+    if (run_dir / "checkpoints").exists():
+        shutil.rmtree(run_dir / "checkpoints")
+
+
+def open_run_dir(recipe, resume: bool, step: int, params: dict) -> tuple[MetricsLog, Tracker]:
+    """Create (or reopen) the run directory; write the resolved recipe and base record (rank 0)."""
+    run_dir = recipe.run_dir()
+    make_dir(run_dir, "run directory")
+    write_text_atomic(run_dir / "recipe.resolved.yaml", recipe_yaml(recipe))
+    write_json_atomic(run_dir / "tuneloop_base.json", base_record(recipe))
+    metrics = MetricsLog(run_dir / "metrics.jsonl", step if resume else None)
+    tracker = Tracker(recipe.tracking, run_dir, recipe.name, resume=resume)
+    tracker.log_params(recipe.model_dump() | params)
+    return metrics, tracker
+
+
+def save_step_checkpoint(job) -> None:
+    directory = job.run_dir / "checkpoints" / f"step-{job.state.step}"
+    ckpt.save_checkpoint(directory, job.model, job.optimizer, job.state, job.recipe, recipe_yaml(job.recipe))
+    ckpt.prune_checkpoints(job.run_dir / "checkpoints", job.recipe.train.keep_checkpoints)
+
+
+def save_final(job, tokenizer, before_save: Callable | None = None) -> Path:
+    """``adapter/`` or ``model/`` with the tokenizer, written to a temp dir and renamed into place.
+
+    With early stopping, the best checkpoint's weights are the ones saved.
+    """
+    best = job.run_dir / "checkpoints" / "best"
+    if job.recipe.train.early_stopping and (best / "trainable.safetensors").is_file():
+        ckpt.load_weights(best, job.model)
+    name = "adapter" if trains_adapter(job.recipe) else "model"
+    target, tmp = job.run_dir / name, job.run_dir / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if before_save is not None:
+        before_save(job.model)
+    job.model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # ru_maxrss: KiB on Linux
+
+
+# ---------------------------------------------------------------------------------------------
+# The step loop
+
+
+def run_steps(job, step: Callable[[], dict], evaluate: Callable[[], tuple[dict, float | None] | None],
+              desc: str) -> None:
+    """Train until ``total_steps`` or a stop: ``step()`` does one optimizer step and returns its
+    metrics row; ``evaluate()`` returns (held-out metrics, the value early stopping watches) or None.
+    """
+    t, state = job.recipe.train, job.state
+    bar = tqdm(total=job.total_steps, initial=state.step, desc=desc, unit="step",
+               disable=not job.dist.is_main, dynamic_ncols=True)
+    while state.step < job.total_steps:
+        record = step()
+        stop = False
+        if state.step % t.eval_every == 0 or state.step >= job.total_steps:
+            evaluated = evaluate()
+            if evaluated is not None:
+                metrics, watched = evaluated
+                record.update(metrics)
+                stop = after_evaluation(job, metrics, watched)
+        log_record(job, record, bar)
+        if job.dist.is_main and state.step % t.save_every == 0 and state.step < job.total_steps:
+            save_step_checkpoint(job)
+        if stop:
+            break
+    bar.close()
+
+
+def log_record(job, record: dict, bar=None) -> None:
+    if not job.dist.is_main:
+        return
+    job.metrics.write({k: v for k, v in record.items() if v is not None})
+    if job.tracker:
+        job.tracker.log_metrics(record, record["step"])
+    if bar is None:
+        return
+    shown = {"loss": f"{record['loss']:.4f}"}
+    if record.get("tokens_per_s") is not None:
+        shown["tok/s"] = f"{record['tokens_per_s']:.0f}"
+    if "validation_loss" in record:
+        shown["val"] = f"{record['validation_loss']:.4f}"
+    bar.set_postfix(shown, refresh=False)
+    bar.update(1)
+
+
+def lower_is_better(metric: str) -> bool:
+    """Losses and divergences fall as a run improves; rewards and accuracies rise."""
+    return "loss" in metric or metric.endswith("kl") or metric.endswith("perplexity")
+
+
+def after_evaluation(job, metrics: dict, watched: float | None) -> bool:
+    """Best-so-far bookkeeping, early stopping and ``on_evaluate``; True = stop, on every rank.
+
+    ``watched`` is the value of ``train.early_stopping.metric`` (validation loss by default).
+    """
+    t, state = job.recipe.train, job.state
+    metric = t.early_stopping.metric if t.early_stopping else "validation_loss"
+    min_delta = t.early_stopping.min_delta if t.early_stopping else 0.0
+    sign = 1.0 if lower_is_better(metric) else -1.0
+    stop = False
+    if watched is None:  # nothing to watch (e.g. GRPO without early stopping): no best to keep
+        pass
+    elif state.best_metric is None or sign * watched < sign * state.best_metric - min_delta:
+        state.best_metric, state.best_step, state.evals_without_improvement = watched, state.step, 0
+        if job.dist.is_main and job.keep_best:
+            ckpt.save_checkpoint(job.run_dir / "checkpoints" / "best", job.model, None, state,
+                                 job.recipe, recipe_yaml(job.recipe), weights_only=True)
+    else:
+        state.evals_without_improvement += 1
+        if t.early_stopping and state.evals_without_improvement >= t.early_stopping.patience:
+            if job.dist.is_main:
+                print(f"\nearly stopping at step {state.step}: {metric} has not improved for "
+                      f"{state.evals_without_improvement} evaluations (best {state.best_metric:.4f} at "
+                      f"step {state.best_step})", flush=True)
+            stop = True
+    if job.dist.is_main and job.on_evaluate is not None and job.on_evaluate(state.step, dict(metrics)):
+        print(f"\nstopped at step {state.step} by the on_evaluate callback", flush=True)
+        stop = True
+    # on_evaluate runs on rank 0 only: every rank follows its decision.
+    return bool(all_reduce_sum(torch.tensor([float(stop)]), job.dist).item() > 0)
