@@ -48,8 +48,9 @@ def write_gguf(merged: MergedModel, out_dir: Path, dtype: str = "f32") -> dict:
     for name, array in gguf_tensors(merged.model, dtype):
         if dtype == "q8_0" and array.ndim == 2 and array.shape[-1] % 32 == 0:
             # Q8_0: blocks of 32 weights, one f16 scale each (llama.cpp's 8-bit type); norms stay f32
+            # (the byte array's shape gives the logical one: 34 bytes per 32 weights)
             writer.add_tensor(name, gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0),
-                              raw_shape=array.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+                              raw_dtype=gguf.GGMLQuantizationType.Q8_0)
         else:
             writer.add_tensor(name, array)
     writer.write_header_to_file()
