@@ -251,3 +251,20 @@ def test_cli_errors_exit_1_without_traceback(tmp_path):
         assert done.returncode == 1, (args, done.stderr)
         assert "Traceback" not in done.stderr and "error:" in done.stderr
         assert not (tmp_path / "o").exists() and not (tmp_path / ".o.partial").exists()
+
+
+def test_gguf_q8_0_export_has_q8_0_tensors_and_an_ollama_modelfile(small_vocab_run, tmp_path):
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    from tuneloop.export import export_model
+
+    out = tmp_path / "q8"
+    record = export_model(small_vocab_run, "gguf", out, gguf_dtype="q8_0")
+    assert record["gguf_dtype"] == "q8_0" and record["readback_max_abs_diff"] < 2.0
+    types = {t.name: t.tensor_type for t in GGUFReader(out / "model.gguf").tensors}
+    assert types["blk.0.attn_q.weight"] == GGMLQuantizationType.Q8_0
+    assert types["token_embd.weight"] == GGMLQuantizationType.Q8_0 and "output.weight" not in types
+    assert types["output_norm.weight"] == GGMLQuantizationType.F32  # 1-D norms stay f32
+    f32 = export_model(small_vocab_run, "gguf", tmp_path / "f32")
+    assert f32 and (out / "model.gguf").stat().st_size < 0.4 * (tmp_path / "f32" / "model.gguf").stat().st_size
+    assert (out / "Modelfile").read_text().splitlines() == ["FROM ./model.gguf", 'PARAMETER stop "<|im_end|>"']

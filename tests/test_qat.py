@@ -87,7 +87,7 @@ def test_qat_run_exports_a_smaller_integer_model_that_loads(tiny_model_dir, chat
     answer = generate_chat(model, tokenizer, [[{"role": "user", "content": "What is code 3?"}]], 8)[0]
     assert answer.completion_tokens > 0
     float_export = export_model(run_dir, "safetensors", tmp_path / "float")
-    int_size = (tmp_path / "int4" / "quantized_model.pt").stat().st_size
+    int_size = (tmp_path / "int4" / "model.safetensors").stat().st_size
     float_size = sum(p.stat().st_size for p in (tmp_path / "float").glob("*.safetensors"))
     assert float_export and int_size < float_size
 
@@ -107,3 +107,60 @@ def test_post_training_quantization_of_a_plain_model(tiny_model_dir, tmp_path):
     assert isinstance(refused.exception, UserError)
     assert "was not trained with quantization_aware" in str(refused.exception)
     assert not (tmp_path / "q2").exists()
+
+
+def test_quantized_export_is_safetensors_that_plain_transformers_loads(tiny_model_dir, tmp_path):
+    """No pickle in the export; a fresh interpreter with only transformers (and torchao) loads it and
+    gives the logits tuneloop's own loader gives."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from tuneloop.export import export_model
+    from tuneloop.models.loading import load_model
+
+    out = tmp_path / "int8"
+    export_model(tiny_model_dir, "quantized", out, quantize="int8")
+    assert (out / "model.safetensors").is_file() and not list(out.glob("*.pt")) and not list(out.glob("*.bin"))
+    ids = [[1, 20, 300, 4000]]
+    ours = load_model(out)(torch.tensor(ids)).logits[0, -1, :5].tolist()
+    script = ("import json, sys, torch; from transformers import AutoModelForCausalLM; "
+              f"m = AutoModelForCausalLM.from_pretrained({str(out)!r}); "
+              "print(type(m.model.layers[0].mlp.down_proj.weight).__name__); "
+              f"print(json.dumps(m(torch.tensor({ids})).logits[0, -1, :5].tolist())); "
+              "print('tuneloop' in sys.modules)")
+    lines = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                           timeout=600).stdout.strip().splitlines()
+    assert lines[0] == "IntxUnpackedToInt8Tensor" and lines[2] == "False"
+    assert json.loads(lines[1]) == pytest.approx(ours, abs=1e-5)
+
+
+def test_a_pickle_with_a_payload_is_refused_not_run(tiny_model_dir, tmp_path):
+    """A downloaded "quantized model" in the old pickle format never gets unpickled."""
+    import pickle
+    import shutil
+
+    from tuneloop.models.loading import load_model
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))  # unpickling this creates the marker file
+
+    evil = tmp_path / "evil-model"
+    shutil.copytree(tiny_model_dir, evil)
+    (evil / "model.safetensors").unlink()
+    (evil / "tuneloop_quantization.json").write_text(json.dumps({"weights": "int4", "activations": "int8",
+                                                                 "group_size": 32, "trained": "post-training"}))
+    (evil / "quantized_model.pt").write_bytes(pickle.dumps({"weight": Payload()}))
+    with pytest.raises(UserError, match="is a pickle .*does not load it"):
+        load_model(evil)
+    assert not marker.exists()
+    # and torch itself, as every tuneloop load calls it (weights_only=True), refuses the payload too
+    import torch
+
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(evil / "quantized_model.pt", weights_only=True)
+    assert not marker.exists()

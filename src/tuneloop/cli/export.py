@@ -14,8 +14,9 @@ from tuneloop.export import FORMATS
                    "quantized: the integer model a quantization-aware run was trained for.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Directory to write (must be new or empty unless --overwrite).")
-@click.option("--gguf-dtype", type=click.Choice(["f32", "f16"]), default="f32", show_default=True,
-              help="Tensor precision of a GGUF export (f16 halves the file).")
+@click.option("--gguf-dtype", type=click.Choice(["f32", "f16", "q8_0"]), default="f32", show_default=True,
+              help="Tensor type of a GGUF export: f16 halves the file, q8_0 (llama.cpp's 8-bit blocks) "
+                   "quarters it. An Ollama Modelfile is written beside it.")
 @click.option("--quantize", type=click.Choice(["int4", "int8"]),
               help="Post-training quantization (int weights, int8 dynamic activations); implies "
                    "--format quantized. A QAT run exports with --format quantized alone.")

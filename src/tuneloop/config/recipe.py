@@ -53,6 +53,8 @@ class TrainConfig(Strict):
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps spent warming up linearly "
                                 "(TRL default 0; Axolotl/LLaMA-Factory recipes often use 0.03-0.1).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on matrices (never norms or biases).")
+    optimizer: Literal["adamw", "adamw_8bit", "sgd", "adafactor"] = Field(
+        "adamw", description="adamw; adamw_8bit (bitsandbytes 8-bit states, CUDA only); sgd (momentum 0.9); adafactor.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null turns it off.")
     batch_size: int = Field(8, ge=1, description=(
         "Examples per micro-batch per process; an optimizer step takes batch_size x gradient_accumulation "
@@ -136,8 +138,13 @@ class DataConfig(Strict):
         return self
 
 
+TrackingBackend = Literal["mlflow", "tensorboard", "wandb", "none"]
+
+
 class TrackingConfig(Strict):
-    backend: Literal["mlflow", "none"] = "mlflow"
+    backend: TrackingBackend | list[TrackingBackend] = Field(
+        "mlflow", description="mlflow, tensorboard, wandb (offline unless WANDB_MODE=online), none, "
+                              "or a list of them.")
     uri: str | None = Field(None, description="Tracking URI; default a local store in the run dir.")
     experiment: str | None = None
 
@@ -329,6 +336,9 @@ class Recipe(Strict):
     federated: FederatedConfig | None = Field(
         None, description="Federated fine-tuning (`tuneloop federated`): rounds, strategy, clients, privacy."
     )
+    chat_template: str = Field("model", description=(
+        "How conversations are rendered: 'model' (the model's own template), 'chatml' (ChatML with "
+        "tool calls in <tool_call> tags) or the path of a Jinja template file."))
 
     @model_validator(mode="after")
     def _qat_methods(self):
@@ -354,6 +364,12 @@ class Recipe(Strict):
 
     def run_dir(self) -> Path:
         return Path(self.output_dir or "runs") / self.name
+
+
+def recipe_json_schema() -> dict:
+    """JSON Schema (draft 2020-12) of recipe files, from the same typed models that validate them."""
+    schema = Recipe.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "tuneloop recipe", **schema}
 
 
 def _model_for_path(model: type[BaseModel], path: tuple) -> type[BaseModel] | None:
@@ -465,6 +481,10 @@ def recipe_from_dict(raw: dict, source: str = "recipe", base_dir: Path | None = 
 
 
 def _resolve_data_paths(recipe: Recipe, base_dir: Path) -> None:
+    template = recipe.chat_template
+    if template not in ("model", "chatml") and not Path(template).expanduser().is_absolute():
+        if (base_dir / template).is_file() and not Path(template).is_file():
+            recipe.chat_template = str(base_dir / template)
     sections = [recipe.data, *(recipe.data.mixture or [])]
     for section in sections:
         for field in ("train", "validation", "test"):

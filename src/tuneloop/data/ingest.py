@@ -2,7 +2,12 @@
 
 Supported: ``.jsonl`` (one JSON value per line), ``.json`` (an array of records, or JSONL content in
 a file named .json), ``.csv``, ``.parquet``, ``.txt``/``.md`` (one plain document per file, as a
-``{"text": ...}`` record) and directories of these (searched recursively, in sorted order).
+``{"text": ...}`` record) and directories of these (searched recursively, in sorted order); also
+directories written by ``datasets``' ``save_to_disk`` and Hugging Face hub dataset ids
+(``org/name[:config][@split]``, from the local cache first), read through ``datasets``.
+
+Text must be UTF-8 (a UTF-8 BOM is dropped); a UTF-16 or UTF-32 file is recognised by its BOM or
+its NUL-byte pattern and refused with the encoding named and the ``iconv`` command that converts it.
 
 Nothing here judges a record: a line that is not valid JSON becomes a :class:`RawRecord` with
 ``error`` set, so that the caller reports it with its line number instead of stopping. Problems with
@@ -18,6 +23,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -55,12 +62,29 @@ class ColumnMap:
         return bool(self.text_column or self.label_column)
 
 
+# A Hugging Face hub dataset: org/name, optionally :config and @split (default split: train).
+HUB_DATASET = re.compile(r"(?P<name>[\w.-]+/[\w.-]+)(?::(?P<config>[\w.-]+))?(?:@(?P<split>[\w.\[\]:%-]+))?")
+
+
+def is_datasets_dir(path: Path) -> bool:
+    """A directory written by ``datasets``' ``save_to_disk`` (a Dataset or a DatasetDict)."""
+    return path.is_dir() and ((path / "state.json").is_file() and (path / "dataset_info.json").is_file()
+                              or (path / "dataset_dict.json").is_file())
+
+
+def is_hub_dataset(raw) -> bool:
+    return not Path(raw).exists() and HUB_DATASET.fullmatch(str(raw)) is not None
+
+
 def expand_inputs(paths) -> list[Path]:
-    """Files to read, in order: explicit files as given, directories expanded recursively."""
+    """Inputs to read, in order: files as given, directories expanded recursively, ``save_to_disk``
+    directories and hub dataset ids (``org/name[:config][@split]``) as one input each."""
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
+        if is_datasets_dir(path) or is_hub_dataset(raw):
+            files.append(path)
+        elif path.is_dir():
             found = sorted(p for p in path.rglob("*")
                            if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
@@ -78,10 +102,66 @@ def expand_inputs(paths) -> list[Path]:
     return files
 
 
+# Byte-order marks, longest first (UTF-32 LE starts with UTF-16 LE's mark).
+_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32 (little-endian, with BOM)", "UTF-32", "utf-32-le"),
+         (b"\x00\x00\xfe\xff", "UTF-32 (big-endian, with BOM)", "UTF-32", "utf-32-be"),
+         (b"\xff\xfe", "UTF-16 (little-endian, with BOM)", "UTF-16", "utf-16-le"),
+         (b"\xfe\xff", "UTF-16 (big-endian, with BOM)", "UTF-16", "utf-16-be"))
+
+
+def _reads_as_text(data: bytes, codec: str) -> bool:
+    """Whether ``data`` decodes as ``codec`` into mostly printable text (binary files do not)."""
+    unit = 4 if "32" in codec else 2
+    try:
+        text = data[: len(data) // unit * unit].decode(codec)
+    except UnicodeDecodeError:
+        return False
+    printable = sum(1 for c in text if c.isprintable() or c in "\r\n\t")
+    return bool(text) and printable >= 0.9 * len(text)
+
+
+def sniff_encoding(head: bytes) -> tuple[str, str] | None:
+    """(description, iconv name) when the first bytes say UTF-16/32 rather than UTF-8, else None.
+
+    Without a BOM, text in UTF-16/32 still shows itself: ASCII characters come with NUL bytes beside
+    them in a fixed pattern (``{\x00"\x00`` is ``{"`` in UTF-16 LE).
+    """
+    for bom, description, name, codec in _BOMS:
+        if head.startswith(bom):
+            return (description, name) if _reads_as_text(head[len(bom):], codec) else None
+    sample = head[:64]
+    if len(sample) >= 8 and sample.count(0) >= len(sample) // 4:
+        for description, name, codec in (
+                ("UTF-32 little-endian (no BOM)", "UTF-32LE", "utf-32-le"),
+                ("UTF-32 big-endian (no BOM)", "UTF-32BE", "utf-32-be"),
+                ("UTF-16 little-endian (no BOM)", "UTF-16LE", "utf-16-le"),
+                ("UTF-16 big-endian (no BOM)", "UTF-16BE", "utf-16-be")):
+            if _reads_as_text(head, codec):
+                return description, name
+    return None
+
+
+def check_encoding(path: Path) -> None:
+    """A :class:`UserError` naming the encoding and the conversion when a text file is UTF-16/32."""
+    with open(path, "rb") as f:
+        found = sniff_encoding(f.read(512))
+    if found is not None:
+        description, name = found
+        raise UserError(f"{path}: the file is {description} text, not UTF-8",
+                        hint=f"convert it: iconv -f {name} -t UTF-8 '{path}' > '{path.stem}.utf8{path.suffix}' "
+                             "(or re-save it as UTF-8 in your editor or spreadsheet)")
+
+
 def read_records(path: str | Path, columns: ColumnMap = ColumnMap()) -> Iterator[RawRecord]:
     """Yield every record of one file with its 1-based line (CSV: physical line; Parquet: row)."""
     path = Path(path)
+    if is_datasets_dir(path) or is_hub_dataset(path):
+        rows = _read_datasets(path)
+        yield from ((_rename_columns(r, columns) if columns else r) for r in rows)
+        return
     suffix = path.suffix.lower()
+    if suffix != ".parquet":
+        check_encoding(path)
     if suffix == ".jsonl":
         records = _read_jsonl(path)
     elif suffix == ".json":
@@ -103,6 +183,52 @@ def read_records(path: str | Path, columns: ColumnMap = ColumnMap()) -> Iterator
     if columns and suffix not in TABLE_SUFFIXES:
         records = (_rename_columns(r, columns) for r in records)
     yield from records
+
+
+def _read_datasets(path: Path) -> Iterator[RawRecord]:
+    """Rows of a ``save_to_disk`` directory or a hub dataset, through ``datasets``; line = row number."""
+    dataset = load_from_disk(path) if is_datasets_dir(path) else load_hub_dataset(str(path))
+    for row, record in enumerate(dataset, 1):
+        yield RawRecord(str(path), row, record)
+
+
+def load_from_disk(path: Path):
+    import datasets
+
+    loaded = datasets.load_from_disk(str(path))
+    if isinstance(loaded, datasets.DatasetDict):
+        if "train" in loaded or len(loaded) == 1:
+            return loaded["train"] if "train" in loaded else next(iter(loaded.values()))
+        raise UserError(f"{path}: a dataset with splits {', '.join(loaded)} and none named train",
+                        hint=f"name the split's directory, e.g. {path / next(iter(loaded))}")
+    return loaded
+
+
+def load_hub_dataset(reference: str):
+    """``org/name[:config][@split]`` from the local Hugging Face cache first, then the hub."""
+    import datasets
+
+    match = HUB_DATASET.fullmatch(reference)
+    name, config, split = match["name"], match["config"], match["split"] or "train"
+    errors = []
+    for offline in (True, False):
+        if not offline and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+            break
+        previous = os.environ.get("HF_HUB_OFFLINE")
+        os.environ["HF_HUB_OFFLINE"] = "1" if offline else "0"
+        try:
+            return datasets.load_dataset(name, config, split=split)
+        except Exception as e:  # datasets raises many types: missing cache, network, unknown split
+            errors.append(f"{'cache' if offline else 'hub'}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                          if str(e) else type(e).__name__)
+        finally:
+            if previous is None:
+                os.environ.pop("HF_HUB_OFFLINE", None)
+            else:
+                os.environ["HF_HUB_OFFLINE"] = previous
+    raise UserError(f"{reference}: could not load the hub dataset ({'; '.join(errors)})",
+                    hint="check the id, config and split (org/name[:config][@split]); offline, the dataset "
+                         "must be in the Hugging Face cache (load it once online, or save_to_disk a copy)")
 
 
 def _read_text(path: Path) -> str:

@@ -114,7 +114,7 @@ def resolve_task(raw: list[ingest.RawRecord], task: str) -> str:
         return task
     shapes = Counter(detect_shape(r.obj) for r in raw if r.error is None)
     shapes.pop(None, None)
-    preference = shapes.pop("preference", 0)
+    preference = shapes.pop("preference", 0) + shapes.pop("unpaired_preference", 0)
     if preference > sum(shapes.values()):
         return "preference"
     if shapes and set(shapes) == {"classification"}:
@@ -259,7 +259,7 @@ class _TextPass:
             cleaned = clean.clean_text(text)
             spans = pii.find_pii(cleaned) if self.redact and cleaned else []
             result = pii.replace_spans(cleaned, spans) if spans else cleaned
-            hit = (result, cleaned != text, not cleaned, [kind for _, _, kind in spans])
+            hit = (result, cleaned != text, not cleaned and bool(text), [kind for _, _, kind in spans])
             if len(self.cache) < self.CACHE_LIMIT:
                 self.cache[text] = hit
         result, changed, empty, found = hit
@@ -482,6 +482,20 @@ def training_estimate(model: str | None, tokens_per_epoch: int, seq_len: int) ->
     return estimate
 
 
+def _input_entry(path: Path) -> dict:
+    """Manifest entry of one input: a file's hash, a save_to_disk directory's files hashed together,
+    or a hub dataset id (its content is the hub's; the id with config and split is the record)."""
+    if path.is_file():
+        return {"path": str(path), "sha256": _sha256(path), "bytes": path.stat().st_size}
+    if path.is_dir():
+        digest, size = hashlib.sha256(), 0
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(str(file.relative_to(path)).encode() + _sha256(file).encode())
+            size += file.stat().st_size
+        return {"path": str(path), "sha256": digest.hexdigest(), "bytes": size}
+    return {"path": str(path), "hub_dataset": True}
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -508,7 +522,7 @@ def write_outputs(out_dir: Path, by_split: dict[str, list[_Candidate]], report: 
         manifest = {
             "tool": "tuneloop", "version": __version__, "command": "data prepare",
             "settings": report.settings,
-            "inputs": [{"path": str(p), "sha256": _sha256(p), "bytes": p.stat().st_size} for p in inputs],
+            "inputs": [_input_entry(p) for p in inputs],
             "outputs": [{"path": p.name, "sha256": _sha256(stage / p.name), "bytes": (stage / p.name).stat().st_size}
                         for p in report.files.values()],
         }

@@ -10,6 +10,14 @@
   conversation, ``{"messages": [...], "chosen": [assistant msg], "rejected": [assistant msg]}`` (the
   two conversational forms TRL accepts; answers are made consistent with the prompt's form).
 * text (continued pre-training) -> ``{"text": ...}``.
+* ShareGPT (``conversations`` of ``from``/``value``) -> chat; TRL's conversational prompt/completion
+  (message lists) -> chat; TRL's conversational preference -> the conversational preference form,
+  with an implicit prompt (no prompt key) split off as the turns chosen and rejected share.
+* unpaired KTO rows -> ``{"prompt": str, "completion": str, "label": bool}`` or
+  ``{"messages": [...], "completion": [assistant msg], "label": bool}``.
+
+Messages come out with string content (OpenAI's text parts joined, as ``serve`` joins them), tool
+calls in OpenAI's form (a legacy ``function_call`` becomes one tool call) and ``weight`` kept.
 
 Every output record also gets ``id`` (a hash of its normalised content, stable across runs) and
 ``source`` (``file:line``). These functions expect a record that passed
@@ -18,9 +26,16 @@ Every output record also gets ``id`` (a hash of its normalised content, stable a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
+from tuneloop.chat.template import message_text
+
+# ShareGPT speaker names -> roles (the names FastChat, Axolotl and LLaMA-Factory use).
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
+                  "assistant": "assistant", "chatgpt": "assistant", "bing": "assistant",
+                  "tool": "tool", "observation": "tool", "function_call": "assistant"}
 # Message keys kept in canonical chat records (the rest of OpenAI's keys pass through unchanged).
 _MESSAGE_KEEP = ("role", "content", "name", "weight", "tool_calls", "tool_call_id", "function_call")
 
@@ -39,9 +54,53 @@ def _with_system(obj: dict, messages: list[dict]) -> list[dict]:
     return ([_message("system", system)] if isinstance(system, str) and system.strip() else []) + messages
 
 
+def canonical_message(message: dict) -> dict:
+    """One message with string content; a legacy ``function_call`` becomes a tool call."""
+    out = {k: message[k] for k in _MESSAGE_KEEP if k in message and k != "function_call"}
+    if "function_call" in message and "tool_calls" not in message:
+        out["tool_calls"] = [{"type": "function", "function": message["function_call"]}]
+    out["content"] = message_text(message.get("content"))
+    return out
+
+
+def canonical_messages(messages: list[dict]) -> list[dict]:
+    return [canonical_message(m) for m in messages]
+
+
+def sharegpt_messages(obj: dict) -> list[dict]:
+    """ShareGPT turns as OpenAI messages (``function_call`` turns hold the call as JSON)."""
+    messages = _with_system(obj, [])
+    for turn in obj["conversations"]:
+        message: dict[str, Any] = {"role": SHAREGPT_ROLES[turn["from"]], "content": turn.get("value")}
+        if turn["from"] == "function_call":
+            call = turn["value"] if isinstance(turn["value"], dict) else json.loads(turn["value"])
+            message = {"role": "assistant", "content": "",
+                       "tool_calls": [{"type": "function", "function": {
+                           "name": call.get("name"), "arguments": call.get("arguments", {})}}]}
+        if "weight" in turn:
+            message["weight"] = turn["weight"]
+        messages.append(message)
+    return messages
+
+
+def implicit_prompt(obj: dict) -> int | None:
+    """TRL's implicit-prompt preference rows: how many leading turns chosen and rejected share.
+
+    None unless both are message lists whose shared turns end right before an assistant turn.
+    """
+    chosen, rejected = obj.get("chosen"), obj.get("rejected")
+    if not (isinstance(chosen, list) and isinstance(rejected, list) and chosen and rejected):
+        return None
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    if shared == 0 or shared >= min(len(chosen), len(rejected)):
+        return None
+    return shared
+
+
 def _from_chat(obj: dict) -> dict:
-    messages = [{k: m[k] for k in _MESSAGE_KEEP if k in m} for m in obj["messages"]]
-    record: dict[str, Any] = {"messages": messages}
+    record: dict[str, Any] = {"messages": canonical_messages(obj["messages"])}
     if "tools" in obj:
         record["tools"] = obj["tools"]
     if "label" in obj:
@@ -56,9 +115,35 @@ def _from_instruction(obj: dict) -> dict:
     return {"messages": _with_system(obj, [_message("user", user), _message("assistant", obj["output"])])}
 
 
+def _prompt_messages(obj: dict) -> list[dict]:
+    """The prompt as messages: ``messages``, a conversational ``prompt`` list, or one user turn."""
+    if "messages" in obj:
+        return _with_system(obj, canonical_messages(obj["messages"]))
+    if isinstance(obj["prompt"], list):
+        return _with_system(obj, canonical_messages(obj["prompt"]))
+    return _with_system(obj, [_message("user", obj["prompt"])])
+
+
 def _from_prompt_completion(obj: dict) -> dict:
-    return {"messages": _with_system(obj, [_message("user", obj["prompt"]),
-                                           _message("assistant", obj["completion"])])}
+    return {"messages": _prompt_messages(obj) + _answer_messages(obj["completion"])}
+
+
+def _from_sharegpt(obj: dict) -> dict:
+    record: dict[str, Any] = {"messages": canonical_messages(sharegpt_messages(obj))}
+    if "tools" in obj:
+        record["tools"] = json.loads(obj["tools"]) if isinstance(obj["tools"], str) else obj["tools"]
+    return record
+
+
+def _from_unpaired(obj: dict) -> dict:
+    label = obj["label"]
+    if isinstance(obj.get("prompt"), str) and not _has_system(obj) and not isinstance(obj["completion"], list):
+        return {"prompt": obj["prompt"], "completion": obj["completion"], "label": label}
+    return {"messages": _prompt_messages(obj), "completion": _answer_messages(obj["completion"]), "label": label}
+
+
+def _has_system(obj: dict) -> bool:
+    return isinstance(obj.get("system"), str) and bool(obj["system"].strip())
 
 
 def _from_text(obj: dict) -> dict:
@@ -72,7 +157,7 @@ def _from_classification(obj: dict) -> dict:
 
 def _answer_messages(answer: Any) -> list[dict]:
     if isinstance(answer, list):
-        return [{k: m[k] for k in _MESSAGE_KEEP if k in m} for m in answer]
+        return canonical_messages(answer)
     return [_message("assistant", answer)]
 
 
@@ -83,13 +168,14 @@ def _answer_string(answer: Any) -> str:
 
 
 def _from_preference(obj: dict) -> dict:
-    if "messages" in obj:
-        messages = [{k: m[k] for k in _MESSAGE_KEEP if k in m} for m in obj["messages"]]
-        return {"messages": _with_system(obj, messages), "chosen": _answer_messages(obj["chosen"]),
+    if "prompt" not in obj and "messages" not in obj:
+        shared = implicit_prompt(obj)
+        return {"messages": _with_system(obj, canonical_messages(obj["chosen"][:shared])),
+                "chosen": canonical_messages(obj["chosen"][shared:]),
+                "rejected": canonical_messages(obj["rejected"][shared:])}
+    if "messages" in obj or isinstance(obj["prompt"], list) or _has_system(obj):
+        return {"messages": _prompt_messages(obj), "chosen": _answer_messages(obj["chosen"]),
                 "rejected": _answer_messages(obj["rejected"])}
-    if isinstance(obj.get("system"), str) and obj["system"].strip():
-        return {"messages": _with_system(obj, [_message("user", obj["prompt"])]),
-                "chosen": _answer_messages(obj["chosen"]), "rejected": _answer_messages(obj["rejected"])}
     return {"prompt": obj["prompt"], "chosen": _answer_string(obj["chosen"]),
             "rejected": _answer_string(obj["rejected"])}
 
@@ -101,6 +187,8 @@ _CONVERTERS: dict[str, Callable[[dict], dict]] = {
     "text": _from_text,
     "classification": _from_classification,
     "preference": _from_preference,
+    "sharegpt": _from_sharegpt,
+    "unpaired_preference": _from_unpaired,
 }
 
 
@@ -109,7 +197,7 @@ def map_texts(record: dict, fn: Callable[[str], str]) -> dict:
 
     Labels are left alone: they are class names, not free text. Mutates and returns ``record``.
     """
-    for key in ("messages", "chosen", "rejected"):
+    for key in ("messages", "chosen", "rejected", "completion"):
         value = record.get(key)
         if isinstance(value, list):
             for message in value:
@@ -144,7 +232,7 @@ def content_text(record: dict, task: str, system: bool = True) -> str:
     for key in ("prompt", "text"):
         if isinstance(record.get(key), str):
             parts.append(record[key])
-    for key in ("messages", "chosen", "rejected"):
+    for key in ("messages", "chosen", "rejected", "completion"):
         value = record.get(key)
         if isinstance(value, list):
             parts.extend(f"{m.get('role')}: {m.get('content') or ''}" for m in value

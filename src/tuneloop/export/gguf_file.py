@@ -29,7 +29,7 @@ from tuneloop.models.store import store_info
 
 GGUF_FILE = "model.gguf"
 # Logit tolerance of the read-back check: f32 is a bit-exact copy; f16 rounds every weight.
-READBACK_TOLERANCE = {"f32": 1e-4, "f16": 0.5}
+READBACK_TOLERANCE = {"f32": 1e-4, "f16": 0.5, "q8_0": 2.0}
 # model_type -> whether q/k are permuted into llama.cpp's rotary layout. Add an architecture here
 # once its metadata keys and tensor layout are checked against transformers' GGUF loader.
 SUPPORTED_ARCHITECTURES = {"llama": True}
@@ -46,12 +46,35 @@ def write_gguf(merged: MergedModel, out_dir: Path, dtype: str = "f32") -> dict:
     _add_model_metadata(writer, config, dtype)
     _add_tokenizer_metadata(writer, merged, vocab_rows=config.vocab_size)
     for name, array in gguf_tensors(merged.model, dtype):
-        writer.add_tensor(name, array)
+        if dtype == "q8_0" and array.ndim == 2 and array.shape[-1] % 32 == 0:
+            # Q8_0: blocks of 32 weights, one f16 scale each (llama.cpp's 8-bit type); norms stay f32
+            # (the byte array's shape gives the logical one: 34 bytes per 32 weights)
+            writer.add_tensor(name, gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0),
+                              raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            writer.add_tensor(name, array)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    write_modelfile(out_dir, merged.tokenizer)
     return check_readback(merged, out_dir, dtype)
+
+
+def write_modelfile(out_dir: Path, tokenizer) -> Path:
+    """An Ollama ``Modelfile`` beside the GGUF: ``ollama create NAME -f Modelfile`` imports it.
+
+    Ollama reads the chat template from the GGUF's metadata; the stop token is the template's end
+    of turn, so answers end where training taught them to.
+    """
+    from tuneloop.paths import write_text_atomic
+
+    lines = [f"FROM ./{GGUF_FILE}"]
+    if tokenizer.eos_token:
+        lines.append(f'PARAMETER stop "{tokenizer.eos_token}"')
+    path = out_dir / "Modelfile"
+    write_text_atomic(path, "\n".join(lines) + "\n")
+    return path
 
 
 def _check_supported(config) -> None:
@@ -88,7 +111,8 @@ def _add_model_metadata(writer, config, dtype: str) -> None:
     writer.add_rope_freq_base(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
     writer.add_rope_dimension_count(head_dim(config))
     writer.add_vocab_size(config.vocab_size)
-    file_type = gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16
+    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]
     writer.add_file_type(int(file_type))
 
 

@@ -1,11 +1,16 @@
 """``--format quantized`` and ``--quantize int4|int8``: the integer model, for CPUs and edge devices.
 
-Both go through :func:`tuneloop.models.quantized.quantize_model` (torchao, int4/int8 weights with int8
+Both use the torchao scheme of :func:`tuneloop.train.qat.base_config` (int4/int8 weights with int8
 dynamic activations by default). ``--format quantized`` uses the scheme a QAT run was trained for (its
 recipe's ``quantization_aware``); ``--quantize`` applies post-training quantization to any run or model.
-The directory holds ``config.json``, tokenizer and chat template, ``generation_config.json``,
-``quantized_model.pt`` (torchao tensors) and ``tuneloop_quantization.json``; tuneloop's ``eval`` and
-``serve`` load it through :func:`tuneloop.models.quantized.load_quantized`.
+
+The directory is a plain Hugging Face model quantized through transformers' ``TorchAoConfig``:
+``config.json`` (with its ``quantization_config``), ``model.safetensors`` (torchao tensors flattened
+into safetensors: data only, nothing executable), tokenizer, chat template, ``generation_config.json``
+and ``tuneloop_quantization.json`` (the scheme, for tuneloop's records). Plain
+``AutoModelForCausalLM.from_pretrained(DIR)`` loads it (torchao installed), and so do ``eval`` and
+``serve`` (through :func:`tuneloop.models.quantized.load_quantized`, which refuses the earlier pickle
+format, ``quantized_model.pt``, instead of unpickling it: opening a pickle runs whatever code it names).
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from pathlib import Path
 
 from tuneloop.errors import UserError
 from tuneloop.export.merge import ExportCheckFailed, MergedModel, max_abs_diff, probe_batch, probe_logits
-from tuneloop.models.quantized import QUANT_FILE, WEIGHTS_FILE, load_quantized, quantize_model, scheme
+from tuneloop.models.quantized import QUANT_FILE, base_config, load_quantized, quantize_model, scheme
+from tuneloop.paths import write_json_atomic
 
 
 def scheme_from_run(run_dir) -> dict | None:
@@ -30,7 +36,7 @@ def scheme_from_run(run_dir) -> dict | None:
 
 def write_quantized(merged: MergedModel, out_dir: Path, quantize: str | None = None,
                     group_size: int = 32, **options) -> dict:
-    import torch
+    import shutil
 
     if quantize:
         qa, how = scheme(quantize, group_size=group_size), "post-training"
@@ -41,23 +47,41 @@ def write_quantized(merged: MergedModel, out_dir: Path, quantize: str | None = N
                             hint="for post-training quantization use --quantize int4 (or int8)")
         qa, how = scheme(**found), "quantization-aware"
     float_logits = _probe(merged)
-    model, tokenizer = quantize_model(merged.model, qa), merged.tokenizer
+    tokenizer = merged.tokenizer
+    # transformers quantizes while loading (TorchAoConfig), and only a model it quantized saves with
+    # its quantization_config; so the float model goes through a scratch directory once.
+    scratch = out_dir / ".float.tmp"
+    shutil.rmtree(scratch, ignore_errors=True)
+    merged.model.config.pad_token_id = tokenizer.pad_token_id
+    merged.model.save_pretrained(scratch, safe_serialization=True)
+    reference = quantize_model(merged.model, qa)  # the scheme as QAT and tuneloop apply it
+    try:
+        model = _load_with_torchao(scratch, qa)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     model.config._name_or_path = ""
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model.config.save_pretrained(out_dir)
-    model.generation_config.save_pretrained(out_dir)
+    model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    torch.save(model.state_dict(), out_dir / WEIGHTS_FILE)
-    (out_dir / QUANT_FILE).write_text(json.dumps(qa.model_dump() | {"trained": how}, indent=2))
+    write_json_atomic(out_dir / QUANT_FILE, qa.model_dump() | {"trained": how})
     reloaded = load_quantized(out_dir)
     ids, mask = probe_batch(tokenizer)
-    diff = max_abs_diff(probe_logits(model, ids, mask), probe_logits(reloaded, ids, mask))
+    quantized_logits = probe_logits(reference, ids, mask)
+    diff = max_abs_diff(quantized_logits, probe_logits(reloaded, ids, mask))
     if diff > 1e-4:
         raise ExportCheckFailed(f"{out_dir}: the reloaded quantized model differs by {diff:.2e}")
     return {"quantization": qa.model_dump(), "trained": how, "reload_max_abs_diff": diff,
-            "float_vs_quantized_max_abs_logit_diff": max_abs_diff(float_logits, probe_logits(model, ids, mask))}
+            "float_vs_quantized_max_abs_logit_diff": max_abs_diff(float_logits, quantized_logits)}
+
+
+def _load_with_torchao(path: Path, qa):
+    import torch
+    from transformers import AutoModelForCausalLM, TorchAoConfig
+
+    config = TorchAoConfig(base_config(qa), modules_to_not_convert=["lm_head"])
+    return AutoModelForCausalLM.from_pretrained(path, quantization_config=config, dtype=torch.float32)
 
 
 def _probe(merged: MergedModel):
     ids, mask = probe_batch(merged.tokenizer)
     return probe_logits(merged.model, ids, mask)
+

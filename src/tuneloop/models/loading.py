@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuneloop.chat.template import ensure_chat_template
+from tuneloop.chat.template import select_chat_template
 from tuneloop.errors import UserError, did_you_mean
 from tuneloop.models import catalog, store
 from tuneloop.models.quantized import is_quantized_dir, load_quantized
@@ -129,8 +129,12 @@ def cannot_load(path: Path, what: str, error: Exception) -> UserError:
                           "re-download or re-export it")
 
 
-def load_tokenizer(reference: str | Path | ResolvedModel):
-    """The tokenizer, with a pad token distinct from EOS where the vocabulary has one."""
+def load_tokenizer(reference: str | Path | ResolvedModel, chat_template: str | None = None):
+    """The tokenizer, with a pad token distinct from EOS where the vocabulary has one.
+
+    ``chat_template``: a recipe's choice (``model``, ``chatml`` or a Jinja file), see
+    :func:`tuneloop.chat.template.select_chat_template`.
+    """
     resolved = reference if isinstance(reference, ResolvedModel) else resolve_model(reference)
     from transformers import AutoTokenizer  # after resolving: an unknown name fails without this import
 
@@ -144,7 +148,7 @@ def load_tokenizer(reference: str | Path | ResolvedModel):
     elif tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # last resort; masks must come from attention_mask
 
-    ensure_chat_template(tokenizer)
+    select_chat_template(tokenizer, chat_template)
     return tokenizer
 
 

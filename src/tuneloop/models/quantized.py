@@ -4,22 +4,23 @@ One module for both sides of the format, so that ``models`` (which loads such a 
 ``eval`` and ``serve``), ``train.qat`` (which trains for it) and ``export`` (which writes it) all
 depend on it and none of them on each other.
 
-A quantized directory holds ``config.json``, tokenizer and chat template, ``generation_config.json``,
-``quantized_model.pt`` (torchao tensors) and ``tuneloop_quantization.json`` (the scheme). Decoder
-linears are quantized (int4/int8 weights, per-group, with int8 dynamic activations by default); the
-LM head, tied to the embeddings in the small models, stays in floating point.
+A quantized directory is a plain Hugging Face model quantized through transformers'
+``TorchAoConfig``: ``config.json`` (with its ``quantization_config``), ``model.safetensors`` (torchao
+tensors flattened into safetensors: data only), tokenizer and chat template, ``generation_config.json``
+and ``tuneloop_quantization.json`` (the scheme). ``AutoModelForCausalLM.from_pretrained`` loads it.
+Decoder linears are quantized (int4/int8 weights, per-group, with int8 dynamic activations by
+default); the LM head, tied to the embeddings in the small models, stays in floating point.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tuneloop.config.recipe import QuantizationAwareConfig
 from tuneloop.errors import UserError
 
 QUANT_FILE = "tuneloop_quantization.json"
-WEIGHTS_FILE = "quantized_model.pt"
+LEGACY_PICKLE = "quantized_model.pt"  # the pickle format before 2026-12-02; refused, see load_quantized
 
 
 def scheme(weights: str = "int4", activations: str = "int8", group_size: int = 32) -> QuantizationAwareConfig:
@@ -67,15 +68,20 @@ def is_quantized_dir(path: Path) -> bool:
 
 
 def load_quantized(path: Path):
-    """Rebuild the architecture, quantize it to the same layout, then load the stored integers."""
+    """The quantized model, by plain transformers; the old pickle format is refused, never unpickled."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     path = Path(path)
-    qa = scheme(**{k: v for k, v in json.loads((path / QUANT_FILE).read_text()).items() if k != "trained"})
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32)
-    quantize_model(model, qa)
-    state = torch.load(path / WEIGHTS_FILE, weights_only=False, map_location="cpu")
-    model.load_state_dict(state, assign=True)
-    model.tie_weights()
+    if (path / LEGACY_PICKLE).is_file() and not (path / "model.safetensors").is_file():
+        raise UserError(f"{path / LEGACY_PICKLE} is a pickle (tuneloop's earlier quantized format); "
+                        "opening a pickle can run any code it names, so tuneloop does not load it",
+                        where=str(path), hint="re-export the model from its run: tuneloop export RUN_DIR "
+                        "--format quantized (or --quantize int4) --out DIR writes safetensors")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise UserError(f"cannot load the quantized model: {first}", where=str(path),
+                        hint="re-export it with `tuneloop export RUN_DIR --format quantized --out DIR`") from None
     return model.eval()

@@ -80,9 +80,15 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 
 def rng_state() -> dict:
+    """Every RNG's state as lists, numbers and tensors only, so it loads with ``weights_only=True``
+    (a checkpoint may come from someone else; a pickle of arbitrary objects could run code)."""
     import numpy as np
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(internal), gauss],
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -91,8 +97,10 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     import numpy as np
 
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -181,6 +189,5 @@ def restore_checkpoint(checkpoint: Path, model, optimizer) -> TrainState:
     meta = json.loads((checkpoint / "state.json").read_text())
     load_weights(checkpoint, model)
     optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
-    # Our own file: it holds python's and numpy's RNG tuples, which weights_only refuses.
-    set_rng_state(torch.load(checkpoint / "rng.pt", weights_only=False))
+    set_rng_state(torch.load(checkpoint / "rng.pt", weights_only=True))
     return TrainState(**meta["state"])

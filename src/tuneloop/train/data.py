@@ -28,11 +28,15 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuneloop.chat.template import EncodedChat, IGNORE_INDEX, TemplateError, encode_chat, render_text
+from tuneloop.chat.template import (IGNORE_INDEX, Conversation, EncodedChat, TemplateError, encode_chat,
+                                    render_text)
+from tuneloop.data.ingest import check_encoding
+from tuneloop.data.records import to_canonical
+from tuneloop.data.validate import Issue, validate_record
 from tuneloop.errors import UserError
 from tuneloop.train.mixture import mix_rows, task_probabilities
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 
 
 @dataclass
@@ -82,6 +86,7 @@ def read_chat_jsonl(path: str | Path) -> list[tuple[str, list[dict]]]:
     if not path.is_file():
         raise UserError(f"training data not found: {path}",
                         hint="point data.train at a JSONL file, e.g. from `tuneloop data prepare`")
+    check_encoding(path)
     records = []
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
@@ -104,19 +109,24 @@ def read_chat_jsonl(path: str | Path) -> list[tuple[str, list[dict]]]:
     return records
 
 
-def _chat_messages(obj, where: str) -> list[dict]:
-    if not isinstance(obj, dict) or not isinstance(obj.get("messages"), list):
-        kind = "preference" if isinstance(obj, dict) and "chosen" in obj else "non-chat"
-        raise UserError(f"messages: expected a chat record {{\"messages\": [...]}} ({kind} record found)",
-                        where=where, hint="run `tuneloop data prepare --task sft` to convert other shapes")
-    messages = []
-    for i, message in enumerate(obj["messages"]):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise UserError(f"messages[{i}].role: must be one of {', '.join(ROLES)}", where=where)
-        if not isinstance(message.get("content"), str):
-            raise UserError(f"messages[{i}].content: must be a string", where=where)
-        messages.append({"role": message["role"], "content": message["content"]})
-    return messages  # a record without an assistant turn is counted later as "no trainable tokens"
+def _chat_messages(obj, where: str) -> Conversation:
+    """The record's conversation, through the same validator and converter as ``data validate``.
+
+    Any SFT shape works (chat, ShareGPT, instruction, prompt/completion incl. TRL's conversational
+    form), so what validation accepts is what training trains on: ``weight`` 0 turns are kept as
+    context (masked by :func:`encode_chat`), tool calls and ``tools`` go to the chat template.
+    """
+    shape, issues = validate_record(obj, task="sft")
+    if shape == "text" and not issues:
+        issues = [Issue("text", "a plain-text record; SFT trains on conversations")]
+    if issues:
+        kind = "preference" if shape in ("preference", "unpaired_preference") else shape or "unknown"
+        first = issues[0]
+        raise UserError(f"{first.field}: {first.message} ({kind} record)", where=where,
+                        hint="`tuneloop data validate FILE` lists every problem; preference data trains "
+                             "with method dpo/orpo/kto")
+    record = to_canonical(obj, shape)
+    return Conversation(record["messages"], tools=record.get("tools"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from tuneloop.train.data import examples_per_micro_batch, length_histogram, prep
 def dry_run_report(recipe, color: bool | None = None) -> str:
     color = sys.stdout.isatty() if color is None else color
     t = recipe.train
-    tokenizer = load_tokenizer(resolve_model(recipe.model))
+    tokenizer = load_tokenizer(resolve_model(recipe.model), recipe.chat_template)
     data = prepare_data(recipe, tokenizer, show_progress=False)
     report = data.report
     first = data.train_rows[0][0]

@@ -78,7 +78,7 @@ def setup(recipe, resume: bool = False) -> Run:
     resume_from = shell.checkpoint_to_resume(recipe) if resume else None
     shell.seed_everything(recipe.train.seed, recipe.train.deterministic)
     resolved = resolve_model(recipe.model)
-    tokenizer = load_tokenizer(resolved)
+    tokenizer = load_tokenizer(resolved, recipe.chat_template)
     data = prepare_data(recipe, tokenizer, show_progress=dist.is_main)
     precision = resolve_precision(recipe.train.precision, dist.device, recipe.method)
     prepared = setup_model(recipe, resolved.path, precision, dist.device)

@@ -6,7 +6,8 @@ step and its held-out evaluation. The shell supplies the rest, once:
 
 1. the resume check, before any data or model work: a bad ``--resume`` fails in a second;
 2. seeding, and threads (one per physical core, shared among local ranks; tiny models on one);
-3. one AdamW, with norms and biases out of weight decay; the schedule is ``loop.learning_rate``;
+3. one optimizer (``train.optimizer``, AdamW by default), with norms and biases out of weight
+   decay; the schedule is ``loop.learning_rate``;
 4. the run directory: ``recipe.resolved.yaml``, ``tuneloop_base.json`` (the same keys for every
    method), ``metrics.jsonl`` and the tracker (MLflow), ``summary.json``;
 5. the step loop: progress bar, evaluation every ``eval_every`` steps and at the end, a checkpoint
@@ -41,6 +42,7 @@ from tuneloop.config.recipe import SFT_METHODS
 from tuneloop.errors import UserError
 from tuneloop.paths import make_dir, write_json_atomic, write_text_atomic
 from tuneloop.train import checkpoint as ckpt
+from tuneloop.train import optimizers
 from tuneloop.train.distributed import DistInfo, all_reduce_sum
 from tuneloop.train.tracking import MetricsLog, Tracker
 
@@ -92,12 +94,9 @@ def set_threads(dist: DistInfo, model_parameters: int) -> None:
 
 
 def make_optimizer(model, t) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only (not norms or biases), the usual practice."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": t.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=t.learning_rate, betas=(0.9, 0.999))
+    """The recipe's ``train.optimizer`` (AdamW by default), no weight decay on norms or biases."""
+    return optimizers.make_optimizer(optimizers.decay_groups(model, t.weight_decay), t,
+                                     next(model.parameters()).device)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tuneloop.chat.batch import pad_batch
 from tuneloop.chat.template import IGNORE_INDEX, encode_chat, render_prompt_ids
+from tuneloop.data.ingest import check_encoding
 from tuneloop.data.records import to_canonical
 from tuneloop.data.validate import validate_record
 from tuneloop.errors import UserError
@@ -41,6 +42,7 @@ class EncodedPair:
 def _read_json_lines(path: Path) -> list[tuple[int, object]]:
     if not path.is_file():
         raise UserError(f"data file not found: {path}", hint="set data.train to a JSONL file")
+    check_encoding(path)
     rows = []
     data = path.read_bytes()
     try:
@@ -73,21 +75,26 @@ def load_preference_records(path: str | Path) -> list[dict]:
             lines = [f"{path}:{line_no}: {i.field}: {i.message}" for i in issues]
             raise UserError("\n".join(lines), hint="preference methods need prompt (or messages), "
                             "chosen and rejected; `tuneloop data validate` checks a whole file")
+        if shape == "unpaired_preference":
+            raise UserError("an unpaired row (completion with a true/false label) has no pair to compare",
+                            where=f"{path}:{line_no}",
+                            hint="dpo, orpo, kto and reward train on prompt/chosen/rejected pairs here; "
+                                 "pair good and bad answers to the same prompt")
         records.append(to_canonical(obj, shape))
     return records
 
 
 def prompt_messages(record: dict) -> list[dict]:
     """The conversation an answer follows: ``messages`` as given, or one user turn for ``prompt``."""
-    if "messages" in record:
-        return [{"role": m["role"], "content": m.get("content") or ""} for m in record["messages"]]
+    if "messages" in record:  # tool calls and tool turns stay: the template renders them
+        return [dict(m, content=m.get("content") or "") for m in record["messages"]]
     return [{"role": "user", "content": record["prompt"]}]
 
 
 def answer_messages(answer: str | list[dict]) -> list[dict]:
     if isinstance(answer, str):
         return [{"role": "assistant", "content": answer}]
-    return [{"role": m["role"], "content": m.get("content") or ""} for m in answer]
+    return [dict(m, content=m.get("content") or "") for m in answer]
 
 
 def encode_answer(tokenizer, prompt: list[dict], answer: list[dict], max_prompt_len: int,

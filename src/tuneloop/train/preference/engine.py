@@ -139,7 +139,7 @@ def build_model(recipe, head: str, device: torch.device):
     model's scalar head is a sequence-classification model with the same adapter settings.
     """
     resolved = resolve_model(recipe.model)
-    tokenizer = load_tokenizer(resolved)
+    tokenizer = load_tokenizer(resolved, recipe.chat_template)
     precision = resolve_precision(recipe.train.precision, device, recipe.finetuning)
     if head == "causal":
         as_sft = recipe.model_copy(update={"method": recipe.finetuning})

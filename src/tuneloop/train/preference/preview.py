@@ -17,7 +17,7 @@ from tuneloop.train.preference import pairs
 
 def dry_run_report(recipe, color: bool | None = None) -> str:
     color = sys.stdout.isatty() if color is None else color
-    tokenizer = load_tokenizer(resolve_model(recipe.model))
+    tokenizer = load_tokenizer(resolve_model(recipe.model), recipe.chat_template)
     t = recipe.train
     lines = [f"recipe {recipe.name}: model {recipe.model}, method {recipe.method} ({recipe.finetuning})"]
     if recipe.method == "grpo":
