@@ -185,7 +185,7 @@ def test_a_client_with_invalid_data_replies_with_its_located_error(tiny_model_di
     context = _context(data, fed_recipe(tiny_model_dir, tmp_path))
     reply = train_reply(_train_message(ArrayRecord()), context, context.run_config["recipe-yaml"])
     assert reply.has_error()
-    assert f"{data / 'train.jsonl'}:3: messages[0].role: must be one of system, user, assistant" in reply.error.reason
+    assert f"{data / 'train.jsonl'}:3: messages[0].role:" in reply.error.reason  # file, line and field
 
 
 # ---------------------------------------------------------------------------------------------

@@ -182,7 +182,7 @@ def test_wrong_or_missing_api_key_is_401(server):
      "max_tokens"),
     (b'{"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "temperature": 9}', 400,
      "temperature"),
-    (b'{"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "n": 2}', 400, "n"),
+    (b'{"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "n": 3}', 400, "n"),
     (b'{"model": "../../etc/passwd", "messages": [{"role": "user", "content": "hi"}]}', 400, "model"),
     (b'{"model": "/etc/passwd", "messages": [{"role": "user", "content": "hi"}]}', 400, "model"),
     (b'{"model": "support/../../x", "messages": [{"role": "user", "content": "hi"}]}', 400, "model"),

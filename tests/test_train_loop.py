@@ -97,7 +97,9 @@ def test_packed_loss_equals_unpacked_loss(tiny_model_dir):
 def test_no_trainable_tokens_stops_with_a_clear_message(tiny_model_dir, tmp_path):
     raw = tiny_recipe(tiny_model_dir, tmp_path)
     raw["data"]["train"] = str(NO_TRAINABLE)
-    with pytest.raises(UserError, match="no sample in .*no_trainable.jsonl has a trainable token"):
+    # Training reads through the same validator as `data validate`: the first record without an answer
+    # is named with its file and line.
+    with pytest.raises(UserError, match=r"no_trainable.jsonl:1: messages: has no assistant message"):
         run_training(recipe_from_dict(raw))
     assert not (tmp_path / "t" / "adapter").exists()
 

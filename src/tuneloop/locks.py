@@ -66,8 +66,13 @@ def pid_alive(pid: int) -> bool:
 
 @contextmanager
 def hold_lock(directory: str | os.PathLike, what: str = "directory") -> Iterator[Path]:
-    """Hold ``directory``'s lock for the ``with`` body (the directory is created if needed)."""
+    """Hold ``directory``'s lock for the ``with`` body (the directory is created if needed).
+
+    Directories created only to hold the lock are removed again if the body wrote nothing into them,
+    so a run refused for bad input leaves nothing behind.
+    """
     directory = Path(directory)
+    created = [d for d in (directory, *directory.parents) if not d.exists()]
     directory.mkdir(parents=True, exist_ok=True)
     lock_path = directory / LOCK_NAME
     fd = _acquire(lock_path, what)
@@ -79,6 +84,11 @@ def hold_lock(directory: str | os.PathLike, what: str = "directory") -> Iterator
         except FileNotFoundError:
             pass
         os.close(fd)  # releases the flock
+        for made in created:  # innermost first; stops at the first one that is not empty
+            try:
+                made.rmdir()
+            except OSError:
+                break
 
 
 @contextmanager
