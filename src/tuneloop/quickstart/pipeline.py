@@ -55,6 +55,7 @@ class QuickstartSettings:
     learning_rate: float = 3e-3
     lora_r: int = 16
     lora_alpha: float = 32
+    lora_dropout: float = 0.0
     batch_size: int = 4  # examples per optimizer step (padding-free packed)
     lr_scheduler: str = "cosine"
     warmup_ratio: float = 0.05
@@ -110,7 +111,7 @@ def training_recipe(out_dir: Path, settings: QuickstartSettings):
     return recipe_from_dict({
         "name": RUN_NAME, "model": settings.model, "method": "lora", "output_dir": str(out_dir / "runs"),
         "data": {"train": str(data_dir / "train.jsonl"), "validation": str(data_dir / "validation.jsonl")},
-        "lora": {"r": settings.lora_r, "alpha": settings.lora_alpha, "dropout": 0.0,
+        "lora": {"r": settings.lora_r, "alpha": settings.lora_alpha, "dropout": settings.lora_dropout,
                  "target_modules": "all-linear"},
         "train": {"epochs": settings.epochs, "max_steps": settings.max_steps,
                   "learning_rate": settings.learning_rate, "lr_scheduler": settings.lr_scheduler,
