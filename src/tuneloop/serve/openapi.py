@@ -36,9 +36,12 @@ COMPLETION = {"type": "object", "required": ["id", "object", "created", "model",
     "created": {"type": "integer"}, "model": {"type": "string"}, "usage": USAGE,
     "choices": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["index", "text", "finish_reason"],
         "properties": {"index": {"type": "integer"}, "text": {"type": "string"}, "finish_reason": FINISH}}}}}
-FEEDBACK = {"type": "object", "required": ["object", "completion_id", "model", "rating", "stored"], "properties": {
+# rating is the thumbs the feedback amounts to (FeedbackRequest.thumbs): null for a 3 of 5 or a bare choice.
+FEEDBACK = {"type": "object", "required": ["object", "completion_id", "model", "rating", "score", "choice", "stored"],
+            "properties": {
     "object": {"const": "feedback"}, "completion_id": {"type": "string"}, "model": {"type": ["string", "null"]},
-    "rating": {"enum": [-1, 1]}, "stored": {"const": True}}}
+    "rating": {"enum": [-1, 1, None]}, "score": {"type": ["integer", "null"], "minimum": 1, "maximum": 5},
+    "choice": {"type": ["integer", "null"], "minimum": 0, "maximum": 1}, "stored": {"const": True}}}
 EVENTS = {"type": "string", "description": "server-sent events: `data: {chunk}` lines, then `data: [DONE]`"}
 
 # path -> (200 JSON schema, streams?, error statuses it can answer)
