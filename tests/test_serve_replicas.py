@@ -48,8 +48,11 @@ class Replica:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 180) -> None:
+    def spawn(self) -> Replica:
         self.process = subprocess.Popen(self.args, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        return self
+
+    def wait_healthy(self, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -147,8 +150,12 @@ def test_two_replicas_on_one_postgres_survive_a_sigkill(tiny_model_dir, tmp_path
         replicas = {name: Replica(name, tiny_model_dir, db, tmp_path) for name in "ab"}
         outcomes, stop = Outcomes(), threading.Event()
         try:
+            spawned = time.monotonic()
+            for replica in replicas.values():  # both load at once: the two replicas open one new store together
+                replica.spawn()
             for replica in replicas.values():
-                replica.start()
+                replica.wait_healthy()
+            timings = {"start_s": time.monotonic() - spawned}
             urls = {name: r.url for name, r in replicas.items()}
             threads = [threading.Thread(target=_client, args=(n, urls, stop, outcomes)) for n in range(CLIENTS)]
             started = time.monotonic()
@@ -156,22 +163,25 @@ def test_two_replicas_on_one_postgres_survive_a_sigkill(tiny_model_dir, tmp_path
                 thread.start()
             time.sleep(SECONDS * 0.25)
             replicas["b"].kill()
-            killed_at = outcomes.statuses["b"][200]
+            killed, killed_at = time.monotonic(), outcomes.statuses["b"][200]
             time.sleep(1)
-            replicas["b"].start()
+            replicas["b"].spawn().wait_healthy()
+            timings["down_s"] = time.monotonic() - killed
             served_before_restart = outcomes.statuses["b"][200]
             # Run to the end, and at least 3 s after the restart (on a loaded machine it may be slow).
             time.sleep(max(3.0, SECONDS - (time.monotonic() - started)))
             stop.set()
             for thread in threads:
                 thread.join(timeout=120)
+            timings["load_s"] = time.monotonic() - started
         finally:
             stop.set()
             for replica in replicas.values():
                 replica.stop()
 
         a, b = outcomes.statuses["a"], outcomes.statuses["b"]
-        print(f"replica a: {dict(a)}; replica b: {dict(b)}; {len(outcomes.completed)} completions")
+        print(f"replica a: {dict(a)}; replica b: {dict(b)}; {len(outcomes.completed)} completions; "
+              + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
         assert not [s for s in a if s == "connection" or s >= 500], f"the surviving replica failed: {a}"
         assert not [s for s in b if s != "connection" and s >= 500], b
         assert not outcomes.errors, outcomes.errors[:5]

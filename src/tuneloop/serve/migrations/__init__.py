@@ -58,18 +58,22 @@ def upgrade(engine: Engine) -> None:
             return
     from alembic import command
 
-    # A connection of its own: SQLite's upgrade must start with BEGIN IMMEDIATE, which the store's
-    # engines (pysqlite begins lazily) do not emit.
-    migrator = create_engine(engine.url, poolclass=NullPool)
-    if migrator.dialect.name == "sqlite":
-        begin_immediate(migrator)
+    if engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:"):
+        migrator = engine  # an in-memory database exists only on the engine's own connection
+    else:
+        # A connection of its own: SQLite's upgrade must start with BEGIN IMMEDIATE, which the store's
+        # engines (pysqlite begins lazily) do not emit.
+        migrator = create_engine(engine.url, poolclass=NullPool)
+        if migrator.dialect.name == "sqlite":
+            begin_immediate(migrator)
     try:
         with migrator.begin() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(select(func.pg_advisory_xact_lock(_ADVISORY_LOCK_ID)))
             command.upgrade(alembic_config(conn), "head")
     finally:
-        migrator.dispose()
+        if migrator is not engine:
+            migrator.dispose()
 
 
 def begin_immediate(engine: Engine, busy_timeout_ms: int = 10000) -> None:
