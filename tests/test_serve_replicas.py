@@ -2,10 +2,10 @@
 (the official openai client, feedback over httpx) go through both for TUNELOOP_REPLICA_TEST_SECONDS
 (default 30); one replica is SIGKILLed mid-run and restarted on its port.
 
-It must show: every request that got a 2xx is in the store with status 200; the feedback for each is
-stored exactly once, though every client also replays it on the other replica (a retry after a lost
-response) with the same Idempotency-Key; the surviving replica answers no 5xx; and the killed one
-serves again after its restart.
+It must show: every request that got a 2xx is in the store with status 200; the feedback for each
+is stored exactly once, though every client also replays it on the other replica (a retry after a
+lost response) with the same Idempotency-Key; the surviving replica answers no 5xx; the killed one
+serves again after its restart; and an API key stored once works on both.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import openai
 import pytest
 from store_support import postgres_schema
 
+from tuneloop.serve.access import add_key
 from tuneloop.serve.store import Store
 
 SECONDS = float(os.environ.get("TUNELOOP_REPLICA_TEST_SECONDS", "30"))
@@ -93,12 +94,12 @@ class Outcomes:
             self.statuses[replica][status] += 1
 
 
-def _post_feedback(outcomes: Outcomes, urls: dict[str, str], order: list[str], body: dict, key: str):
+def _post_feedback(outcomes: Outcomes, urls: dict[str, str], order: list[str], body: dict, key: str, api_key: str):
     """POST /v1/feedback to the first replica of ``order`` that answers; the JSON of its 200."""
     for replica in order:
         try:
             answer = httpx.post(urls[replica] + "/v1/feedback", json=body, timeout=60,
-                                headers={"Idempotency-Key": key})
+                                headers={"Idempotency-Key": key, "Authorization": f"Bearer {api_key}"})
         except httpx.TransportError:
             outcomes.status(replica, "connection")
             continue
@@ -111,8 +112,8 @@ def _post_feedback(outcomes: Outcomes, urls: dict[str, str], order: list[str], b
     return None
 
 
-def _client(number: int, urls: dict[str, str], stop: threading.Event, outcomes: Outcomes) -> None:
-    clients = {r: openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+def _client(number: int, urls: dict[str, str], api_key: str, stop: threading.Event, outcomes: Outcomes) -> None:
+    clients = {r: openai.OpenAI(base_url=url + "/v1", api_key=api_key, max_retries=0, timeout=60)
                for r, url in urls.items()}
     i = 0
     while not stop.is_set():
@@ -134,8 +135,8 @@ def _client(number: int, urls: dict[str, str], stop: threading.Event, outcomes: 
         with outcomes.lock:
             outcomes.completed[completion.id] = replica
         body, key = {"completion_id": completion.id, "rating": 1 if i % 2 else -1}, f"fb-{completion.id}"
-        first = _post_feedback(outcomes, urls, [replica, other], body, key)
-        replay = _post_feedback(outcomes, urls, [other, replica], body, key)  # a retry: must not store twice
+        first = _post_feedback(outcomes, urls, [replica, other], body, key, api_key)
+        replay = _post_feedback(outcomes, urls, [other, replica], body, key, api_key)  # a retry: must not store twice
         with outcomes.lock:
             if first is not None:
                 outcomes.feedback_stored[completion.id] = first["rating"]
@@ -147,17 +148,21 @@ def _client(number: int, urls: dict[str, str], stop: threading.Event, outcomes: 
 @pytest.mark.postgres
 def test_two_replicas_on_one_postgres_survive_a_sigkill(tiny_model_dir, tmp_path):
     with postgres_schema("replicas") as (_schema, db):
+        # A key stored once in the shared store: both replicas (and the restarted one) must accept it.
+        store = Store(db)
+        api_key = add_key(store.engine, "load-test", ["infer", "feedback"], actor="test")
+        store.close()
         replicas = {name: Replica(name, tiny_model_dir, db, tmp_path) for name in "ab"}
         outcomes, stop = Outcomes(), threading.Event()
         try:
             spawned = time.monotonic()
-            for replica in replicas.values():  # both load at once: the two replicas open one new store together
+            for replica in replicas.values():  # both load at once
                 replica.spawn()
             for replica in replicas.values():
                 replica.wait_healthy()
             timings = {"start_s": time.monotonic() - spawned}
             urls = {name: r.url for name, r in replicas.items()}
-            threads = [threading.Thread(target=_client, args=(n, urls, stop, outcomes)) for n in range(CLIENTS)]
+            threads = [threading.Thread(target=_client, args=(n, urls, api_key, stop, outcomes)) for n in range(CLIENTS)]
             started = time.monotonic()
             for thread in threads:
                 thread.start()
