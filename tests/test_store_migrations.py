@@ -148,3 +148,24 @@ def test_a_store_of_a_newer_release_is_refused_with_a_clear_error(tmp_path):
     con.close()
     with pytest.raises(UserError, match="newer tuneloop"):
         Store(url)
+
+
+def test_an_earlier_store_without_the_late_columns_and_tables_upgrades_too(tmp_path):
+    # Stores older than 0.1's last schema: no n=2 choices, no 1-5 score, no registry or keys yet.
+    db = tmp_path / "serve.db"
+    con = sqlite3.connect(db)
+    con.executescript((FIXTURES / "sqlite.sql").read_text())
+    con.executescript("""
+        ALTER TABLE requests DROP COLUMN choices; ALTER TABLE feedback DROP COLUMN score;
+        ALTER TABLE feedback DROP COLUMN choice; DROP TABLE registry_aliases; DROP TABLE registry_versions;
+        DROP TABLE registry_events; DROP TABLE improve_rounds; DROP TABLE registry_models;
+        DROP TABLE api_keys; DROP TABLE audit_log;""")
+    con.close()
+    before = _all_rows(f"sqlite:///{db}")
+    Store(f"sqlite:///{db}").close()
+    after = _all_rows(f"sqlite:///{db}")
+    assert set(after) == set(TABLES) | {migrations.VERSION_TABLE}
+    for name, rows in before.items():
+        assert [{k: r[k] for k in rows[0]} for r in after[name]] == rows, name
+    assert [(r["score"], r["choice"], r["idempotency_key"]) for r in after["feedback"]] == [(None, None, None)] * 3
+    assert Registry(f"sqlite:///{db}").names() == []
