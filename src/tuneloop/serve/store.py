@@ -5,7 +5,8 @@ SQLite (WAL mode, ``$TUNELOOP_HOME/serve.db``) by default; any SQLAlchemy URL su
 :func:`open_engine` is how every table of the store (these, ``access.py``'s, the registry's) is
 opened; it upgrades the schema first (Alembic, ``migrations/``). The server writes through
 :class:`Store` from a single writer thread (see ``app.py``), so the event loop never waits on disk
-and SQLite sees one writer. ``tuneloop monitor`` and ``tuneloop data from-feedback`` read the same tables.
+and SQLite sees one writer. ``tuneloop monitor`` and ``tuneloop data from-feedback`` read the same
+tables.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from pathlib import Path
 
 from sqlalchemy import (JSON, Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text,
                         create_engine, event, insert, select)
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 
 from tuneloop.errors import UserError
 from tuneloop.paths import make_dir, tuneloop_home
@@ -59,7 +60,6 @@ feedback_table = Table(
     Column("idempotency_key", String(128), nullable=True),
     Index("uq_feedback_idempotency_key", "idempotency_key", unique=True),
 )
-
 
 
 @dataclass
