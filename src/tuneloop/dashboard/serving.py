@@ -71,12 +71,12 @@ def _epoch_seconds(engine: Engine, column):
 
 def hourly(engine: Engine, since: datetime, bucket_s: int = 3600) -> list[dict]:
     """Per hour: requests, errors, mean latency of successful ones, ratings and positive ratings."""
-    bucket = (_epoch_seconds(engine, R.created) / bucket_s).label("bucket")
+    bucket = (_epoch_seconds(engine, R.created) // bucket_s).label("bucket")
     query = (select(bucket, func.count().label("requests"),
                     func.sum(case((R.status >= 400, 1), else_=0)).label("errors"),
                     func.avg(case((R.status == 200, R.latency_ms), else_=None)).label("latency_ms_mean"))
              .where(R.created >= since).group_by(bucket).order_by(bucket))
-    fbucket = (_epoch_seconds(engine, F.created) / bucket_s).label("bucket")
+    fbucket = (_epoch_seconds(engine, F.created) // bucket_s).label("bucket")
     rated = (select(fbucket, func.count(F.rating).label("ratings"),
                     func.sum(case((F.rating > 0, 1), else_=0)).label("positive"))
              .where(F.created >= since).group_by(fbucket))
