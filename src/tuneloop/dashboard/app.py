@@ -75,6 +75,8 @@ def create_app(settings: DashboardSettings, mounts: dict | None = None) -> Dashb
     """The guarded app (its FastAPI app is ``.app``); ``mounts`` = {path: ASGI app} served behind the
     same guard (the annotation page)."""
     store = Store(settings.db_url)
+    serving.ensure_indexes(store.engine)
+    hourly_sums = serving.HourlySums(store.engine)
     registry = Registry(settings.db_url)
     evals = EvalIndex(settings.eval_dirs)
     client = playground.ServeClient(settings.serve_url, settings.serve_key)
@@ -181,9 +183,9 @@ def create_app(settings: DashboardSettings, mounts: dict | None = None) -> Dashb
         pages_total = max(1, -(-total // PER_PAGE))
         if page > pages_total:
             raise UserError(f"there are only {pages_total} pages", where="page")
-        return _html(pages.serving_page(since, model, serving.model_stats(store.engine, start),
-                                        serving.hourly(store.engine, start), rows, page, pages_total, total,
-                                        store.url))
+        sums = hourly_sums.window(start)
+        return _html(pages.serving_page(since, model, serving.model_stats(store.engine, sums, start),
+                                        serving.hourly(sums), rows, page, pages_total, total, store.url))
 
     # -- registry ---------------------------------------------------------------------------------
     @app.get("/registry")

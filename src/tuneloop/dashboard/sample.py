@@ -112,3 +112,26 @@ def fill_registry(db_url: str, name: str, paths: list[Path]) -> None:
                               alias=alias, actor="sample")
     finally:
         registry.close()
+
+
+def build_site(root: Path, n_runs: int = 3, n_requests: int = 200, n_evals: int = 1, steps: int = 60,
+               progress=None) -> dict:
+    """A folder the dashboard can show: ``runs/`` (the last one still training), evals, a store, a registry.
+
+    Returns {"runs", "db", "eval_dir"}; ``progress(n)`` is called as runs are written (for a tqdm bar).
+    """
+    root = Path(root)
+    runs, data = root / "runs", root / "prepared"
+    write_data_report(data)
+    for i in range(n_runs):
+        finished = i < n_runs - 1
+        write_run(runs, f"run-{i:04d}", steps if finished else 5, finished=finished, seed=i, data_dir=data)
+        if progress:
+            progress(1)
+    for i in range(n_evals):
+        write_eval(root / "evals" / f"eval-{i:04d}", str(runs / f"run-{i % max(n_runs, 1):04d}"),
+                   "smollm2-135m-instruct")
+    db = f"sqlite:///{root}/serve.db"
+    fill_store(db, n_requests)
+    fill_registry(db, "support", [runs / f"run-{i:04d}" for i in range(min(n_runs, 3))])
+    return {"runs": runs, "db": db, "eval_dir": root}

@@ -1,105 +1,195 @@
 """Serving statistics straight from the store's tables, with SQL doing the counting.
 
-``tuneloop monitor`` loads a window's rows into Python; at 100,000 stored requests that is seconds,
-too slow for a page. Here each figure is one aggregate query over the ``created`` / ``model`` /
-``completion_id`` indexes: counts and sums grouped by model, percentiles by ``ORDER BY ... LIMIT 2
-OFFSET rank`` (numpy's linear interpolation, as ``monitor`` computes them), an hourly series, and
-recent requests one page at a time with their feedback joined.
+``tuneloop monitor`` loads a window's rows into Python; at 100,000 stored requests that takes seconds,
+too slow for a page. Here the counts are sums per (hour, model) from one grouped query over a
+covering index, kept in :class:`HourlySums` once an hour has ended (a closed hour's rows do not
+change: the server stamps each row with the time it writes it), so a page view re-reads only the
+current hour and the window's partial first hour. Latency percentiles come from the model index in
+latency order (``LIMIT 2 OFFSET rank``: numpy's linear interpolation, as ``monitor`` computes them);
+recent requests are read a page at a time with their feedback joined.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import Integer, and_, case, cast, func, select
+from sqlalchemy import Index, and_, case, func, select
 from sqlalchemy.engine import Engine
 
 from tuneloop.errors import UserError
-from tuneloop.serve.store import feedback_table, requests_table
+from tuneloop.serve.store import feedback_table, requests_table, utcnow
 
 R, F = requests_table.c, feedback_table.c
+HOUR = timedelta(hours=1)
+SUMS = ("requests", "errors", "completion_tokens", "latency_sum", "latency_n", "ratings", "positive")
+
+# Covering indexes for the page's queries, added on the dashboard's first start (a table's rows hold
+# whole prompts and answers, so a query that must read them is many times slower than one served by
+# an index). By time: the hourly sums and the recent page's ids. By model: the latency percentiles,
+# walked in latency order without a sort.
+DASHBOARD_INDEXES = (
+    Index("ix_requests_dashboard_time", R.created, R.model, R.status, R.latency_ms, R.completion_tokens, R.id),
+    Index("ix_requests_dashboard_model", R.model, R.status, R.latency_ms, R.created),
+)
 
 
-def model_stats(engine: Engine, since: datetime) -> list[dict]:
+def ensure_indexes(engine: Engine) -> None:
+    for index in DASHBOARD_INDEXES:
+        index.create(engine, checkfirst=True)
+
+
+def _hour(engine: Engine, column):
+    # SQLite keeps a DateTime as 'YYYY-MM-DD HH:MM:SS.ffffff' text: its first 13 characters are the hour
+    # (a string slice, much cheaper per row than strftime). Elsewhere: date_trunc (PostgreSQL).
+    if engine.dialect.name == "sqlite":
+        return func.substr(column, 1, 13)
+    return func.date_trunc("hour", column)
+
+
+def _hour_start(value) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return datetime.strptime(value, "%Y-%m-%d %H").replace(tzinfo=timezone.utc)
+
+
+def _floor_hour(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def _empty() -> dict:
+    return dict.fromkeys(SUMS, 0)
+
+
+class HourlySums:
+    """Sums per (hour, model) of the requests and feedback tables; ended hours are read from SQL once."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._closed: dict[datetime, dict] = {}  # hour start -> {model: sums}
+        self._lock = threading.Lock()
+
+    def window(self, since: datetime, now: datetime | None = None) -> dict[datetime, dict]:
+        """{hour start: {model: sums}} for the rows created in [since, now]."""
+        now = now or utcnow()
+        current = _floor_hour(now)
+        if since >= current:
+            return self._read(since, None)
+        first_full = since if since == _floor_hour(since) else _floor_hour(since) + HOUR
+        out: dict[datetime, dict] = {}
+        if first_full > since:  # the window's partial first hour: not the whole hour, so not cached
+            out.update(self._read(since, first_full))
+        with self._lock:
+            missing = [h for h in _hours(first_full, current) if h not in self._closed]
+            if missing:
+                read = self._read(missing[0], current)
+                for h in _hours(missing[0], current):
+                    self._closed[h] = read.get(h, {})
+            out.update({h: self._closed[h] for h in _hours(first_full, current)})
+        for h, models in self._read(max(current, since), None).items():  # the hour still being written
+            out[h] = models
+        return out
+
+    def _read(self, start: datetime, end: datetime | None) -> dict[datetime, dict]:
+        bucket = _hour(self.engine, R.created).label("bucket")
+        where = [R.created >= start] + ([R.created < end] if end is not None else [])
+        ok = R.status == 200
+        query = (select(bucket, R.model, func.count().label("requests"),
+                        func.sum(case((R.status >= 400, 1), else_=0)).label("errors"),
+                        func.sum(func.coalesce(R.completion_tokens, 0)).label("completion_tokens"),
+                        func.sum(case((and_(ok, R.latency_ms.is_not(None)), R.latency_ms), else_=0)).label("latency_sum"),
+                        func.sum(case((and_(ok, R.latency_ms.is_not(None)), 1), else_=0)).label("latency_n"))
+                 .where(*where).group_by(bucket, R.model))
+        fbucket = _hour(self.engine, F.created).label("bucket")
+        fwhere = [F.created >= start] + ([F.created < end] if end is not None else [])
+        rated = (select(fbucket, F.model, func.count(F.rating).label("ratings"),
+                        func.sum(case((F.rating > 0, 1), else_=0)).label("positive"))
+                 .where(*fwhere).group_by(fbucket, F.model))
+        out: dict[datetime, dict] = defaultdict(dict)
+        with self.engine.connect() as conn:
+            for r in conn.execute(query):
+                out[_hour_start(r.bucket)][r.model] = {**_empty(), **{k: r._mapping[k] or 0 for k in SUMS[:5]}}
+            for r in conn.execute(rated):
+                sums = out[_hour_start(r.bucket)].setdefault(r.model, _empty())
+                sums.update(ratings=r.ratings or 0, positive=r.positive or 0)
+        return dict(out)
+
+
+def _hours(start: datetime, end: datetime):
+    hour = start
+    while hour < end:
+        yield hour
+        hour += HOUR
+
+
+def model_stats(engine: Engine, sums: dict[datetime, dict], since: datetime) -> list[dict]:
     """Per model: requests, errors, error rate, latency p50/p95 (HTTP 200 only), tokens, satisfaction."""
-    in_window = R.created >= since
-    query = (select(R.model, func.count().label("requests"),
-                    func.sum(case((R.status >= 400, 1), else_=0)).label("errors"),
-                    func.sum(func.coalesce(R.completion_tokens, 0)).label("completion_tokens"))
-             .where(in_window).group_by(R.model).order_by(R.model))
-    ratings = (select(F.model, func.count(F.rating).label("ratings"),
-                      func.sum(case((F.rating > 0, 1), else_=0)).label("positive"))
-               .where(F.created >= since).group_by(F.model))
-    with engine.connect() as conn:
-        rows = {r.model: dict(r._mapping) for r in conn.execute(query)}
-        for r in conn.execute(ratings):
-            rows.setdefault(r.model, {"model": r.model, "requests": 0, "errors": 0, "completion_tokens": 0})
-            rows[r.model].update(ratings=r.ratings, positive=r.positive or 0)
-        for model, row in rows.items():
-            ok = and_(in_window, R.model == model if model is not None else R.model.is_(None), R.status == 200)
-            row["latency_ms_p50"] = _percentile(conn, ok, 50)
-            row["latency_ms_p95"] = _percentile(conn, ok, 95)
+    totals: dict = defaultdict(_empty)
+    for models in sums.values():
+        for model, row in models.items():
+            for k in SUMS:
+                totals[model][k] += row[k]
     stats = []
-    for row in sorted(rows.values(), key=lambda r: r["model"] or ""):
-        row.setdefault("ratings", 0)
-        row.setdefault("positive", 0)
-        row["errors"] = row["errors"] or 0
-        row["error_rate"] = row["errors"] / row["requests"] if row["requests"] else 0.0
-        row["satisfaction"] = row["positive"] / row["ratings"] if row["ratings"] else None
-        stats.append(row)
+    with engine.connect() as conn:
+        for model in sorted(totals, key=lambda m: m or ""):
+            row = totals[model]
+            ok = and_(R.created >= since, R.model == model if model is not None else R.model.is_(None),
+                      R.status == 200)
+            stats.append({"model": model, "requests": row["requests"], "errors": row["errors"],
+                          "completion_tokens": row["completion_tokens"], "ratings": row["ratings"],
+                          "positive": row["positive"],
+                          "error_rate": row["errors"] / row["requests"] if row["requests"] else 0.0,
+                          "satisfaction": row["positive"] / row["ratings"] if row["ratings"] else None,
+                          **_percentiles(conn, ok, {"latency_ms_p50": 50, "latency_ms_p95": 95})})
     return stats
 
 
-def _percentile(conn, where, q: float) -> float | None:
-    n = conn.execute(select(func.count()).where(where, R.latency_ms.is_not(None))).scalar()
-    if not n:
-        return None
-    rank = (n - 1) * q / 100
-    low = math.floor(rank)
-    values = list(conn.execute(select(R.latency_ms).where(where, R.latency_ms.is_not(None))
-                               .order_by(R.latency_ms).limit(2).offset(low)).scalars())
-    high = values[1] if len(values) > 1 else values[0]
-    return values[0] + (high - values[0]) * (rank - low)
+def hourly(sums: dict[datetime, dict]) -> list[dict]:
+    """Per hour over all models: requests, errors, mean latency of successful ones, ratings, positive."""
+    series = []
+    for hour in sorted(sums):
+        total = _empty()
+        for row in sums[hour].values():
+            for k in SUMS:
+                total[k] += row[k]
+        series.append({"start": hour.isoformat(), "requests": total["requests"], "errors": total["errors"],
+                       "latency_ms_mean": total["latency_sum"] / total["latency_n"] if total["latency_n"] else None,
+                       "ratings": total["ratings"], "positive": total["positive"]})
+    return series
 
 
-def _epoch_seconds(engine: Engine, column):
-    if engine.dialect.name == "sqlite":
-        return cast(func.strftime("%s", column), Integer)
-    return cast(func.extract("epoch", column), Integer)  # PostgreSQL, MySQL
-
-
-def hourly(engine: Engine, since: datetime, bucket_s: int = 3600) -> list[dict]:
-    """Per hour: requests, errors, mean latency of successful ones, ratings and positive ratings."""
-    bucket = (_epoch_seconds(engine, R.created) // bucket_s).label("bucket")
-    query = (select(bucket, func.count().label("requests"),
-                    func.sum(case((R.status >= 400, 1), else_=0)).label("errors"),
-                    func.avg(case((R.status == 200, R.latency_ms), else_=None)).label("latency_ms_mean"))
-             .where(R.created >= since).group_by(bucket).order_by(bucket))
-    fbucket = (_epoch_seconds(engine, F.created) // bucket_s).label("bucket")
-    rated = (select(fbucket, func.count(F.rating).label("ratings"),
-                    func.sum(case((F.rating > 0, 1), else_=0)).label("positive"))
-             .where(F.created >= since).group_by(fbucket))
-    with engine.connect() as conn:
-        series = {int(r.bucket): {"requests": r.requests, "errors": r.errors or 0,
-                                  "latency_ms_mean": r.latency_ms_mean, "ratings": 0, "positive": 0}
-                  for r in conn.execute(query)}
-        for r in conn.execute(rated):
-            series.setdefault(int(r.bucket), {"requests": 0, "errors": 0, "latency_ms_mean": None})
-            series[int(r.bucket)].update(ratings=r.ratings, positive=r.positive or 0)
-    return [{"start": datetime.fromtimestamp(b * bucket_s, timezone.utc).isoformat(), **v}
-            for b, v in sorted(series.items())]
+def _percentiles(conn, where, wanted: dict[str, float]) -> dict[str, float | None]:
+    """{name: q-th percentile of latency_ms} over the rows matching ``where`` (numpy's interpolation)."""
+    where = and_(where, R.latency_ms.is_not(None))
+    n = conn.execute(select(func.count()).where(where)).scalar()
+    out = {}
+    for name, q in wanted.items():
+        if not n:
+            out[name] = None
+            continue
+        rank = (n - 1) * q / 100
+        low = math.floor(rank)
+        values = list(conn.execute(select(R.latency_ms).where(where).order_by(R.latency_ms)
+                                   .limit(2).offset(low)).scalars())
+        high = values[1] if len(values) > 1 else values[0]
+        out[name] = values[0] + (high - values[0]) * (rank - low)
+    return out
 
 
 def recent_requests(engine: Engine, since: datetime, page: int, per_page: int = 50,
                     model: str | None = None) -> tuple[list[dict], int]:
     """One page of requests, newest first, each with its feedback (if any); and the total in the window."""
     where = [R.created >= since] + ([R.model == model] if model else [])
+    # The page's ids first, from the time index alone (an OFFSET over full rows would read them all).
+    ids = (select(R.id).where(*where).order_by(R.created.desc(), R.id.desc())
+           .limit(per_page).offset((page - 1) * per_page))
     query = (select(R.id, R.created, R.model, R.kind, R.status, R.latency_ms, R.completion_tokens,
                     func.substr(R.response, 1, 200).label("response"), R.error,
                     F.rating, F.score, F.comment)
              .select_from(requests_table.outerjoin(feedback_table, F.completion_id == R.id))
-             .where(*where).order_by(R.created.desc()).limit(per_page).offset((page - 1) * per_page))
+             .where(R.id.in_(ids.scalar_subquery())).order_by(R.created.desc(), R.id.desc()))
     with engine.connect() as conn:
         total = conn.execute(select(func.count()).select_from(requests_table).where(*where)).scalar()
         rows = [dict(r._mapping) for r in conn.execute(query)]
