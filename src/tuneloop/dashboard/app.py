@@ -179,11 +179,12 @@ def create_app(settings: DashboardSettings, mounts: dict | None = None) -> Dashb
     def serving_view(request: Request, since: str = "24h", model: str = ""):
         start = serving.window_start(serving.parse_window(since))
         page = _int_param(request, "page", 1)
-        rows, total = serving.recent_requests(store.engine, start, page, PER_PAGE, model or None)
+        sums = hourly_sums.window(start)
+        total = serving.window_total(sums, model or None)
         pages_total = max(1, -(-total // PER_PAGE))
         if page > pages_total:
             raise UserError(f"there are only {pages_total} pages", where="page")
-        sums = hourly_sums.window(start)
+        rows = serving.recent_requests(store.engine, start, page, PER_PAGE, model or None)
         return _html(pages.serving_page(since, model, serving.model_stats(store.engine, sums, start),
                                         serving.hourly(sums), rows, page, pages_total, total, store.url))
 

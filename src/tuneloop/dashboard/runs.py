@@ -41,14 +41,15 @@ class RunPage:
     pages: int
 
 
-def _modified(run_dir: Path) -> float | None:
-    times = []
+def _modified(run_dir: Path | str) -> float | None:
+    """When the run last wrote: ``metrics.jsonl``'s mtime (written every step and before the summary),
+    else that of the other run files. One stat per run in the usual case: the listing stats every run."""
     for name in RUN_FILES:
         try:
-            times.append(os.stat(run_dir / name).st_mtime)
+            return os.stat(os.path.join(run_dir, name)).st_mtime
         except OSError:
             continue
-    return max(times) if times else None
+    return None
 
 
 def _status(run_dir: Path, modified: float, now: float) -> str:
@@ -100,7 +101,7 @@ def list_runs(root: Path, page: int = 1, per_page: int = 50, query: str = "") ->
     for child in children:
         if not child.is_dir() or (needle and needle not in child.name.lower()):
             continue
-        modified = _modified(Path(child.path))
+        modified = _modified(child.path)
         if modified is not None:
             found.append((modified, child.name))
     found.sort(reverse=True)

@@ -142,7 +142,7 @@ def model_stats(engine: Engine, sums: dict[datetime, dict], since: datetime) -> 
                           "positive": row["positive"],
                           "error_rate": row["errors"] / row["requests"] if row["requests"] else 0.0,
                           "satisfaction": row["positive"] / row["ratings"] if row["ratings"] else None,
-                          **_percentiles(conn, ok, {"latency_ms_p50": 50, "latency_ms_p95": 95})})
+                          **_percentiles(conn, ok, row["latency_n"], {"latency_ms_p50": 50, "latency_ms_p95": 95})})
     return stats
 
 
@@ -160,27 +160,41 @@ def hourly(sums: dict[datetime, dict]) -> list[dict]:
     return series
 
 
-def _percentiles(conn, where, wanted: dict[str, float]) -> dict[str, float | None]:
-    """{name: q-th percentile of latency_ms} over the rows matching ``where`` (numpy's interpolation)."""
+def _percentiles(conn, where, n: int, wanted: dict[str, float]) -> dict[str, float | None]:
+    """{name: q-th percentile of latency_ms} over the ``n`` rows matching ``where`` (numpy's interpolation).
+
+    Each rank is read from the nearer end of the latency index (a p95 walks 5% of it, not 95%).
+    """
     where = and_(where, R.latency_ms.is_not(None))
-    n = conn.execute(select(func.count()).where(where)).scalar()
-    out = {}
+    out: dict[str, float | None] = {}
     for name, q in wanted.items():
-        if not n:
-            out[name] = None
-            continue
         rank = (n - 1) * q / 100
         low = math.floor(rank)
-        values = list(conn.execute(select(R.latency_ms).where(where).order_by(R.latency_ms)
-                                   .limit(2).offset(low)).scalars())
-        high = values[1] if len(values) > 1 else values[0]
-        out[name] = values[0] + (high - values[0]) * (rank - low)
+        high = min(low + 1, n - 1)
+        if n == 0:
+            out[name] = None
+            continue
+        if low <= (n - 1) / 2:
+            values = list(conn.execute(select(R.latency_ms).where(where).order_by(R.latency_ms.asc())
+                                       .limit(2).offset(low)).scalars())
+            pair = values[:1] * 2 if len(values) == 1 or high == low else values[:2]
+        else:
+            values = list(conn.execute(select(R.latency_ms).where(where).order_by(R.latency_ms.desc())
+                                       .limit(2).offset(n - 1 - high)).scalars())
+            pair = values[:1] * 2 if len(values) == 1 or high == low else values[1::-1]
+        out[name] = None if not values else pair[0] + (pair[1] - pair[0]) * (rank - low)
     return out
 
 
+def window_total(sums: dict[datetime, dict], model: str | None = None) -> int:
+    """Requests in the window (of ``model``), from the hourly sums: the count the pager needs."""
+    return sum(row["requests"] for models in sums.values() for m, row in models.items()
+               if model is None or m == model)
+
+
 def recent_requests(engine: Engine, since: datetime, page: int, per_page: int = 50,
-                    model: str | None = None) -> tuple[list[dict], int]:
-    """One page of requests, newest first, each with its feedback (if any); and the total in the window."""
+                    model: str | None = None) -> list[dict]:
+    """One page of requests, newest first, each with its feedback (if any)."""
     where = [R.created >= since] + ([R.model == model] if model else [])
     # The page's ids first, from the time index alone (an OFFSET over full rows would read them all).
     ids = (select(R.id).where(*where).order_by(R.created.desc(), R.id.desc())
@@ -191,9 +205,7 @@ def recent_requests(engine: Engine, since: datetime, page: int, per_page: int = 
              .select_from(requests_table.outerjoin(feedback_table, F.completion_id == R.id))
              .where(R.id.in_(ids.scalar_subquery())).order_by(R.created.desc(), R.id.desc()))
     with engine.connect() as conn:
-        total = conn.execute(select(func.count()).select_from(requests_table).where(*where)).scalar()
-        rows = [dict(r._mapping) for r in conn.execute(query)]
-    return rows, total
+        return [dict(r._mapping) for r in conn.execute(query)]
 
 
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7), "30d": timedelta(days=30)}
