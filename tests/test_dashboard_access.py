@@ -23,7 +23,7 @@ from tuneloop.dashboard.runs import read_metrics
 from tuneloop.monitor.report import summarize
 from tuneloop.serve.access import add_key, audit_entries
 from tuneloop.serve.runner import ServerThread
-from tuneloop.serve.store import Store
+from tuneloop.serve.store import RequestRow, Store
 
 TOKEN = "test-token-123"
 
@@ -159,6 +159,8 @@ def test_sql_serving_stats_equal_monitors_python_figures(site):
     sums = serving.HourlySums(store.engine)
     first = sums.window(start)
     assert sums.window(start) == first  # the second view adds the cached ended hours to fresh reads
+    store.record_request(RequestRow("chatcmpl-new", "base", "chat", 10.0, 200))
+    assert serving.window_total(sums.window(start)) == serving.window_total(first) + 1  # the current hour is re-read
     got = serving.model_stats(store.engine, first, start)
     assert {s["model"] for s in got} == set(expected) == {"base", "support"}
     for row in got:

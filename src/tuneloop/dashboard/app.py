@@ -19,6 +19,7 @@ Every route sits behind :class:`DashboardGuard`. Bad input: 400 (a page or query
 from __future__ import annotations
 
 import json
+import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,10 @@ def create_app(settings: DashboardSettings, mounts: dict | None = None) -> Dashb
 
     @asynccontextmanager
     async def lifespan(_app):
+        # Sum the last day's ended hours while the first pages are looked at, so the serving page's
+        # first view does not pay for the scan (the page waits on the same lock if it comes first).
+        threading.Thread(target=hourly_sums.window, args=(serving.window_start(serving.WINDOWS["24h"]),),
+                         daemon=True, name="serving-sums").start()
         yield
         await client.close()
         store.close()

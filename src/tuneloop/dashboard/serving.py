@@ -82,10 +82,9 @@ class HourlySums:
         if first_full > since:  # the window's partial first hour: not the whole hour, so not cached
             out.update(self._read(since, first_full))
         with self._lock:
-            missing = [h for h in _hours(first_full, current) if h not in self._closed]
-            if missing:
-                read = self._read(missing[0], current)
-                for h in _hours(missing[0], current):
+            for begin, end in _runs_of_missing(list(_hours(first_full, current)), self._closed):
+                read = self._read(begin, end)
+                for h in _hours(begin, end):
                     self._closed[h] = read.get(h, {})
             out.update({h: self._closed[h] for h in _hours(first_full, current)})
         for h, models in self._read(max(current, since), None).items():  # the hour still being written
@@ -115,6 +114,19 @@ class HourlySums:
                 sums = out[_hour_start(r.bucket)].setdefault(r.model, _empty())
                 sums.update(ratings=r.ratings or 0, positive=r.positive or 0)
         return dict(out)
+
+
+def _runs_of_missing(hours: list[datetime], known: dict) -> list[tuple[datetime, datetime]]:
+    """[start, end) ranges of consecutive hours not in ``known`` (each is read with one query)."""
+    ranges: list[list[datetime]] = []
+    for h in hours:
+        if h in known:
+            continue
+        if ranges and ranges[-1][1] == h:
+            ranges[-1][1] = h + HOUR
+        else:
+            ranges.append([h, h + HOUR])
+    return [(a, b) for a, b in ranges]
 
 
 def _hours(start: datetime, end: datetime):
