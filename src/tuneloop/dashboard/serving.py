@@ -176,6 +176,8 @@ def _percentiles(conn, where, n: int, wanted: dict[str, float]) -> dict[str, flo
     """{name: q-th percentile of latency_ms} over the ``n`` rows matching ``where`` (numpy's interpolation).
 
     Each rank is read from the nearer end of the latency index (a p95 walks 5% of it, not 95%).
+    ``n`` comes from the hourly sums read just before, so a request stored in between (milliseconds)
+    can shift a rank by one: the page is a snapshot, not a transaction.
     """
     where = and_(where, R.latency_ms.is_not(None))
     out: dict[str, float | None] = {}
