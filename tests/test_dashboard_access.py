@@ -197,3 +197,28 @@ def test_percentiles_read_from_either_end_of_the_index_equal_monitors(tmp_path, 
     [row] = serving.model_stats(store.engine, serving.HourlySums(store.engine).window(start), start)
     assert row["latency_ms_p50"] == pytest.approx(percentile(values, 50), abs=1e-12)
     assert row["latency_ms_p95"] == pytest.approx(percentile(values, 95), abs=1e-12)
+
+
+@pytest.mark.slow  # a real `tuneloop ui` process
+def test_the_ui_command_serves_and_prints_the_token_and_refuses_bad_options(site, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    root, runs, db = site
+    cmd = [sys.executable, "-m", "tuneloop.cli.main", "ui", "--port", "0", "--runs", str(runs), "--db", db,
+           "--evals", str(root)]
+    process = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**__import__("os").environ,
+                                                                             "TUNELOOP_UI_TOKEN": "cli-token"})
+    try:
+        first = process.stderr.readline()
+        address = re.search(r"dashboard at (http://\S+/)", first).group(1)
+        assert process.stderr.readline().strip().endswith(f"{address}?token=cli-token")
+        assert "alpha" in httpx.get(address + "runs", timeout=30).text
+    finally:
+        process.terminate()
+        process.wait(30)
+    from tuneloop.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([*cmd[3:], "--annotate", str(tmp_path / "q.jsonl")])
+    assert exit_info.value.code == 1 and "--annotate-out" in capsys.readouterr().err

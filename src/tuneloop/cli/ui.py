@@ -43,6 +43,9 @@ from tuneloop.errors import UserError
 def ui(host, port, runs_dir, eval_dirs, db_url, serve_url, serve_key, token, annotate_queue, annotate_out,
        labels, annotate_url):
     """Local web dashboard: runs with live curves, evaluations, serving, registry, playground, annotation."""
+    if annotate_queue and not annotate_out:  # before the imports: a wrong option fails in a moment
+        raise UserError("--annotate needs --annotate-out LABELS.jsonl (where the labels are saved)",
+                        where="--annotate-out")
     from tuneloop.dashboard.app import DashboardSettings, create_app
     from tuneloop.serve.runner import bind_socket, run_foreground
 
@@ -61,12 +64,9 @@ def ui(host, port, runs_dir, eval_dirs, db_url, serve_url, serve_key, token, ann
     run_foreground(app, sock, log_level="warning")
 
 
-def _annotate_app(queue: str, out: str | None, labels: str | None):
+def _annotate_app(queue: str, out: str, labels: str | None):
     from tuneloop.annotate.queue import parse_labels
     from tuneloop.annotate.server import create_app
     from tuneloop.annotate.session import open_session
 
-    if not out:
-        raise UserError("--annotate needs --annotate-out LABELS.jsonl (where the labels are saved)",
-                        where="--annotate-out")
     return create_app(open_session(queue, out, parse_labels(labels), None, 1, None))

@@ -30,6 +30,10 @@ def join(parts) -> Html:
     return Html("".join(esc(p) for p in parts))
 
 
+def join_with(parts, separator: str) -> Html:
+    return Html(esc(separator).join(esc(p) for p in parts))
+
+
 def tag(element: str, content="", /, **attrs) -> Html:
     rendered = "".join(f' {k.rstrip("_").replace("_", "-")}="{esc(v)}"' for k, v in attrs.items() if v is not None)
     if element == "input":

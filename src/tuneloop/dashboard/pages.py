@@ -13,7 +13,7 @@ from datetime import datetime
 from urllib.parse import quote, urlencode
 
 from tuneloop.dashboard.evals import HEADLINE, comparison_rows, side_by_side
-from tuneloop.dashboard.html import Html, esc, field_error, join, layout, link, number, pager, table, tag
+from tuneloop.dashboard.html import Html, esc, field_error, join, join_with, layout, link, number, pager, table, tag
 from tuneloop.dashboard.runs import RunPage
 from tuneloop.dashboard.serving import WINDOWS
 
@@ -34,8 +34,8 @@ def runs_page(listing: RunPage, query: str, root) -> Html:
         s = run.summary
         rows.append([tag("input", type="checkbox", name="run", value=run.name, form="compare"),
                      link(f"/runs/{quote(run.name)}", run.name),
-                     tag("span", run.status, class_=f"status {run.status}"), s.get("method", "-"),
-                     s.get("model", "-"), number(s.get("steps")), number(s.get("final_loss")),
+                     tag("span", run.status, class_=f"status {run.status}"), s.get("method") or "-",
+                     s.get("model") or "-", number(s.get("steps")), number(s.get("final_loss")),
                      number(s.get("validation_loss")), number(s.get("wall_seconds"), 3), _when(run.modified)])
     search = Html(f'<form class="inline" method="get" action="/runs"><input name="q" value="{esc(query)}" '
                   'placeholder="name contains"><button>Filter</button></form>'
@@ -168,7 +168,8 @@ def serving_page(since: str, model: str, stats: list[dict], series: list[dict], 
                     {1: "up", -1: "down"}.get(r["rating"], "-" if r["score"] is None else f"{r['score']}/5"),
                     r["comment"] or ""] for r in recent]
     return layout("Serving", "serving", [
-        tag("p", [f"store: {store_url}; window: ", *windows, f"; model: {model or 'all'}"], class_="meta"),
+        tag("p", [f"store: {store_url}; window: ", join_with(windows, " | "), f"; model: {model or 'all'}"],
+            class_="meta"),
         table(["model", "requests", "errors", "error rate", "p50 ms", "p95 ms", "tokens out", "ratings",
                "satisfaction"], stat_rows, id="serving-stats"),
         tag("h2", "Per hour"), bar_svg(series),
@@ -197,7 +198,8 @@ def bar_svg(series: list[dict], width: int = 720, height: int = 160) -> Html:
             y = 10 + (height - 20) * (1 - s["positive"] / s["ratings"])
             shapes.append(f'<circle cx="{x + step / 2:.1f}" cy="{y:.1f}" r="3" class="sat"/>')
     return Html(f'<svg class="bars" id="hourly" viewBox="0 0 {width} {height}" data-buckets="{len(series)}">'
-                f'{"".join(shapes)}</svg><p class="legend">bars: requests per hour (red: errors); '
+                f'{"".join(shapes)}</svg><p class="legend">{esc(series[0]["start"][:13])}h to '
+                f'{esc(series[-1]["start"][:13])}h UTC. Bars: requests per hour (red: errors); '
                 f'dots: share of positive ratings (top = 100%). Peak {top:,} requests in an hour.</p>')
 
 

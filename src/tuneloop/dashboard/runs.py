@@ -121,8 +121,15 @@ def run_status(run_dir: Path) -> str:
 
 
 def _live_summary(run_dir: Path) -> dict:
+    """What a run without summary.json shows: its last metrics line, model and method from its recipe."""
     last = last_metrics(run_dir)
-    return {"steps": last.get("step"), "final_loss": last.get("loss"), "validation_loss": last.get("validation_loss")}
+    try:
+        recipe = yaml.safe_load((run_dir / "recipe.resolved.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        recipe = None
+    recipe = recipe if isinstance(recipe, dict) else {}
+    return {"model": recipe.get("model"), "method": recipe.get("method"), "steps": last.get("step"),
+            "final_loss": last.get("loss"), "validation_loss": last.get("validation_loss")}
 
 
 def run_dir_of(root: Path, name: str) -> Path:

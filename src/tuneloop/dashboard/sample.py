@@ -88,7 +88,7 @@ def fill_store(db_url: str, n_requests: int, models=("base", "support"), seed: i
                                  "prompt": [{"role": "user", "content": f"question {i}"}],
                                  "response": None if status != 200 else f"answer {i}", "finish_reason": "stop",
                                  "stream": 0, "choices": None})
-                if i % 10 == 0 and status == 200:
+                if i % 10 in (0, 3) and status == 200:  # a fifth of each model's answers rated
                     feedback.append({"completion_id": f"chatcmpl-s{seed}-{i}", "model": model,
                                      "rating": 1 if rng.random() < 0.7 else -1, "comment": None, "correction": None,
                                      "created": created + timedelta(seconds=5), "score": None, "choice": None})
