@@ -111,7 +111,9 @@ def recipe_texts(draw) -> str:
     """A valid recipe with a few keys deleted, renamed or given values of other types, as YAML."""
     recipe = json.loads(json.dumps(VALID_RECIPE))
     for _ in range(draw(st.integers(0, 4))):
-        section = draw(st.sampled_from([recipe, recipe["data"], recipe["lora"], recipe["train"], recipe["tracking"]]))
+        # An earlier mutation may have deleted, renamed or retyped a section: mutate only those still there.
+        sections = [recipe] + [v for k, v in recipe.items() if k in VALID_RECIPE and isinstance(v, dict)]
+        section = draw(st.sampled_from(sections))
         if not section:
             continue
         key = draw(st.sampled_from(sorted(section)))
@@ -178,9 +180,12 @@ def _parquet_bytes(rows: list[dict]) -> bytes:
     return buffer.getvalue()
 
 
-parquet_rows = st.lists(st.fixed_dictionaries({"text": st.one_of(st.none(), texts_st)},
-                                              optional={"label": st.one_of(st.none(), texts_st, st.integers())}),
-                        min_size=1, max_size=4)
+# A Parquet column has one type: a file's labels are all text or all int64 (or missing), as a writer
+# (pandas, pyarrow, datasets) would store them.
+int64s = st.integers(-2**63, 2**63 - 1)
+parquet_rows = st.sampled_from([texts_st, int64s]).flatmap(lambda labels: st.lists(
+    st.fixed_dictionaries({"text": st.one_of(st.none(), texts_st)}, optional={"label": st.one_of(st.none(), labels)}),
+    min_size=1, max_size=4))
 
 
 @st.composite

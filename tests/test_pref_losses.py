@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from tuneloop.train.preference.losses import (dpo_loss, group_advantages, grpo_loss, kto_loss,
-                                              orpo_loss, pair_metrics, reward_model_loss)
+from tuneloop.train.preference.losses import (clipped_surrogate, dpo_loss, gae, group_advantages, grpo_loss,
+                                              kto_loss, orpo_loss, pair_metrics, ppo_loss, reward_model_loss,
+                                              whiten)
 
 t = torch.tensor
 
@@ -86,3 +87,54 @@ def test_grpo_kl_penalty_is_positive_away_from_the_reference():
     token_logp = t([-1.0])
     _, metrics = grpo_loss(token_logp, t([-2.0]), t([0]), t([0.0]), beta=0.1)
     assert metrics["kl"] == pytest.approx(math.exp(-1) + 1 - 1)
+
+
+def test_clipped_surrogate_stops_the_gradient_past_the_bound_on_the_advantage_side():
+    old = t([0.0, 0.0, 0.0, 0.0])
+    logp = torch.log(t([1.5, 1.5, 0.5, 1.1])).requires_grad_()
+    advantages = t([1.0, -1.0, -1.0, 1.0])
+    per_token, clipped = clipped_surrogate(logp, old, advantages, 0.2, 0.2)
+    per_token.sum().backward()
+    # ratio 1.5, A>0: clipped at 1.2; ratio 1.5, A<0: not clipped (the penalty keeps its gradient);
+    # ratio 0.5, A<0: clipped at 0.8; ratio 1.1: inside the range.
+    assert per_token.tolist() == pytest.approx([-1.2, 1.5, 0.8, -1.1])
+    assert clipped.tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert logp.grad.tolist() == pytest.approx([0.0, 1.5, 0.0, -1.1])  # d(-ratio*A)/dlogp = -ratio*A
+
+
+def test_grpo_loss_with_a_stale_sampling_policy_reports_its_clip_fraction():
+    token_logp = torch.log(t([2.0, 1.0, 1.0]))
+    _, one_pass = grpo_loss(token_logp, token_logp, t([0, 0, 1]), t([1.0, -1.0]), beta=0.0)
+    assert one_pass["clip_fraction"] == 0.0  # no old log-probs: the sampling policy, ratio 1
+    _, later = grpo_loss(token_logp, token_logp, t([0, 0, 1]), t([1.0, -1.0]), beta=0.0,
+                         old_token_logp=t([0.0, 0.0, 0.0]))
+    assert later["clip_fraction"] == pytest.approx(1 / 3)  # only the first token's ratio (2) is past 1.2
+
+
+def test_gae_by_hand_and_padding_is_ignored():
+    rewards, values = t([[0.0, 1.0], [2.0, 0.0]]), t([[0.5, 0.2], [1.0, 9.0]])
+    mask = t([[1.0, 1.0], [1.0, 0.0]])
+    advantages, returns = gae(rewards, values, mask, gamma=1.0, lam=0.5)
+    # row 0: delta_1 = 1 - 0.2 = 0.8; delta_0 = 0 + 0.2 - 0.5 = -0.3, A_0 = -0.3 + 0.5 * 0.8 = 0.1
+    # row 1: one real token; the padded value 9 must not leak in: A_0 = 2 - 1 = 1
+    assert advantages.tolist() == [pytest.approx([0.1, 0.8]), [1.0, 0.0]]
+    assert returns.tolist() == [pytest.approx([0.6, 1.0]), [2.0, 0.0]]
+    # gamma 0.5, lam 1: delta_0 = 0 + 0.5 * 0.2 - 0.5 = -0.4, A_0 = -0.4 + 0.5 * 0.8 = 0
+    assert gae(rewards, values, mask, gamma=0.5, lam=1.0)[0][0].tolist() == pytest.approx([0.0, 0.8], abs=1e-6)
+
+
+def test_ppo_loss_clips_the_value_update_and_weights_it():
+    logp = t([0.0, 0.0])
+    values, old_values, returns = t([2.0, 0.1]), t([0.0, 0.0]), t([1.0, 1.0])
+    loss, metrics = ppo_loss(logp, logp, t([1.0, 1.0]), values, old_values, returns, t([0, 1]), 2,
+                             cliprange=0.2, cliprange_value=0.5, vf_coef=0.1)
+    # token 0: V=2 clipped to 0.5 -> max((2-1)^2, (0.5-1)^2) = 1; token 1: both 0.81 -> 0.5 * mean = 0.4525
+    assert metrics["value_loss"] == pytest.approx(0.5 * (1.0 + 0.81) / 2)
+    assert metrics["policy_loss"] == pytest.approx(-1.0) and metrics["clip_fraction"] == 0.0
+    assert loss.item() == pytest.approx(-1.0 + 0.1 * metrics["value_loss"])
+
+
+def test_whiten_keeps_the_mean_when_asked():
+    x = t([1.0, 2.0, 3.0])
+    assert whiten(x).tolist() == pytest.approx([-1.0, 0.0, 1.0])
+    assert whiten(x, shift_mean=False).tolist() == pytest.approx([1.0, 2.0, 3.0])

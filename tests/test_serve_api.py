@@ -148,6 +148,32 @@ def test_feedback_is_stored_and_unknown_ids_are_404(server, client):
     _assert_error(_post(server, "/v1/feedback", json={"rating": 1}), 400, "completion_id")
 
 
+def test_feedback_with_an_idempotency_key_is_stored_once(server, client):
+    first, second = (client.chat.completions.create(model="sales", messages=HELLO, max_tokens=3) for _ in range(2))
+
+    def feedback_rows(completion_id):
+        return [f for f in Store(server.db).feedback() if f["completion_id"] == completion_id]
+
+    def positive_feedback_count():
+        metrics = httpx.get(server.url + "/metrics").text
+        found = re.search(r'^tuneloop_feedback_total\{model="sales",rating="positive"\} (\S+)$', metrics, re.M)
+        return float(found[1]) if found else 0.0
+
+    before = positive_feedback_count()
+    key = {"Idempotency-Key": f"retry-{first.id}"}
+    answers = [_post(server, "/v1/feedback", headers=key, json={"completion_id": first.id, "rating": 1})
+               for _ in range(3)]  # a client retrying after lost responses
+    assert [(a.status_code, a.json()["replayed"]) for a in answers] == [(200, False), (200, True), (200, True)]
+    assert [(r["rating"], r["idempotency_key"]) for r in feedback_rows(first.id)] == [(1, f"retry-{first.id}")]
+    assert positive_feedback_count() == before + 1  # counted once too
+    _assert_error(_post(server, "/v1/feedback", headers=key, json={"completion_id": second.id, "rating": 1}),
+                  409, "Idempotency-Key")
+    assert feedback_rows(second.id) == []
+    for _ in range(2):  # without a key every feedback is its own, as before
+        assert _post(server, "/v1/feedback", json={"completion_id": second.id, "rating": -1}).status_code == 200
+    assert len(feedback_rows(second.id)) == 2
+
+
 def test_every_request_is_recorded_with_its_outcome(server, client):
     response = client.chat.completions.create(model="support", messages=HELLO, max_tokens=4, temperature=0)
     with pytest.raises(openai.NotFoundError):

@@ -69,12 +69,24 @@ def read_wandb_history(run_file: Path) -> list[dict]:
         record = wandb_internal_pb2.Record()
         record.ParseFromString(data)
         if record.WhichOneof("record_type") == "history":
-            rows.append({item.key: json.loads(item.value_json) for item in record.history.item})
+            rows.append({_history_key(item): _history_value(item) for item in record.history.item})
     return rows
 
 
+def _history_key(item) -> str:
+    return item.key or "/".join(item.nested_key)  # wandb-core writes nested_key (["loss"]), older W&B key
+
+
+def _history_value(item):
+    kind = item.WhichOneof("value")  # a typed value where the writer set one, else value_json
+    if kind is None:
+        return json.loads(item.value_json)
+    if kind == "json":
+        return json.loads(item.json)
+    return None if kind == "none" else getattr(item, kind)
+
+
 @pytest.mark.slow
-@pytest.mark.skip(reason="issue 20: the TensorBoard events are not read back yet (empty scalars); to be fixed")
 def test_banking77_run_logged_to_tensorboard_and_wandb_offline(tiny_model_dir, tmp_path, banking77_csv):
     """A run on real Banking77 rows with tracking.backend [tensorboard, wandb]: both stores read back
     with the loss of every step, and the run directory has its loss curve PNG."""

@@ -38,6 +38,7 @@ COMMANDS = {
     "monitor": "tuneloop.cli.monitor:monitor",
     "registry": "tuneloop.cli.registry:registry",
     "improve": "tuneloop.cli.improve:improve",
+    "ui": "tuneloop.cli.ui:ui",
 }
 
 # One-line summaries for --help, so listing commands imports none of them.
@@ -62,6 +63,7 @@ SUMMARIES = {
     "monitor": "Latency p50/p95, error rate and satisfaction per model from the serving store.",
     "registry": "Model versions with lineage; promote, roll back and diff production/candidate aliases.",
     "improve": "One loop round: feedback -> data -> candidate -> gated eval -> register -> promote.",
+    "ui": "Local web dashboard: runs (live curves), evals, serving, registry, playground, annotation.",
 }
 
 

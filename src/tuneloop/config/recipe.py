@@ -18,7 +18,7 @@ from tuneloop.errors import UserError, did_you_mean
 # tuneloop.train.registry maps each to its trainer (a test checks that the two agree).
 ADAPTER_METHODS = ("lora", "dora", "qlora")
 SFT_METHODS = ("full",) + ADAPTER_METHODS
-PREFERENCE_METHODS = ("dpo", "orpo", "kto", "reward", "grpo")
+PREFERENCE_METHODS = ("dpo", "orpo", "kto", "reward", "grpo", "ppo")
 Method = Literal[SFT_METHODS + PREFERENCE_METHODS]
 
 
@@ -172,6 +172,40 @@ class GrpoConfig(Strict):
     max_completion_length: int = Field(64, ge=1, description="Longest sampled answer in tokens.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature for the group.")
     beta: float = Field(0.04, ge=0, description="Weight of the KL penalty to the reference model.")
+    num_iterations: int = Field(1, ge=1, description="Optimisation passes (optimizer steps) per batch "
+                                "of sampled answers; above 1 the PPO-style ratio is clipped (TRL's name).")
+    epsilon: float = Field(0.2, gt=0, lt=1, description="Clip range of the ratio: [1 - epsilon, "
+                           "1 + epsilon_high].")
+    epsilon_high: float | None = Field(None, gt=0, description="Upper clip range (default: epsilon; "
+                                       "DAPO uses 0.28).")
+
+    @model_validator(mode="after")
+    def _one_reward_source(self):
+        if self.reward_function and self.reward_model:
+            raise ValueError("give reward_function or reward_model, not both")
+        return self
+
+
+class PpoConfig(Strict):
+    """PPO with a value head: sample one answer per prompt, reward it, GAE advantages, clipped updates."""
+
+    reward_function: str | None = Field(None, description="'module.path:function' or "
+                                        "'path/to/file.py:function'; called as f(prompts, completions).")
+    reward_model: str | None = Field(None, description="Run directory of a `method: reward` run.")
+    max_completion_length: int = Field(64, ge=1, description="Longest sampled answer in tokens "
+                                       "(TRL: response_length).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    kl_coef: float = Field(0.05, ge=0, description="Per-token KL penalty to the reference model, "
+                           "subtracted from the reward.")
+    num_ppo_epochs: int = Field(4, ge=1, description="Optimisation passes (optimizer steps) per batch "
+                                "of sampled answers.")
+    cliprange: float = Field(0.2, gt=0, lt=1, description="Clip range of the policy ratio.")
+    cliprange_value: float = Field(0.2, gt=0, description="How far a value may move from its "
+                                   "sampling-time estimate before its loss is clipped.")
+    vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss.")
+    gamma: float = Field(1.0, ge=0, le=1, description="Discount factor.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    whiten_rewards: bool = Field(False, description="Normalise the scores of each batch before GAE.")
 
     @model_validator(mode="after")
     def _one_reward_source(self):
@@ -324,10 +358,11 @@ class Recipe(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     finetuning: Literal["lora", "full"] = Field(
-        "lora", description="For dpo/orpo/kto/reward/grpo: train a LoRA adapter (lora:) or all weights."
+        "lora", description="For dpo/orpo/kto/reward/grpo/ppo: train a LoRA adapter (lora:) or all weights."
     )
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     grpo: GrpoConfig = Field(default_factory=GrpoConfig)
+    ppo: PpoConfig = Field(default_factory=PpoConfig)
     quantization_aware: QuantizationAwareConfig | None = Field(
         None, description="Train for the quantized form it will be deployed in (full and lora)."
     )
@@ -360,6 +395,9 @@ class Recipe(Strict):
         if self.method == "grpo" and not (self.grpo.reward_function or self.grpo.reward_model):
             raise ValueError("method grpo needs grpo.reward_function ('module:function' or "
                              "'file.py:function') or grpo.reward_model (a reward run directory)")
+        if self.method == "ppo" and not (self.ppo.reward_function or self.ppo.reward_model):
+            raise ValueError("method ppo needs ppo.reward_function ('module:function' or "
+                             "'file.py:function') or ppo.reward_model (a reward run directory)")
         return self
 
     def run_dir(self) -> Path:

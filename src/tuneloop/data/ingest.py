@@ -317,6 +317,7 @@ def _read_csv(path: Path, columns: ColumnMap) -> Iterator[RawRecord]:
         header = next(reader, None)
         if header is None:
             return
+        _check_header(path, header)
         if columns:
             _check_columns(path, header, columns)
         start_line = reader.line_num + 1
@@ -326,11 +327,23 @@ def _read_csv(path: Path, columns: ColumnMap) -> Iterator[RawRecord]:
             start_line = reader.line_num + 1
 
 
+def _check_header(path: Path, header: list[str]) -> None:
+    """Two columns of one name would become one key, the later cell silently replacing the earlier."""
+    seen: dict[str, int] = {}
+    for number, name in enumerate(header, 1):
+        if name in seen:
+            shown = f"named '{name}'" if name.strip() else f"unnamed ({json.dumps(name)})"
+            raise UserError(f"{path}:1: columns {seen[name]} and {number} of the header are both {shown}",
+                            hint="name each column once; each column becomes a key of the record")
+        seen.setdefault(name, number)
+
+
 def _csv_record(path: Path, line: int, header: list[str], row: list[str], columns: ColumnMap) -> RawRecord:
     if len(row) != len(header):
         return RawRecord(str(path), line,
                          error=f"row has {len(row)} fields but the header has {len(header)}")
-    record = dict(zip(header, row))
+    # An unnamed column with an empty cell (a trailing comma, as spreadsheets write) carries nothing.
+    record = {name: cell for name, cell in zip(header, row) if name.strip() or cell.strip()}
     return RawRecord(str(path), line, _project(record, columns) if columns else record)
 
 

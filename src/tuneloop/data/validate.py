@@ -24,6 +24,7 @@ unpaired KTO rows, ``classification`` only text+label records; ``auto`` accepts 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,6 +129,10 @@ def _unknown_keys(obj: dict, shape: str) -> list[Issue]:
     issues = []
     for key in obj:
         if key in allowed:
+            continue
+        if not str(key).strip():  # shown quoted, so the message still names it
+            issues.append(Issue(json.dumps(key), "a key without a name (in a CSV: a header column without a "
+                                                 "name but with values); name it or remove it"))
             continue
         guess = did_you_mean(str(key), sorted(allowed))
         fix = f"did you mean '{guess}'?" if guess else f"allowed keys: {', '.join(sorted(SHAPE_KEYS[shape]))}"

@@ -6,8 +6,8 @@ files are exactly what this script writes.
 
 ``support_chats.jsonl`` looks like a real support export, mess included, so that ``data prepare`` has
 work to do:
-* one conversation per training phrasing of every fact, some with a greeting, a thank-you or a line
-  of context in front, answered with one of the team's phrasings;
+* one conversation per training phrasing (question or paraphrase) of every fact, some with a
+  greeting, a thank-you or a line of context in front, answered with one of the team's phrasings;
 * order and account tickets (late parcels, double charges, log-in trouble) in which customers paste
   e-mail addresses, phone numbers and card numbers;
 * a few malformed lines, exact duplicates (the same line exported twice) and near-duplicates
@@ -46,9 +46,10 @@ def chat(*turns: str) -> dict:
 
 
 def fact_conversations(fact: Fact, rng: random.Random) -> list[dict]:
-    """One conversation per training question; the first two also come with a line of context."""
+    """One conversation per training question and paraphrase; the first two questions also come with
+    a line of context."""
     conversations = []
-    for i, question in enumerate(fact.questions):
+    for i, question in enumerate(fact.questions + fact.paraphrases):
         text = rng.choice(GREETINGS) + question + rng.choice(THANKS)
         conversations.append(chat(text, fact.answers[i % len(fact.answers)]))
     for i, question in enumerate(fact.questions[:2]):

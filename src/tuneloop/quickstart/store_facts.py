@@ -7,7 +7,9 @@ the improvement from fine-tuning is measurable. Each :class:`Fact` carries:
 * ``answers``: how the support team phrases the answer (every one contains every fact string);
 * ``questions``: customer phrasings used for *training*;
 * ``heldout``: *different* phrasings, used only for evaluation, so the held-out score measures
-  whether the model learned the fact rather than the sentence.
+  whether the model learned the fact rather than the sentence;
+* ``paraphrases``: more training phrasings in everyday words (``PARAPHRASES`` below), so that the
+  model meets each fact under several vocabularies, as it would in a real support export.
 
 ``make_dataset.py`` turns this table into ``data/support_chats.jsonl`` and ``data/heldout.jsonl``.
 Answers avoid e-mail addresses and phone numbers on purpose: ``data prepare`` redacts those, and a
@@ -16,7 +18,7 @@ fact that is redacted in training cannot be learned.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 STORE = "Brightcart"
 SYSTEM_PROMPT = "You are the customer support assistant of Brightcart, an online store."
@@ -29,6 +31,7 @@ class Fact:
     answers: tuple[str, ...]
     questions: tuple[str, ...]
     heldout: tuple[str, ...]
+    paraphrases: tuple[str, ...] = ()
 
 
 POLICIES: tuple[Fact, ...] = (
@@ -217,6 +220,75 @@ POLICIES: tuple[Fact, ...] = (
          ("In what town is the building that sends out your parcels?",)),
 )
 
+# More training phrasings per fact, in everyday words; none repeats a held-out question.
+PARAPHRASES: dict[str, tuple[str, ...]] = {
+    "returns.window": ("I bought shoes that don't fit. Can I send them back?", "How late can I return a purchase?",
+                       "Do you accept returns after a few weeks?", "What's the maximum time for sending an item back?",
+                       "I received my order a month ago and don't like it. Is a return still possible?",
+                       "How much time do customers have to return products?"),
+    "returns.label_fee": ("Is there a charge for sending a return?", "Do returns cost anything?",
+                          "How much do you take off my refund for the return label?",
+                          "Are returns free of charge?", "What do I pay to mail an item back to you?"),
+    "refunds.time": ("How quickly do I get reimbursed?", "When is my money returned after you get the item?",
+                     "How long before the refund hits my bank?", "How many days does a refund usually take?",
+                     "You got my return. When do I see the money?"),
+    "shipping.standard_cost": ("What's the delivery charge for a regular order?", "How much does normal shipping cost?",
+                               "What do you charge to send an order to me?", "What is the standard shipping rate?",
+                               "How much will I pay for delivery on a small order?"),
+    "shipping.free_threshold": ("How much do I have to order for shipping to be free?", "Is delivery free over a certain amount?",
+                                "Do I get free shipping if I spend more?", "What's the order value for free delivery?",
+                                "Can I avoid paying for shipping?"),
+    "shipping.standard_time": ("How many days until a standard order shows up?", "How long is normal delivery?",
+                               "When can I expect my parcel with regular shipping?", "How long will standard shipping take to reach me?",
+                               "What's the delivery window for standard orders?"),
+    "shipping.express": ("How much to get my order the next day?", "What's the cost of fast delivery?",
+                         "Can I pay extra for quicker shipping?", "Do you offer next-day delivery, and at what price?",
+                         "How much is the express option?"),
+    "shipping.international": ("Do you deliver to other countries?", "Can I get an order shipped abroad?",
+                               "Do you send orders overseas?", "How many countries can you ship to?",
+                               "Is shipping available outside the country?"),
+    "warranty.electronics": ("How long is the guarantee on devices?", "My laptop stopped working. Is it still covered?",
+                             "What coverage do electronics have?", "How long does your electronics guarantee last?",
+                             "Are gadgets covered if they break?"),
+    "payment.methods": ("Can I pay with PayPal or in parts?", "What are my options for paying?",
+                        "Do you offer payment plans?", "Can I pay for an order over time?",
+                        "Which cards and services can I use to pay?"),
+    "support.hours": ("When is your team available?", "Can I call support on a Sunday?", "What time does customer service open?",
+                      "During which hours can I chat with someone?", "Is support open in the evening?"),
+    "membership.plus": ("What does the Plus membership cost?", "How much is Brightcart Plus a year?",
+                        "Is there a yearly subscription with free express shipping?", "What's the price of your membership?"),
+    "orders.cancel": ("Can I still stop my order?", "How soon do I need to cancel an order?",
+                      "I placed an order by accident. Is there time to cancel?", "What's the time limit to cancel a purchase?",
+                      "Can an order be cancelled after checkout?"),
+    "orders.damaged": ("My package arrived with a broken item inside.", "The glass in my order was shattered.",
+                       "What happens if something arrives damaged?", "An item I got is damaged. How do I get a replacement?",
+                       "My order came broken. What should I do?"),
+    "orders.tracking": ("Where can I see my delivery status?", "How do I find out where my order is?",
+                        "Can I track my shipment online?", "Where do I check my package location?"),
+    "account.password_reset": ("How long does the password reset link work?", "I need a new password.",
+                               "My reset e-mail link expired. How long is it valid?", "I can't remember my login password.",
+                               "How do I get back into my account?"),
+    "discounts.student": ("Do students get a discount?", "Is there money off for university students?",
+                          "How much do students save?", "Can I get a student price?"),
+    "discounts.first_order": ("Is there a code for new customers?", "Do first-time buyers get a discount?",
+                              "What promo code can I use on my first order?", "Any welcome discount for new shoppers?"),
+    "gift_cards.validity": ("How long are gift cards good for?", "Does a Brightcart gift card run out?",
+                            "Until when can I spend a gift card?", "Is there an expiry on gift vouchers?"),
+    "company.warehouse": ("Where are your parcels shipped from?", "Which city is your warehouse in?",
+                          "Where does my order come from?", "Where is your shipping center located?"),
+}
+PRICE_PARAPHRASES: tuple[str, ...] = ("How expensive is the {name}?", "What's the {name} priced at?", "Cost of the {name}?")
+SPEC_PARAPHRASES: dict[str, tuple[str, ...]] = {
+    "Aero kettle": ("What's the size of the Aero kettle in liters?", "How much does the Aero kettle fit?"),
+    "Lumen desk lamp": ("How many light levels does the Lumen desk lamp have?", "Can the Lumen desk lamp get brighter or dimmer?"),
+    "Drift earbuds": ("How long does the battery of the Drift earbuds last?", "How many hours do the Drift earbuds play?"),
+    "Tempo smart scale": ("How many users does the Tempo smart scale support?", "Can several people use the Tempo smart scale?"),
+    "Cascade blender": ("What is the motor power of the Cascade blender?", "How many watts does the Cascade blender have?"),
+    "Orbit backpack": ("How large a laptop fits in the Orbit backpack?", "Which laptop sizes fit the Orbit backpack?"),
+    "Harbor coffee grinder": ("How many grind levels does the Harbor coffee grinder have?", "How adjustable is the Harbor coffee grinder?"),
+    "Pebble power bank": ("How much capacity does the Pebble power bank have?", "How many mAh does the Pebble power bank store?"),
+}
+
 
 @dataclass(frozen=True)
 class Product:
@@ -301,11 +373,13 @@ def product_facts() -> tuple[Fact, ...]:
             tuple(q.format(name=p.name) for q in PRICE_QUESTIONS),
             # One held-out price question per product, alternating between the two new phrasings.
             (PRICE_HELDOUT[i % len(PRICE_HELDOUT)].format(name=p.name),),
+            tuple(q.format(name=p.name) for q in PRICE_PARAPHRASES),
         ))
         facts.append(Fact(f"product.{slug}.spec", (p.spec_fact,), p.spec_answers, p.spec_questions,
-                          (p.spec_heldout,)))
+                          (p.spec_heldout,), SPEC_PARAPHRASES[p.name]))
     return tuple(facts)
 
 
 def all_facts() -> tuple[Fact, ...]:
-    return POLICIES + product_facts()
+    policies = tuple(replace(f, paraphrases=PARAPHRASES[f.key]) for f in POLICIES)
+    return policies + product_facts()

@@ -20,12 +20,12 @@ from pathlib import Path
 # The configurations quoted beside QuickstartSettings' fields (everything else at its default).
 # batch_size counts examples per optimizer step (padding-free packed).
 CONFIGS = (
-    {"epochs": 3, "batch_size": 8},
-    {"epochs": 3, "batch_size": 4},
-    {"epochs": 4, "batch_size": 4},
-    {"epochs": 3, "batch_size": 4, "learning_rate": 3e-3},
-    {"epochs": 3, "batch_size": 4, "learning_rate": 3e-3, "seed": 1},
-    {"epochs": 3, "batch_size": 4, "learning_rate": 3e-3, "seed": 2},
+    {"epochs": 2, "batch_size": 4, "learning_rate": 3e-3},
+    {"epochs": 2, "batch_size": 4, "learning_rate": 3e-3, "lora_dropout": 0.1},
+    {"epochs": 2, "batch_size": 2, "learning_rate": 3e-3},
+    {"epochs": 2, "batch_size": 2, "learning_rate": 2e-3},
+    {"epochs": 2, "batch_size": 2, "learning_rate": 2e-3, "seed": 1},
+    {"epochs": 2, "batch_size": 2, "learning_rate": 2e-3, "seed": 2},
 )
 
 

@@ -22,13 +22,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import (JSON, Column, DateTime, ForeignKey, Integer, MetaData, String, Table, Text,
-                        create_engine, event, insert, select, update)
+from sqlalchemy import (JSON, Column, DateTime, ForeignKey, Integer, MetaData, String, Table, Text, insert,
+                        select, update)
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import OperationalError
 
 from tuneloop.errors import UserError
-from tuneloop.serve.store import _sqlite_pragmas, default_db_url, utcnow
+from tuneloop.serve.store import open_engine, utcnow
 
 ALIASES = ("production", "candidate", "archived")
 metadata = MetaData()
@@ -108,42 +107,9 @@ class ModelVersion:
     aliases: list[str] = field(default_factory=list)
 
 
-def _immediate_transactions(engine: Engine) -> None:
-    # pysqlite starts transactions lazily (at the first write), so two read-modify-write transactions
-    # could both read "production = 3". BEGIN IMMEDIATE takes SQLite's write lock at the start
-    # (the SQLAlchemy documentation's recipe for serialisable SQLite transactions).
-    @event.listens_for(engine, "connect")
-    def _no_implicit_begin(dbapi_connection, _record):
-        dbapi_connection.isolation_level = None
-
-    @event.listens_for(engine, "begin")
-    def _begin_immediate(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
 def open_registry_engine(url: str | None) -> Engine:
-    from pathlib import Path
-
-    from tuneloop.paths import make_dir
-
-    url = url or default_db_url()
-    try:
-        engine = create_engine(url, pool_pre_ping=True)
-    except Exception as e:
-        raise UserError(f"cannot use database URL {url!r}: {e}", where="--db",
-                        hint="e.g. sqlite:///serve.db or postgresql+psycopg://user:pw@host/db") from e
-    if engine.dialect.name == "sqlite":
-        database = engine.url.database
-        if database and database != ":memory:":
-            make_dir(Path(database).expanduser().parent, "--db")
-        event.listen(engine, "connect", _sqlite_pragmas)
-        _immediate_transactions(engine)
-    try:
-        metadata.create_all(engine)
-    except OperationalError as e:
-        raise UserError(f"cannot open the registry at {engine.url.render_as_string(hide_password=True)}: "
-                        f"{e.orig}", where="--db", hint="check the URL and that the database is reachable") from None
-    return engine
+    # Serialisable on SQLite: a promotion reads the alias and moves it in one transaction.
+    return open_engine(url, serialisable=True)
 
 
 class Registry:

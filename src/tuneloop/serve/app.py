@@ -4,7 +4,7 @@
 options (loads the weights). Routes:
 
 - ``GET /v1/models``; ``POST /v1/chat/completions``, ``POST /v1/completions`` (``stream: true`` as
-  server-sent events); ``POST /v1/feedback``
+  server-sent events); ``POST /v1/feedback`` (an ``Idempotency-Key`` header makes a retry store nothing twice)
 - ``GET /metrics`` (Prometheus text), ``GET /health`` and ``GET /openapi.json`` (the spec, see
   ``openapi.py``), open without an API key
 """
@@ -15,7 +15,7 @@ import json
 import time
 from dataclasses import dataclass
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
@@ -82,8 +82,9 @@ def create_app(engine, table: ModelTable, store: Store, settings: ServeSettings,
         return await service.complete(body, "completion")
 
     @app.post("/v1/feedback")
-    async def feedback(body: FeedbackRequest):
-        return await service.feedback(body)
+    async def feedback(body: FeedbackRequest,
+                       idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=128)):
+        return await service.feedback(body, idempotency_key)
 
     @app.get("/metrics")
     async def prometheus_metrics():

@@ -36,9 +36,13 @@ COMPLETION = {"type": "object", "required": ["id", "object", "created", "model",
     "created": {"type": "integer"}, "model": {"type": "string"}, "usage": USAGE,
     "choices": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["index", "text", "finish_reason"],
         "properties": {"index": {"type": "integer"}, "text": {"type": "string"}, "finish_reason": FINISH}}}}}
-FEEDBACK = {"type": "object", "required": ["object", "completion_id", "model", "rating", "stored"], "properties": {
+# rating is the thumbs the feedback amounts to (FeedbackRequest.thumbs): null for a 3 of 5 or a bare choice.
+FEEDBACK = {"type": "object", "required": ["object", "completion_id", "model", "rating", "score", "choice", "stored"],
+            "properties": {
     "object": {"const": "feedback"}, "completion_id": {"type": "string"}, "model": {"type": ["string", "null"]},
-    "rating": {"enum": [-1, 1]}, "stored": {"const": True}}}
+    "rating": {"enum": [-1, 1, None]}, "score": {"type": ["integer", "null"], "minimum": 1, "maximum": 5},
+    "choice": {"type": ["integer", "null"], "minimum": 0, "maximum": 1}, "stored": {"const": True},
+    "replayed": {"type": "boolean", "description": "true: an earlier request with this Idempotency-Key stored it"}}}
 EVENTS = {"type": "string", "description": "server-sent events: `data: {chunk}` lines, then `data: [DONE]`"}
 
 # path -> (200 JSON schema, streams?, error statuses it can answer)
@@ -49,12 +53,13 @@ ROUTES = {
     "/v1/models/{model_id}": (MODEL, False, (400, 401, 403, 404, 429)),
     "/v1/chat/completions": (CHAT, True, (400, 401, 403, 404, 413, 429, 504)),
     "/v1/completions": (COMPLETION, True, (400, 401, 403, 404, 413, 429, 504)),
-    "/v1/feedback": (FEEDBACK, False, (400, 401, 403, 404, 413, 429)),
+    "/v1/feedback": (FEEDBACK, False, (400, 401, 403, 404, 409, 413, 429)),
     "/metrics": ({"type": "string"}, False, ()),
     "/health": ({"type": "object", "required": ["status", "models", "in_flight"]}, False, ()),
 }
 REASONS = {400: "Invalid request (the field is in error.param)", 401: "Missing or wrong API key",
            403: "The key lacks the scope this endpoint needs", 404: "No such model or completion",
+           409: "The Idempotency-Key was used for feedback on another completion",
            413: "Request body over the server's limit", 429: "Rate limit or concurrency limit (see Retry-After)",
            504: "Generation took longer than the server's request timeout"}
 

@@ -211,7 +211,7 @@ class CompletionService:
             log.exception("could not store %s", getattr(row, "id", row))
 
     # -- feedback -------------------------------------------------------------------------------
-    async def feedback(self, body: FeedbackRequest) -> dict:
+    async def feedback(self, body: FeedbackRequest, idempotency_key: str | None = None) -> dict:
         loop = asyncio.get_running_loop()
         # Read on the writer thread: it runs after every write queued before it.
         model = await loop.run_in_executor(self.writer, self.store.request_model, body.completion_id)
@@ -225,14 +225,18 @@ class CompletionService:
                 raise APIError(400, f"choice {body.choice}: completion {body.completion_id!r} has "
                                     f"{len(choices or [])} choices; ask with n=2 to compare two answers",
                                param="choice", code="invalid_choice")
-        rating = body.thumbs()
-        row = FeedbackRow(body.completion_id, model, rating, body.comment, body.correction, score=body.score,
-                          choice=body.choice)
-        await loop.run_in_executor(self.writer, self.store.record_feedback, row)
-        if rating is not None:
-            self.metrics.observe_feedback(model, rating)
-        return {"object": "feedback", "completion_id": body.completion_id, "model": model,
-                "rating": rating, "score": body.score, "choice": body.choice, "stored": True}
+        row = FeedbackRow(body.completion_id, model, body.thumbs(), body.comment, body.correction, score=body.score,
+                          choice=body.choice, idempotency_key=idempotency_key)
+        stored, written = await loop.run_in_executor(self.writer, self.store.record_feedback, row)
+        if not written and stored["completion_id"] != body.completion_id:
+            raise APIError(409, f"Idempotency-Key {idempotency_key!r} was already used for feedback on "
+                                f"{stored['completion_id']!r}; send a new key for each feedback",
+                           param="Idempotency-Key", code="idempotency_key_reused")
+        if stored["rating"] is not None and written:
+            self.metrics.observe_feedback(model, stored["rating"])
+        return {"object": "feedback", "completion_id": stored["completion_id"], "model": stored["model"],
+                "rating": stored["rating"], "score": stored["score"], "choice": stored["choice"], "stored": True,
+                "replayed": not written}
 
     def close(self) -> None:
         self.writer.shutdown(wait=True)

@@ -1,9 +1,12 @@
 """Where every served request and every feedback is kept: two SQLAlchemy tables.
 
 SQLite (WAL mode, ``$TUNELOOP_HOME/serve.db``) by default; any SQLAlchemy URL such as
-``postgresql+psycopg://user:pw@host/db`` with ``--db``. The server writes through :class:`Store` from a
-single writer thread (see ``app.py``), so the event loop never waits on disk and SQLite sees one
-writer. ``tuneloop monitor`` and ``tuneloop data from-feedback`` read the same tables.
+``postgresql+psycopg://user:pw@host/db`` with ``--db``: several replicas share one PostgreSQL.
+:func:`open_engine` is how every table of the store (these, ``access.py``'s, the registry's) is
+opened; it upgrades the schema first (Alembic, ``migrations/``). The server writes through
+:class:`Store` from a single writer thread (see ``app.py``), so the event loop never waits on disk
+and SQLite sees one writer. ``tuneloop monitor`` and ``tuneloop data from-feedback`` read the same
+tables.
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import (JSON, Column, DateTime, Float, Integer, MetaData, String, Table, Text,
+from sqlalchemy import (JSON, Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text,
                         create_engine, event, insert, select)
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 
 from tuneloop.errors import UserError
-from tuneloop.paths import tuneloop_home
+from tuneloop.paths import make_dir, tuneloop_home
+from tuneloop.serve import migrations
 
 metadata = MetaData()
 
@@ -50,10 +55,11 @@ feedback_table = Table(
     Column("created", DateTime(timezone=True), index=True),
     Column("score", Integer, nullable=True),  # a 1-5 rating
     Column("choice", Integer, nullable=True),  # the preferred answer's index among the request's choices
+    # The client's Idempotency-Key header: a retried feedback (another replica, a lost response) is
+    # stored once. NULL when the client sent none.
+    Column("idempotency_key", String(128), nullable=True),
+    Index("uq_feedback_idempotency_key", "idempotency_key", unique=True),
 )
-
-# Columns added after the first release: a store created before them gets them on open.
-ADDED_COLUMNS = {"requests": (("choices", "JSON"),), "feedback": (("score", "INTEGER"), ("choice", "INTEGER"))}
 
 
 @dataclass
@@ -84,6 +90,7 @@ class FeedbackRow:
     created: datetime | None = None
     score: int | None = None
     choice: int | None = None
+    idempotency_key: str | None = None
 
 
 def utcnow() -> datetime:
@@ -104,8 +111,14 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def open_engine(url: str | None) -> Engine:
-    """A SQLAlchemy engine for ``url`` (default: the SQLite file under TUNELOOP_HOME), tables created."""
+def open_engine(url: str | None, serialisable: bool = False) -> Engine:
+    """A SQLAlchemy engine on the store at ``url`` (default: the SQLite file under TUNELOOP_HOME),
+    its schema upgraded to this release's (``migrations/``). Every table of the store (serving,
+    access, registry) is opened through here.
+
+    ``serialisable``: on SQLite every transaction takes the write lock at its start (the registry's
+    compare-and-set needs it; PostgreSQL gets the same from row locks).
+    """
     url = url or default_db_url()
     try:
         engine = create_engine(url, pool_pre_ping=True)
@@ -115,32 +128,26 @@ def open_engine(url: str | None) -> Engine:
     if engine.dialect.name == "sqlite":
         database = engine.url.database
         if database and database != ":memory:":
-            from tuneloop.paths import make_dir
-
             make_dir(Path(database).expanduser().parent, "--db")
         event.listen(engine, "connect", _sqlite_pragmas)
+        if serialisable:
+            migrations.begin_immediate(engine)
     try:
-        metadata.create_all(engine)
-        add_missing_columns(engine)
+        migrations.upgrade(engine)
     except Exception as e:
-        raise UserError(f"cannot open database {engine.url.render_as_string(hide_password=True)}: {e}",
-                        where="--db", hint="an SQLite URL must name a new file or a tuneloop store"
-                        if engine.dialect.name == "sqlite" else "check that the server is running and the URL is right"
-                        ) from None
+        engine.dispose()
+        raise UserError(f"cannot open database {engine.url.render_as_string(hide_password=True)}: "
+                        f"{getattr(e, 'orig', None) or e}", where="--db",
+                        hint=_open_hint(engine, e)) from None
     return engine
 
 
-def add_missing_columns(engine: Engine) -> None:
-    """ALTER TABLE ... ADD COLUMN for :data:`ADDED_COLUMNS` a store made by an older tuneloop lacks."""
-    from sqlalchemy import inspect, text
-
-    inspector = inspect(engine)
-    for table, columns in ADDED_COLUMNS.items():
-        present = {c["name"] for c in inspector.get_columns(table)}
-        for name, sql_type in columns:
-            if name not in present:
-                with engine.begin() as conn:
-                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))
+def _open_hint(engine: Engine, error: Exception) -> str:
+    if "Can't locate revision" in str(error):
+        return "a newer tuneloop upgraded this store: upgrade tuneloop (`pip install -U tuneloop`)"
+    if engine.dialect.name == "sqlite":
+        return "an SQLite URL must name a new file or a tuneloop store"
+    return "check that the server is running and the URL is right"
 
 
 def require_existing_store(url: str) -> None:
@@ -172,11 +179,28 @@ class Store:
         with self.engine.begin() as conn:
             conn.execute(insert(requests_table).values(**values))
 
-    def record_feedback(self, row: FeedbackRow) -> None:
+    def record_feedback(self, row: FeedbackRow) -> tuple[dict, bool]:
+        """Store ``row``: (the stored row, True). With an ``idempotency_key`` already stored nothing
+        is written: (the row stored first under that key, False); the caller compares its completion_id."""
         values = dict(row.__dict__)
         values["created"] = row.created or utcnow()
-        with self.engine.begin() as conn:
-            conn.execute(insert(feedback_table).values(**values))
+        try:
+            with self.engine.begin() as conn:
+                new_id = conn.execute(insert(feedback_table).values(**values)).inserted_primary_key[0]
+            return {**values, "id": new_id}, True
+        except IntegrityError:
+            # The unique index, not a read before the write, decides: two replicas may receive the
+            # same retried feedback at the same moment.
+            stored = self.feedback_by_key(row.idempotency_key) if row.idempotency_key else None
+            if stored is None:
+                raise
+            return stored, False
+
+    def feedback_by_key(self, idempotency_key: str) -> dict | None:
+        query = select(feedback_table).where(feedback_table.c.idempotency_key == idempotency_key)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else dict(row._mapping)
 
     def request_model(self, completion_id: str) -> str | None:
         """The model a stored completion came from, or None when there is no such successful completion."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from tuneloop.config.recipe import SFT_METHODS
 from tuneloop.train import preview as sft_preview
 from tuneloop.train import run as sft
-from tuneloop.train.preference import dpo, grpo, kto, orpo, reward
+from tuneloop.train.preference import dpo, grpo, kto, orpo, ppo, reward
 from tuneloop.train.preference import engine as preference
 from tuneloop.train.preference import preview as preference_preview
 
@@ -26,7 +26,7 @@ Trainer = Callable[..., Path]
 DryRun = Callable[[object], str]
 
 # Each preference method names itself in its own METHOD record, beside its loss (as PEFT registers).
-PREFERENCE = (dpo.METHOD, orpo.METHOD, kto.METHOD, reward.METHOD, grpo.METHOD)
+PREFERENCE = (dpo.METHOD, orpo.METHOD, kto.METHOD, reward.METHOD, grpo.METHOD, ppo.METHOD)
 
 TRAINERS: dict[str, tuple[Trainer, DryRun]] = {
     **{name: (sft.run_training, sft_preview.dry_run_report) for name in SFT_METHODS},

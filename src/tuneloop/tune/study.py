@@ -50,9 +50,8 @@ def open_study(search, settings: TuneSettings):
 
     # Heartbeats are "experimental" in Optuna since 2.8 and have been stable for years: quiet the warning.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    storage = optuna.storages.RDBStorage(
-        settings.storage, engine_kwargs=_engine_kwargs(settings.storage),
-        heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+    storage = open_storage(
+        settings.storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
     if search.sampler == "tpe":
         # constant_liar: a worker's running trials count as bad guesses, so parallel workers spread out.
@@ -65,6 +64,28 @@ def open_study(search, settings: TuneSettings):
               if search.pruner == "median" else optuna.pruners.NopPruner())
     return optuna.create_study(storage=storage, sampler=sampler, pruner=pruner, direction="minimize",
                                study_name=settings.study_name, load_if_exists=True)
+
+
+def open_storage(url: str, attempts: int = 5, **heartbeat):
+    """Optuna's RDBStorage on ``url``, safe when several processes open a new database at once.
+
+    Opening a storage creates its tables and stamps the schema version when they are missing; two
+    processes doing that at the same moment (two workers started together, or a process watching the
+    study as it is created) make one of them fail with a duplicate version row or table. The other
+    one has then finished the schema, so opening again succeeds.
+    """
+    import optuna
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **heartbeat)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError,
+                sqlalchemy.exc.ProgrammingError) as e:
+            raced = isinstance(e, sqlalchemy.exc.IntegrityError) or "already exists" in str(e)
+            if not raced or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def _engine_kwargs(url: str) -> dict:

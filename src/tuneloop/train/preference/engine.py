@@ -49,6 +49,10 @@ class Method:
     evaluate: Callable[["Session"], dict]  # held-out metrics, keys without the validation_ prefix
     keeps_reference: bool = True  # full fine-tuning keeps a frozen copy of the starting model
     check: Callable[[Any], None] | None = None  # cheap input checks, run before the model loads
+    # Optimizer steps per batch of items (RL: passes over one batch of sampled answers, GRPO's
+    # num_iterations, PPO's num_ppo_epochs); the same batch's indices come back that many steps.
+    passes: Callable[[Any], int] | None = None
+    before_save: Callable[[Any], None] | None = None  # e.g. drop a training-only value head
 
 
 @dataclass
@@ -62,6 +66,10 @@ class Session:
     autocast_dtype: Any = None  # None = fp32 (train.methods.resolve_precision decides)
     data: dict = field(default_factory=dict)  # whatever the method's prepare() encodes
     dist: DistInfo = field(default_factory=DistInfo)
+    # Where the current loss() call is: the micro-batch slot within its step, and which pass over its
+    # batch this step is (0 = the step that first sees the batch; see Method.passes).
+    micro: int = 0
+    pass_index: int = 0
 
     @property
     def pad_id(self) -> int:
@@ -94,8 +102,9 @@ def _backbone_and_head(model):
     return inner.base_model, inner.get_output_embeddings()
 
 
-def answer_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits at answer positions only: ``(logits [N, vocab], targets [N], row of each [N])``.
+def answer_states(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Last hidden states and logits at answer positions only: ``(hidden [N, H], logits [N, vocab],
+    targets [N], row of each [N])`` (the positions that predict an answer token, row by row in order).
 
     Why not ``model(...).logits``: a [batch, seq, vocab] tensor is mostly prompt positions and a
     49k-wide vocabulary; projecting only the answer positions saves most of the head's time and memory.
@@ -105,11 +114,18 @@ def answer_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch
     keep = targets != IGNORE_INDEX
     rows = torch.arange(targets.shape[0], device=targets.device).unsqueeze(1).expand_as(targets)[keep]
     if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return logits[:, :-1][keep].float(), targets[keep], rows
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+        return out.hidden_states[-1][:, :-1][keep], out.logits[:, :-1][keep].float(), targets[keep], rows
     trunk, head = _backbone_and_head(model)
     hidden = trunk(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    return head(hidden[:, :-1][keep]).float(), targets[keep], rows
+    hidden = hidden[:, :-1][keep]
+    return hidden, head(hidden).float(), targets[keep], rows
+
+
+def answer_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits at answer positions only: ``(logits [N, vocab], targets [N], row of each [N])``."""
+    _, logits, targets, rows = answer_states(model, batch)
+    return logits, targets, rows
 
 
 def sequence_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,7 +181,7 @@ def learning_rate(step: int, total: int, recipe) -> float:
 def micro_batch_indices(step: int, micro: int, n_items: int, recipe, world_size: int = 1) -> list[int]:
     """Item indices of one micro-batch: a seeded shuffle per epoch, so step N is the same on resume.
 
-    A step has ``gradient_accumulation x world_size`` micro-batches; process r takes micro-batches
+    ``step`` counts batches: it is the optimizer step divided by the method's passes per batch. A step has ``gradient_accumulation x world_size`` micro-batches; process r takes micro-batches
     ``r x gradient_accumulation ...`` of them.
     """
     size = recipe.train.batch_size
@@ -182,9 +198,16 @@ def _epoch_order(n_items: int, seed: int, epoch: int) -> tuple[int, ...]:
     return tuple(loop.epoch_order(n_items, seed, epoch))
 
 
-def total_steps(recipe, n_items: int, world_size: int = 1) -> int:
+def passes_per_batch(method: "Method", recipe) -> int:
+    return method.passes(recipe) if method.passes is not None else 1
+
+
+def total_steps(recipe, n_items: int, world_size: int = 1, passes: int = 1) -> int:
+    """Optimizer steps: ``train.max_steps``, else epochs over the data x passes per batch."""
     t = recipe.train
-    return loop.total_steps(n_items, t.batch_size * t.gradient_accumulation * world_size, t.epochs, t.max_steps)
+    if t.max_steps is not None:
+        return t.max_steps
+    return passes * loop.total_steps(n_items, t.batch_size * t.gradient_accumulation * world_size, t.epochs, None)
 
 
 # ---------------------------------------------------------------- the run
@@ -244,7 +267,7 @@ def run(recipe, method: Method, resume: bool = False, on_evaluate: shell.Evaluat
 
         shell.run_steps(job, lambda: _train_step(job), evaluate, desc=f"{method.name} {recipe.name}")
         if job.dist.is_main:
-            shell.save_final(job, job.session.tokenizer)
+            shell.save_final(job, job.session.tokenizer, method.before_save)
             summary = _summary(job, initial, last["metrics"])
             write_json_atomic(job.run_dir / "summary.json", summary)
             job.tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))},
@@ -280,7 +303,7 @@ def setup(recipe, method: Method, resume: bool = False) -> PreferenceRun:
     state = ckpt.restore_checkpoint(resume_from, model, optimizer) if resume_from else ckpt.TrainState()
     params = [p for p in model.parameters() if p.requires_grad]
     return PreferenceRun(recipe, dist, recipe.run_dir(), session, method, optimizer, params, state,
-                         total_steps(recipe, n_items, dist.world_size), n_items)
+                         total_steps(recipe, n_items, dist.world_size, passes_per_batch(method, recipe)), n_items)
 
 
 def _initial_metrics(run_dir: Path) -> dict | None:
@@ -303,9 +326,10 @@ def _train_step(job: PreferenceRun) -> dict:
     sums, tokens = {}, 0
     accumulation = recipe.train.gradient_accumulation
     share = accumulation * dist.world_size  # micro-batches in the whole step
+    batch, session.pass_index = divmod(state.step, passes_per_batch(job.method, recipe))
     for micro in range(accumulation):
-        indices = micro_batch_indices(state.step, dist.rank * accumulation + micro, job.n_items, recipe,
-                                      dist.world_size)
+        session.micro = dist.rank * accumulation + micro
+        indices = micro_batch_indices(batch, session.micro, job.n_items, recipe, dist.world_size)
         with session.autocast():
             loss, metrics, n_tokens = job.method.loss(session, indices)
         (loss / share).backward()

@@ -5,7 +5,8 @@ of an answer's tokens given its prompt; "ref" the same under the reference (star
 function returns ``(loss, metrics)`` where metrics are detached floats for metrics.jsonl.
 
 References: DPO (Rafailov et al. 2023), IPO (Azar et al. 2023), ORPO (Hong et al. 2024), KTO
-(Ethayarajh et al. 2024), Bradley-Terry reward models (Ouyang et al. 2022), GRPO (Shao et al. 2024).
+(Ethayarajh et al. 2024), Bradley-Terry reward models (Ouyang et al. 2022), GRPO (Shao et al. 2024), PPO (Schulman et al. 2017)
+with GAE (Schulman et al. 2016) as applied to language models (Ziegler et al. 2019).
 """
 
 from __future__ import annotations
@@ -95,21 +96,92 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) 
     return ((grouped - mean) / (std + eps)).view(-1)
 
 
-def grpo_loss(token_logp, ref_token_logp, rows, advantages, beta: float):
-    """GRPO with one policy update per batch of samples (so the PPO ratio is 1 and needs no clip).
+def _per_sequence_mean(values: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
+    """Each sequence's mean over its tokens (``values`` flat, ``rows`` the sequence of each token)."""
+    lengths = torch.zeros(n, device=values.device).index_add(0, rows, torch.ones_like(values)).clamp(min=1)
+    return torch.zeros(n, device=values.device, dtype=values.dtype).index_add(0, rows, values) / lengths
 
-    Tokens come flat: ``token_logp`` and ``ref_token_logp`` are ``[N]`` answer tokens, ``rows`` says
-    which sequence each belongs to, ``advantages`` is ``[batch]``. The KL penalty uses the unbiased,
-    always-positive k3 estimator exp(ref - logp) - (ref - logp) - 1. Each sequence's token losses
-    are averaged, then the sequences'.
+
+def clipped_surrogate(token_logp, old_token_logp, token_advantages, epsilon: float, epsilon_high: float):
+    """PPO's clipped objective per token, to be minimised: -min(ratio * A, clip(ratio) * A).
+
+    ratio = p_now / p_when_sampled. Once the ratio has left [1 - epsilon, 1 + epsilon_high] in the
+    direction the advantage pushes it, the clipped term is the smaller one and its gradient is zero,
+    so one batch of samples cannot drag the policy far however many passes are made over it. Returns
+    (per-token loss, per-token "clipped" flags as floats): a token counts as clipped when its ratio
+    is past the bound on the side its advantage favours (TRL's ``clip_ratio/region_mean``).
     """
-    ratio = torch.exp(token_logp - token_logp.detach())  # 1, with the policy gradient attached
+    ratio = torch.exp(token_logp - old_token_logp)
+    clipped_ratio = ratio.clamp(1 - epsilon, 1 + epsilon_high)
+    per_token = -torch.min(ratio * token_advantages, clipped_ratio * token_advantages)
+    clipped = ((ratio < 1 - epsilon) & (token_advantages < 0)) | ((ratio > 1 + epsilon_high) & (token_advantages > 0))
+    return per_token, clipped.float().detach()
+
+
+def grpo_loss(token_logp, ref_token_logp, rows, advantages, beta: float, old_token_logp=None,
+              epsilon: float = 0.2, epsilon_high: float | None = None):
+    """GRPO's clipped objective plus a k3 KL penalty to the reference model.
+
+    Tokens come flat: ``token_logp``, ``ref_token_logp`` and ``old_token_logp`` (the log-probs when
+    the answers were sampled) are ``[N]`` answer tokens, ``rows`` says which sequence each belongs
+    to, ``advantages`` is ``[batch]``. Without ``old_token_logp`` (one pass per batch of samples) the
+    policy is still the one that sampled, so the ratio is 1 and nothing is clipped. The KL penalty
+    uses the unbiased, always-positive k3 estimator exp(ref - logp) - (ref - logp) - 1. Each
+    sequence's token losses are averaged, then the sequences'.
+    """
+    old = token_logp.detach() if old_token_logp is None else old_token_logp
+    surrogate, clipped = clipped_surrogate(token_logp, old, advantages[rows], epsilon,
+                                           epsilon if epsilon_high is None else epsilon_high)
     diff = ref_token_logp - token_logp
     token_kl = torch.exp(diff) - diff - 1
-    per_token = -(ratio * advantages[rows]) + beta * token_kl
     n = len(advantages)
-    lengths = torch.zeros(n, device=token_logp.device).index_add(0, rows, torch.ones_like(token_logp))
-    lengths = lengths.clamp(min=1)
-    per_sequence = torch.zeros(n, device=token_logp.device).index_add(0, rows, per_token) / lengths
-    kl = torch.zeros(n, device=token_logp.device).index_add(0, rows, token_kl.detach()) / lengths
-    return per_sequence.mean(), {"kl": _mean(kl)}
+    per_sequence = _per_sequence_mean(surrogate + beta * token_kl, rows, n)
+    kl = _per_sequence_mean(token_kl.detach(), rows, n)
+    return per_sequence.mean(), {"kl": _mean(kl), "clip_fraction": _mean(clipped)}
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+    """Generalised advantage estimation over ``[batch, T]`` token grids (Schulman et al. 2016).
+
+    delta_t = r_t + gamma * V_{t+1} - V_t and A_t = delta_t + gamma * lam * A_{t+1}, with V and A
+    zero past each row's last real token (``mask`` 1 on real tokens, which come first in a row).
+    Returns (advantages, returns = advantages + values), zero on padding.
+    """
+    rewards, values = rewards * mask, values * mask
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = (delta + gamma * lam * running) * mask[:, t]
+        advantages[:, t] = running
+    return advantages, (advantages + values) * mask
+
+
+def whiten(values: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """Unit variance and, with ``shift_mean``, zero mean: a batch's advantages (or rewards) on one
+    scale, whatever the reward's. Fewer than two values have no spread to divide by."""
+    if values.numel() < 2:
+        return values - values.mean() if shift_mean else values
+    whitened = (values - values.mean()) / (values.std() + eps)
+    return whitened if shift_mean else whitened + values.mean()
+
+
+def ppo_loss(token_logp, old_token_logp, token_advantages, values, old_values, returns, rows, n_rows: int,
+             cliprange: float, cliprange_value: float, vf_coef: float):
+    """PPO's clipped policy loss plus ``vf_coef`` x its clipped value loss (all inputs flat ``[N]`` tokens).
+
+    Value loss: 0.5 x max((V - R)^2, (V_clipped - R)^2) with V_clipped kept within
+    ``cliprange_value`` of the value when the answers were sampled, as TRL and the OpenAI baselines
+    do. Token losses are averaged per sequence, then over sequences.
+    """
+    surrogate, clipped = clipped_surrogate(token_logp, old_token_logp, token_advantages, cliprange, cliprange)
+    values_clipped = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)
+    value_loss = 0.5 * torch.max((values - returns) ** 2, (values_clipped - returns) ** 2)
+    policy = _per_sequence_mean(surrogate, rows, n_rows).mean()
+    value = _per_sequence_mean(value_loss, rows, n_rows).mean()
+    value_clipped = ((values - returns) ** 2 < (values_clipped - returns) ** 2).float()
+    approx_kl = 0.5 * (token_logp.detach() - old_token_logp) ** 2
+    return policy + vf_coef * value, {"policy_loss": float(policy.detach()), "value_loss": float(value.detach()),
+                                      "clip_fraction": _mean(clipped), "value_clip_fraction": _mean(value_clipped),
+                                      "approx_kl": _mean(approx_kl)}

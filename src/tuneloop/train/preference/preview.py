@@ -1,4 +1,4 @@
-"""``tuneloop train RECIPE --dry-run`` for dpo/orpo/kto/reward/grpo: what would train, without training.
+"""``tuneloop train RECIPE --dry-run`` for dpo/orpo/kto/reward/grpo/ppo: what would train, without training.
 
 Shows the first pair's chosen and rejected answers token by token (trained tokens highlighted, as the
 chat template renders them), how many pairs or prompts are usable, their lengths, and the steps.
@@ -20,11 +20,15 @@ def dry_run_report(recipe, color: bool | None = None) -> str:
     tokenizer = load_tokenizer(resolve_model(recipe.model), recipe.chat_template)
     t = recipe.train
     lines = [f"recipe {recipe.name}: model {recipe.model}, method {recipe.method} ({recipe.finetuning})"]
-    if recipe.method == "grpo":
+    passes = 1
+    if recipe.method in ("grpo", "ppo"):
+        config = recipe.grpo if recipe.method == "grpo" else recipe.ppo
+        group = recipe.grpo.num_generations if recipe.method == "grpo" else 1
+        passes = recipe.grpo.num_iterations if recipe.method == "grpo" else recipe.ppo.num_ppo_epochs
         prompts = pref_data.load_prompts(recipe.data.train)
-        source = recipe.grpo.reward_function or f"reward model {recipe.grpo.reward_model}"
-        lines += [f"prompts: {len(prompts)}; {recipe.grpo.num_generations} answers sampled per prompt, "
-                  f"up to {recipe.grpo.max_completion_length} tokens; reward: {source}"]
+        source = config.reward_function or f"reward model {config.reward_model}"
+        lines += [f"prompts: {len(prompts)}; {group} answers sampled per prompt, up to "
+                  f"{config.max_completion_length} tokens, {passes} passes per batch; reward: {source}"]
         n_items = len(prompts)
     else:
         train, held = pairs.load_splits(recipe)
@@ -37,6 +41,6 @@ def dry_run_report(recipe, color: bool | None = None) -> str:
         lines += [f"pairs: {len(train)} train, {len(held)} held out for metrics; "
                   f"tokens per pair: mean {sum(lengths) / len(lengths):.0f}, max {max(lengths)}"]
         n_items = len(train)
-    steps = loop.total_steps(n_items, t.batch_size * t.gradient_accumulation, t.epochs, t.max_steps)
+    steps = t.max_steps or passes * loop.total_steps(n_items, t.batch_size * t.gradient_accumulation, t.epochs, None)
     lines.append(f"steps: {steps} (batch {t.batch_size} x accumulation {t.gradient_accumulation})")
     return "\n".join(lines)

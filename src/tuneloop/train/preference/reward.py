@@ -62,7 +62,7 @@ def evaluate(session: Session) -> dict:
     return {"loss": float(value), **metrics}
 
 
-def load_reward_model(run_dir: str | Path, device: torch.device):
+def load_reward_model(run_dir: str | Path, device: torch.device, where: str = "recipe: grpo.reward_model"):
     """(model, tokenizer) of a ``method: reward`` run directory, in eval mode."""
     from transformers import AutoModelForSequenceClassification
 
@@ -71,7 +71,7 @@ def load_reward_model(run_dir: str | Path, device: torch.device):
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     if meta.get("method") != "reward" or not ((run_dir / "model").is_dir() or (run_dir / "adapter").is_dir()):
         raise UserError(f"{run_dir} is not a finished reward-model run",
-                        where="recipe: grpo.reward_model",
+                        where=where,
                         hint="train one with `method: reward` and name its run directory here")
     if (run_dir / "model").is_dir():
         model = AutoModelForSequenceClassification.from_pretrained(run_dir / "model", num_labels=1)

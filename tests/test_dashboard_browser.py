@@ -1,0 +1,171 @@
+"""Every dashboard page in a real headless Chromium (Playwright driving Debian's /usr/bin/chromium).
+
+One browser and one set of servers per module: a tiny model served by the real OpenAI-compatible
+server (its requests go to the same SQLite store the dashboard reads), the dashboard with the
+annotation app mounted, sample runs, an eval and registry versions. The checks: data appears on each
+page, a run's curve grows while metrics lines are appended, the promote button moves the alias (in
+the registry tables and the audit log), the playground streams an answer and its rating is stored.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tuneloop.dashboard import sample
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+pytestmark = [pytest.mark.slow,  # a real browser and a served model
+              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium package")]
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, tiny_model_dir):
+    from tuneloop.annotate import create_app as annotate_app
+    from tuneloop.annotate import open_session
+    from tuneloop.dashboard.app import DashboardSettings, create_app
+    from tuneloop.serve.app import build
+    from tuneloop.serve.runner import ServerThread
+    from tuneloop.serve.settings import ServeSettings
+
+    root = tmp_path_factory.mktemp("dash")
+    runs, data = root / "runs", root / "prepared"
+    sample.write_data_report(data)
+    sample.write_run(runs, "alpha", 60, data_dir=data)
+    sample.write_run(runs, "beta", 40, seed=1)
+    sample.write_run(runs, "live", 5, finished=False)
+    sample.write_eval(root / "eval", str(runs / "alpha"), "smollm2-135m-instruct")
+    db = f"sqlite:///{root}/serve.db"
+    sample.fill_store(db, 200)
+    sample.fill_registry(db, "support", [runs / "alpha", runs / "beta"])
+    queue = root / "queue.jsonl"
+    queue.write_text(json.dumps({"id": "q1", "text": "My card was declined", "label": "card"}) + "\n")
+    session = open_session(queue, root / "labels.jsonl", ["card", "refund"], None, 1, None)
+    served = build([str(tiny_model_dir)], ServeSettings(db_url=db, threads=1))
+    try:
+        with ServerThread(served.app) as model_server:
+            settings = DashboardSettings(token="t", runs_dir=runs, eval_dirs=[root], db_url=db,
+                                         serve_url=model_server.url, poll_ms=250)
+            with ServerThread(create_app(settings, {"/annotate/app": annotate_app(session)})) as ui:
+                yield {"url": ui.url, "runs": runs, "db": db, "labels": root / "labels.jsonl"}
+    finally:
+        served.close()
+
+
+@pytest.fixture(scope="module")
+def page(site, tmp_path_factory):
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.set_default_timeout(20_000)
+        yield page
+        browser.close()
+
+
+def test_runs_list_and_a_live_runs_curve_grows(site, page):
+    page.goto(site["url"] + "/runs")
+    rows = page.locator("#runs-table tbody tr")
+    assert rows.count() == 3
+    assert "running" in page.locator("#runs-table").inner_text()
+    page.click("text=live")
+    chart = page.locator("#loss-chart")
+    page.wait_for_function("document.getElementById('loss-chart').dataset.points === '5'")
+    with (site["runs"] / "live" / "metrics.jsonl").open("a") as f:  # the trainer writes three more steps
+        f.write("".join(sample.metrics_line(s) for s in range(6, 9)))
+    page.wait_for_function("document.getElementById('loss-chart').dataset.points === '8'")
+    assert chart.locator("polyline").first.get_attribute("data-count") == "8"
+    assert page.locator("#run-status").inner_text() == "running"
+
+    page.goto(site["url"] + "/runs/alpha")
+    page.wait_for_function("document.getElementById('loss-chart').dataset.points === '60'")
+    text = page.locator("main").inner_text()
+    assert "final_loss" in text and "step-60" in text and "near_duplicates" in text  # summary, checkpoint, data
+    assert page.locator("#loss-chart polyline").count() == 2  # loss and validation loss
+    page.goto(site["url"] + "/runs/compare?run=alpha&run=beta")
+    page.wait_for_function("document.getElementById('loss-chart').dataset.points === '100'")
+
+
+def test_evals_page_shows_metrics_and_the_baseline_comparison(site, page):
+    page.goto(site["url"] + "/evals")
+    assert "accuracy 0.82" in page.locator("#evals-table").inner_text()
+    page.click("#evals-table a")
+    table = page.locator("#eval-metrics").inner_text()
+    assert "0.82" in table and "0.61" in table and "0.21" in table  # model, baseline, delta
+    assert page.locator("#eval-metrics .up").count() == 2  # accuracy and f1: CI above 0
+    assert "gate PASSED" in page.locator("main").inner_text()
+
+
+def test_serving_page_shows_store_statistics(site, page):
+    page.goto(site["url"] + "/serving")
+    stats = page.locator("#serving-stats").inner_text()
+    assert "base" in stats and "support" in stats
+    assert page.locator("#recent-requests tbody tr").count() == 50
+    assert int(page.locator("#hourly").get_attribute("data-buckets")) >= 15
+    page.click("a[rel=next]")
+    assert "page 2 of" in page.locator(".pager").inner_text()
+
+
+def test_promote_button_moves_the_alias(site, page):
+    from tuneloop.registry.store import Registry
+    from tuneloop.serve.access import audit_entries
+    from tuneloop.serve.store import Store
+
+    page.goto(site["url"] + "/registry")
+    page.click("#registry-models a")
+    assert page.locator("#alias-summary").inner_text() == "candidate -> v2, production -> v1"
+    page.fill("#promote input[name=version]", "7")  # no such version: refused, field named
+    page.once("dialog", lambda d: d.accept())
+    page.click("#promote-button")
+    assert "version: support has no version 7" in page.locator('p.error[data-field="version"]').inner_text()
+    page.fill("#promote input[name=version]", "2")
+    page.once("dialog", lambda d: d.accept())
+    page.click("#promote-button")
+    page.wait_for_selector(".notice")
+    assert page.locator("#alias-summary").inner_text() == "archived -> v1, production -> v2"
+    registry = Registry(site["db"])
+    assert registry.aliases("support") == {"production": 2, "archived": 1}
+    assert registry.events("support")[-2]["actor"] == "ui:local"
+    moves = [e for e in audit_entries(Store(site["db"]).engine) if e["action"] == "registry.promote"]
+    assert moves[-1]["detail"] == {"name": "support", "alias": "production", "from": 1, "to": 2}
+
+
+def test_playground_streams_an_answer_and_stores_its_rating(site, page):
+    from sqlalchemy import select
+
+    from tuneloop.serve.store import Store, feedback_table, requests_table
+
+    page.goto(site["url"] + "/playground")
+    page.fill("#prompt", "Hello there")
+    page.fill("#max_tokens", "lots")
+    page.click("#send")
+    error = page.wait_for_selector('p.error[data-field="max_tokens"]:not([hidden])')
+    assert error.inner_text().startswith("max_tokens: ")
+    page.fill("#max_tokens", "12")
+    page.click("#send")
+    column = page.locator('.answer-col[data-col="0"]')
+    page.wait_for_function("document.querySelector('.answer-col').dataset.state === 'done'")
+    assert len(page.locator("#answer0").inner_text()) > 0
+    assert int(column.get_attribute("data-chunks")) > 1  # arrived as several events, not one reply
+    completion_id = column.get_attribute("data-completion-id")
+    column.locator("button[data-rating='1']").click()
+    page.wait_for_function("document.querySelector('.answer-col .rated').textContent.includes('rated')")
+    engine = Store(site["db"]).engine
+    with engine.connect() as conn:
+        assert conn.execute(select(requests_table.c.stream).where(requests_table.c.id == completion_id)).scalar() == 1
+        assert conn.execute(select(feedback_table.c.rating)
+                            .where(feedback_table.c.completion_id == completion_id)).scalar() == 1
+
+
+def test_annotation_page_embeds_the_queue(site, page):
+    page.goto(site["url"] + "/annotate")
+    frame = page.frame_locator("#annotate-frame")
+    frame.locator("#annotator").fill("ana")
+    frame.locator("#annotator").press("Enter")
+    frame.locator("#card[data-record-id='q1']").wait_for()
+    frame.locator("#accept").click()
+    frame.locator("#done").wait_for(state="visible")
+    assert json.loads(site["labels"].read_text().splitlines()[0])["value"] == "card"
