@@ -7,11 +7,13 @@ import re
 
 import pytest
 
-from explain_support import (COPY_WORDS, FEMALE, MALE, PRODUCTS, copy_records, fair_answer, support_record,
-                             support_records, train_tiny, write_jsonl)
+from explain_support import (COPY_WORDS, FEMALE, MALE, PRODUCTS, copy_records, support_record, support_records,
+                             train_copy_model, train_tiny, write_jsonl)
+from tuneloop.chat.template import render_prompt_ids
 from tuneloop.cli.main import main
-from tuneloop.explain.attribution import attribute_answer
+from tuneloop.explain.attribution import METHODS, attribute_answer
 from tuneloop.explain.audit import run_audit
+from tuneloop.models.generation import generate_ids
 from tuneloop.models.loading import load_model_and_tokenizer
 
 pytestmark = pytest.mark.slow
@@ -27,26 +29,48 @@ def _exit_code(args: list[str]) -> int:
 
 
 @pytest.fixture(scope="module")
-def copy_run(tiny_model_dir, tmp_path_factory):
-    return train_tiny(tiny_model_dir, tmp_path_factory.mktemp("copy"), "copy", copy_records(400, 0), steps=100,
-                      lr=3e-3, packing=True, batch_size=48)  # copying from a position needs more examples than a name
+def copy_models(tmp_path_factory):
+    """(untrained, trained) copy models; see :func:`explain_support.train_copy_model`."""
+    return train_copy_model(tmp_path_factory.mktemp("copy"))
 
 
-@pytest.mark.skip(reason="issue 24: the tiny copy model does not learn to copy in this many steps yet, so the check cannot run")
-@pytest.mark.parametrize("method", ["ablation", "integrated-gradients"])
-def test_the_marked_token_gets_the_largest_attribution(copy_run, method):
-    model, tokenizer = load_model_and_tokenizer(copy_run, merge_adapter=True)
-    records = copy_records(8, 7)
-    hits = 0
+def _answers(model, tokenizer, records: list[dict]) -> list[str]:
+    prompts = [render_prompt_ids(tokenizer, r["messages"][:1]) for r in records]
+    return [tokenizer.decode([i for i in ids if i != tokenizer.eos_token_id])
+            for ids in generate_ids(model, tokenizer, prompts, max_new_tokens=3)]
+
+
+def test_the_copy_model_copies_the_marked_word(copy_models):
+    base, tuned = copy_models
+    seen = {r["messages"][0]["content"] for r in copy_records(2000, 2)}  # its training prompts (seed 2)
+    heldout = [r for r in copy_records(80, 7) if r["messages"][0]["content"] not in seen][:64]
+    references = [r["messages"][1]["content"] for r in heldout]
+    for directory, least, most in ((tuned, 62, 64), (base, 0, 8)):  # the untrained twin: chance is 1/16
+        model, tokenizer = load_model_and_tokenizer(directory)
+        correct = sum(a == r for a, r in zip(_answers(model, tokenizer, heldout), references))
+        assert least <= correct <= most, (directory.name, correct)
+
+
+_IG_MISSES = pytest.mark.xfail(strict=True, reason="issue 24: integrated gradients (16 steps from the pad embedding) "
+                               "scores the prompt's first word (3.08 nats) above the marked word (2.51) on one of the "
+                               "eight prompts; ablation and Shapley rank the marked word first on all eight")
+
+
+@pytest.mark.parametrize("method", [m if m != "integrated-gradients" else pytest.param(m, marks=_IG_MISSES)
+                                    for m in METHODS])
+def test_the_marked_token_gets_the_largest_attribution(copy_models, method):
+    model, tokenizer = load_model_and_tokenizer(copy_models[1])
+    records = copy_records(8, 11)
     for record in records:
         prompt, answer = record["messages"][:1], record["messages"][1]["content"]
         result = attribute_answer(model, tokenizer, prompt, target=None, method=method, max_new_tokens=3)
         assert "".join(result.input_tokens) == prompt[0]["content"]  # the user message's tokens, nothing else
-        top_token = result.top(1)[0][0]
-        hits += result.target == answer and top_token.strip() == answer
-    # The tiny model copies every marked word, and the explanation points at that word among the six
-    # prompt tokens (the marker "=" and four fillers), for every prompt.
-    assert hits == len(records), hits
+        assert result.target == answer, (prompt, result.target)  # the model's own answer is the copy
+        marked = result.input_tokens.index(answer)  # the word after "=": the other copy of it has a space
+        others = [s for i, s in enumerate(result.scores) if i != marked]
+        # Every method puts the marked word first among the prompt's tokens (four fillers, the marker, the
+        # word), by a clear margin: removing it leaves nothing to copy, removing a filler changes little.
+        assert result.scores[marked] > 1.0 + max(others), (method, list(zip(result.input_tokens, result.scores)))
 
 
 def _audit_data(tmp_path):
@@ -88,7 +112,7 @@ def test_audit_rejects_bad_input_before_loading_a_model(tmp_path, capsys):
     assert "did you mean 'bias_gap'" in capsys.readouterr().err
 
 
-def test_explain_page_for_wrong_answers_side_by_side(copy_run, tiny_model_dir, tmp_path):
+def test_explain_page_for_wrong_answers_side_by_side(copy_models, tmp_path):
     import json
 
     eval_dir = tmp_path / "eval"
@@ -96,7 +120,8 @@ def test_explain_page_for_wrong_answers_side_by_side(copy_run, tiny_model_dir, t
     rows = [{"id": f"r{i}", "prompt": r["messages"][0]["content"], "reference": r["messages"][1]["content"],
              "prediction": COPY_WORDS[0], "correct": i % 2 == 0} for i, r in enumerate(copy_records(4, 3))]
     (eval_dir / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    main_args = ["explain", "--model", str(copy_run), "--baseline", str(tiny_model_dir),
+    base, tuned = copy_models
+    main_args = ["explain", "--model", str(tuned), "--baseline", str(base),
                  "--data", str(eval_dir / "predictions.jsonl"), "--wrong-only", "--quiet"]
     assert _exit_code(main_args) == 0
     page = (eval_dir / "explain" / "index.html").read_text()
