@@ -27,8 +27,8 @@ HOUR = timedelta(hours=1)
 SUMS = ("requests", "errors", "completion_tokens", "latency_sum", "latency_n", "ratings", "positive")
 
 # Covering indexes for the page's queries, created by the store's migration 0003 (ensure_indexes is
-# a no-op check on such stores). A table's rows hold whole prompts and answers, so a query that must read them is many times slower than one served by
-# an index. By time: the hourly sums and the recent page's ids. By model: the latency percentiles,
+# a no-op check on such stores). A table's rows hold whole prompts and answers, so a query that
+# must read them is many times slower than one served by an index. By time: the hourly sums and the recent page's ids. By model: the latency percentiles,
 # walked in latency order without a sort.
 DASHBOARD_INDEXES = (
     Index("ix_requests_dashboard_time", R.created, R.model, R.status, R.latency_ms, R.completion_tokens, R.id),
