@@ -23,7 +23,7 @@ import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -36,8 +36,6 @@ from tuneloop.dashboard.runs import (checkpoints, data_report, list_runs, read_j
 from tuneloop.errors import UserError
 from tuneloop.registry.store import Registry
 from tuneloop.serve.store import Store
-
-REGISTRY_ACTIONS = {"promote": registry_actions.promote, "rollback": registry_actions.rollback}
 
 STATIC = Path(__file__).with_name("static")
 STATIC_FILES = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
@@ -205,18 +203,23 @@ def create_app(settings: DashboardSettings, mounts: dict | None = None) -> Dashb
     def registry_view(name: str, moved: str = ""):
         return _html(_registry_model_page(registry, name, notice=moved))
 
-    @app.post("/registry/{name}/{action}")
-    async def registry_move(request: Request, name: str, action: str):
-        move = REGISTRY_ACTIONS.get(action)
-        if move is None:
-            return _html(pages.error_page(404, f"no registry action {action!r}; use promote or rollback",
-                                          "action"), 404)
+    @app.post("/registry/{name}/promote")
+    async def registry_promote(request: Request, name: str):
         form = await _form(request)
         try:
-            message = move(registry, store.engine, name, form, _actor(request))
+            message = registry_actions.promote(registry, store.engine, name, form, _actor(request))
         except registry_actions.FormErrors as e:
             return _html(_registry_model_page(registry, name, e.errors, form), 422)
-        return RedirectResponse(f"/registry/{quote(name)}?moved={quote(message)}", status_code=303)
+        return RedirectResponse(f"/registry/{name}?moved={message}", status_code=303)
+
+    @app.post("/registry/{name}/rollback")
+    async def registry_rollback(request: Request, name: str):
+        form = await _form(request)
+        try:
+            message = registry_actions.rollback(registry, store.engine, name, form, _actor(request))
+        except registry_actions.FormErrors as e:
+            return _html(_registry_model_page(registry, name, e.errors, form), 422)
+        return RedirectResponse(f"/registry/{name}?moved={message}", status_code=303)
 
     # -- playground and annotation ---------------------------------------------------------------
     @app.get("/playground")
