@@ -30,10 +30,6 @@ NOT_YET = {"validate_convert", "recipe_yaml", "ingest_json", "ingest_csv", "inge
 
 @pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.name)
 def test_fuzz_target_never_crashes(target, tokenizer):
-    pytest.skip("issue 27: the fuzz targets fail on some generated inputs inside the full suite (ingest_jsonl, "
-                "though it passes alone); run benchmarks/fuzz.py until they are fixed")
-    if target.name in NOT_YET:
-        pytest.skip(f"issue 27: fuzz target {target.name} fails since the 2026-12-02 merge; see NOT_YET")
     directory = workdir()
 
     @settings(max_examples=EXAMPLES.get(target.name, DEFAULT_EXAMPLES), deadline=None, database=None, derandomize=True,

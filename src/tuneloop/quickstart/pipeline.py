@@ -70,7 +70,7 @@ class QuickstartSettings:
     @classmethod
     def fast(cls, **overrides) -> "QuickstartSettings":
         """A quick look (about half the time): half the epochs, a third of the held-out questions."""
-        return cls(**{"epochs": 2, "heldout_limit": 15, **overrides})
+        return cls(**{"epochs": 1, "heldout_limit": 15, **overrides})
 
 
 def _log(text: str) -> None:
