@@ -8,8 +8,12 @@ import json
 import numpy as np
 import pytest
 
+from tuneloop.config.recipe import recipe_from_dict
 from tuneloop.evaluate.judge import (compare_pairwise, local_judge, pair_messages, parse_choice, parse_score,
                                      reason_of, score_answers)
+from tuneloop.paths import write_jsonl_atomic
+from tuneloop.testing import build_tiny_model
+from tuneloop.train import run_training
 
 
 def test_reply_parsing():
@@ -86,3 +90,36 @@ def test_embedded_model_as_judge_prefers_the_reference_matching_answer_both_ways
     replies = [(a.reply, b.reply) for a, b in verdicts]
     assert wins.value() > 0.5, replies
     assert any(w == 1.0 for w in wins.values), replies  # at least one pair won in both positions
+
+
+@pytest.mark.slow
+def test_a_tiny_trained_judge_prefers_the_reference_matching_answer_in_both_positions(tmp_path):
+    """The tiny model, fully fine-tuned on the judge prompts of the blatant pairs in both orders (the
+    letter of the reference-matching answer as its reply), then served locally and asked through the
+    openai client exactly as a real judge is: the reference-matching answer wins shown first and shown
+    second, and swapping which answer counts as "tuned" turns every win into a loss."""
+    judge_model = build_tiny_model(tmp_path / "tiny-judge", init_std=0.1)
+    cases = blatant_cases()
+    rows = []
+    for question, reference, right, wrong in cases:
+        for first, second, letter in ((right, wrong, "A"), (wrong, right, "B")):
+            prompt = pair_messages(question, reference, first, second, "correctness")
+            rows.append({"messages": prompt + [{"role": "assistant", "content": letter}]})
+    write_jsonl_atomic(tmp_path / "judge.jsonl", rows * 8)
+    recipe = recipe_from_dict({
+        "name": "judge", "model": str(judge_model), "method": "full", "output_dir": str(tmp_path / "runs"),
+        "data": {"train": str(tmp_path / "judge.jsonl")},
+        "train": {"epochs": 10, "batch_size": 4, "learning_rate": 3e-3, "warmup_ratio": 0.0, "max_seq_len": 256,
+                  "eval_every": 1000, "save_every": 1000, "seed": 0},
+        "tracking": {"backend": "none"},
+    })
+    run_dir = run_training(recipe)
+    questions, references = [c[0] for c in cases], [c[1] for c in cases]
+    right, wrong = [c[2] for c in cases], [c[3] for c in cases]
+    with local_judge(str(run_dir), max_tokens=4) as judge:
+        wins, agree, verdicts = compare_pairwise(judge.reply, questions, references, right, wrong, "correctness")
+        losses, _, _ = compare_pairwise(judge.reply, questions, references, wrong, right, "correctness")
+    replies = [(a.reply, b.reply) for a, b in verdicts]
+    assert list(wins.values) == [1.0] * len(cases), replies
+    assert list(agree.values) == [1.0] * len(cases), replies
+    assert list(losses.values) == [0.0] * len(cases), replies
