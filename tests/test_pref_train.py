@@ -95,17 +95,23 @@ def test_grpo_with_two_passes_per_batch_clips_and_raises_the_mean_reward(tmp_pat
     assert len(held_out_kl) == 3 and held_out_kl[0] == 0.0 and max(held_out_kl) < 0.5
 
 
-def test_ppo_clips_later_passes_keeps_kl_bounded_and_saves_no_value_head(tmp_path, tiny_model_dir, pref_data):
-    """PPO's mechanics on the tiny model. Not yet shown: a mean-reward rise (issue 28); with one sample
-    per prompt the tiny model's reward on this set is too noisy in a test-sized run."""
+def test_ppo_raises_the_mean_reward_clips_later_passes_keeps_kl_bounded_and_saves_no_value_head(
+        tmp_path, tiny_model_dir, pref_data):
+    """PPO on the tiny model with a learnable reward (shorter answers score higher): the rollouts'
+    mean reward rises, later passes over a batch clip, the held-out KL stays bounded, and the saved
+    model has no value head. Eight prompts per rollout: with four, one sample per prompt is too noisy
+    for a rise in a test-sized run."""
     recipe = make_recipe(tmp_path, tiny_model_dir, pref_data, "ppo", finetuning="full",
-                         train={"max_steps": 12, "learning_rate": 1e-2, "lr_scheduler": "constant", "eval_every": 6},
+                         train={"max_steps": 12, "learning_rate": 1e-2, "lr_scheduler": "constant", "eval_every": 6,
+                                "batch_size": 8},
                          ppo={"reward_function": "tuneloop.train.preference.rewards:short",
                               "max_completion_length": 8, "temperature": 0.1, "kl_coef": 0.05, "num_ppo_epochs": 2})
     run_dir = run_training(recipe)
     rows = read_jsonl(run_dir / "metrics.jsonl")
     sampled = rollout_rows(rows, 2)
     assert len(sampled) == 6
+    rewards = [r["reward_mean"] for r in sampled]
+    assert sum(rewards[-2:]) / 2 > sum(rewards[:2]) / 2 + 0.1, rewards
     trained = [r for r in rows if "reward_mean" in r]
     assert all(math.isfinite(r["value_loss"]) for r in trained) and sampled[0]["kl"] == 0.0
     assert all(r["clip_fraction"] == 0.0 for r in sampled)
