@@ -140,12 +140,19 @@ def train_faults(work: Path, model: Path) -> list[dict]:
                 cases.append({"command": "train", "fault": fault, "error": "no checkpoint before the fault",
                               "tail": process.communicate()[0][-600:]})
                 continue
+            checkpoints = mount / "run" / "checkpoints"
             if fault.startswith("disk full"):
                 fill(mount)
             else:
-                remount(mount, "ro")
+                # A running train holds files open for writing (its lock, metrics.jsonl), so the kernel
+                # refuses to remount the whole filesystem read-only ("mount point is busy"); a read-only
+                # filesystem mounted over the checkpoints folder makes the next checkpoint write fail
+                # with EROFS instead, and unmounting it shows the earlier checkpoints again.
+                subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(checkpoints)], check=True)
             output = process.communicate(timeout=1800)[0]
-            saved = [p.name for p in step_checkpoints(mount / "run" / "checkpoints")]
+            if not fault.startswith("disk full"):
+                subprocess.run(["umount", str(checkpoints)], check=True)
+            saved = [p.name for p in step_checkpoints(checkpoints)]
             error_lines = [line for line in output.splitlines() if line.startswith("error:")]
             case = {"command": "train (checkpoints)", "fault": fault, "exit": process.returncode,
                     "traceback": "Traceback (most recent call last)" in output,
@@ -154,8 +161,6 @@ def train_faults(work: Path, model: Path) -> list[dict]:
                     "tail": output[-600:] if "Traceback" in output or process.returncode not in (0, 1) else ""}
             if fault.startswith("disk full"):
                 (mount / "filler").unlink()
-            else:
-                remount(mount, "rw")
             resumed = tuneloop("train", recipe, "--resume")
             case["resume_after_fix"] = {"exit": resumed["exit"], "seconds": resumed["seconds"],
                                         "adapter_written": (mount / "run" / "adapter").is_dir()}

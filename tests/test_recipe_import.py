@@ -31,6 +31,7 @@ num_epochs: 2
 learning_rate: 0.0002
 lr_scheduler: cosine
 warmup_ratio: 0.1
+neftune_noise_alpha: 5
 optimizer: adamw_torch
 bf16: auto
 output_dir: ./outputs/lora-out
@@ -54,6 +55,7 @@ learning_rate: 5.0e-6
 num_train_epochs: 3.0
 lr_scheduler_type: cosine
 warmup_ratio: 0.1
+neftune_alpha: 5
 bf16: true
 report_to: tensorboard
 output_dir: saves/qwen/lora/dpo
@@ -96,7 +98,8 @@ def test_axolotl_config(tmp_path):
     assert (r.lora.r, r.lora.alpha, r.lora.target_modules) == (8, 16, "all-linear")
     assert (r.train.max_seq_len, r.train.batch_size, r.train.gradient_accumulation, r.train.epochs) == (512, 4, 2, 2)
     assert r.train.precision == "bf16" and r.train.lr_scheduler == "cosine"
-    assert "axolotl: mapped 17 of 19 keys" in notes
+    assert r.train.neftune_alpha == 5.0
+    assert "axolotl: mapped 18 of 20 keys" in notes
     assert "not mapped: optimizer" in notes and "not mapped: wandb_project" in notes
 
 
@@ -104,7 +107,7 @@ def test_llama_factory_config(tmp_path):
     r, notes = imported(tmp_path, LLAMA_FACTORY, "llamafactory.yaml")
     assert (r.model, r.method, r.finetuning, r.preference.beta) == ("Qwen/Qwen2.5-0.5B-Instruct", "dpo", "lora", 0.2)
     assert (r.chat_template, r.train.max_seq_len, r.tracking.backend) == ("chatml", 1024, "tensorboard")
-    assert r.data.train == "dpo_en_demo"
+    assert r.data.train == "dpo_en_demo" and r.train.neftune_alpha == 5.0
     assert "not mapped: do_train" in notes
 
 

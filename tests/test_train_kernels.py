@@ -138,3 +138,28 @@ def test_compiled_layers_train_like_eager_ones(tiny_model_dir, tmp_path):
         losses[compiled] = [m["loss"] for m in read_jsonl(run_dir / "metrics.jsonl")]
     assert len(losses[True]) == 2
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+@torch.no_grad()
+def test_neftune_noise_is_uniform_at_its_scale_in_training_and_absent_in_evaluation(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from tuneloop.train.methods import add_neftune_noise
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ids = torch.randint(0, 1000, (1, 50))
+    clean = model.get_input_embeddings()(ids)
+    handle = add_neftune_noise(model, alpha=5.0)
+    scale = 5.0 / (50 * clean.size(-1)) ** 0.5
+    model.train()
+    torch.manual_seed(1)
+    noise = model.get_input_embeddings()(ids) - clean
+    assert noise.abs().max() <= scale * (1 + 1e-5) and noise.abs().max() > 0.95 * scale
+    assert float(noise.abs().mean()) == pytest.approx(scale / 2, rel=0.1)  # uniform on [-scale, scale]
+    torch.manual_seed(1)
+    assert torch.equal(model.get_input_embeddings()(ids) - clean, noise)  # the global generator: resumable
+    model.eval()
+    assert torch.equal(model.get_input_embeddings()(ids), clean)
+    handle.remove()
+    model.train()
+    assert torch.equal(model.get_input_embeddings()(ids), clean)

@@ -68,6 +68,7 @@ COMMON: Mapping = {
     "max_grad_norm": ("train.max_grad_norm", float),
     "seed": ("train.seed", int),
     "gradient_checkpointing": ("train.gradient_checkpointing", bool),
+    "neftune_noise_alpha": ("train.neftune_alpha", lambda v: float(v) if v else None),  # TRL, Axolotl
     "eval_steps": ("train.eval_every", int),
     "save_steps": ("train.save_every", int),
     "lora_alpha": ("lora.alpha", float),
@@ -107,6 +108,7 @@ TOOLS: dict[str, Mapping] = {
         "num_train_epochs": ("train.epochs", float),
         "lr_scheduler_type": ("train.lr_scheduler", _scheduler),
         "pref_beta": ("preference.beta", float),
+        "neftune_alpha": ("train.neftune_alpha", lambda v: float(v) if v else None),
         "template": ("chat_template", lambda v: "chatml" if v in ("chatml", "qwen") else _unsupported(v)),
         "report_to": ("tracking.backend", _tracking),
         "output_dir": ("output_dir", str),

@@ -83,6 +83,9 @@ class TrainConfig(Strict):
     keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept (plus the best).")
     early_stopping: EarlyStopping | None = Field(None, description=(
         "{patience, metric, min_delta}: stop when validation stops improving; the best weights are kept."))
+    neftune_alpha: float | None = Field(None, gt=0, description=(
+        "NEFTune: uniform noise of scale alpha/sqrt(tokens x hidden) added to the input embeddings of "
+        "each training row (never in evaluation), as TRL's neftune_noise_alpha; the paper uses 5."))
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, ~25% slower.")
     compile: bool = Field(False, description=(
         "torch.compile each decoder layer: ~8% faster steps on a 2-core CPU after ~40 s of compiling, "

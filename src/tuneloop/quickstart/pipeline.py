@@ -57,6 +57,7 @@ class QuickstartSettings:
     lora_r: int = 16
     lora_alpha: float = 32
     lora_dropout: float = 0.0
+    neftune_alpha: float | None = None
     batch_size: int = 2  # examples per optimizer step (padding-free packed)
     lr_scheduler: str = "cosine"
     warmup_ratio: float = 0.05
@@ -118,6 +119,7 @@ def training_recipe(out_dir: Path, settings: QuickstartSettings):
                   "learning_rate": settings.learning_rate, "lr_scheduler": settings.lr_scheduler,
                   "warmup_ratio": settings.warmup_ratio, "batch_size": settings.batch_size,
                   "max_seq_len": settings.max_seq_len, "packing": True, "seed": settings.seed,
+                  "neftune_alpha": settings.neftune_alpha,
                   "eval_every": 50, "save_every": 100000},
         "tracking": {"backend": "none"},
     }, source="quickstart recipe")

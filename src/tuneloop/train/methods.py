@@ -77,6 +77,8 @@ def setup_model(recipe, model_path, precision: Precision, device: torch.device) 
     elif method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
+    if recipe.train.neftune_alpha:
+        add_neftune_noise(model, recipe.train.neftune_alpha)
     if recipe.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
@@ -86,6 +88,21 @@ def setup_model(recipe, model_path, precision: Precision, device: torch.device) 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return PreparedModel(model, method, trainable, total, targeted)
+
+
+def add_neftune_noise(model, alpha: float):
+    """NEFTune (Jain et al., 2023): while the model trains, its input embeddings get uniform noise in
+    +-alpha/sqrt(L*d), L the row's length in tokens and d the hidden size, as in TRL and transformers
+    (a padding-free packed row counts as one row). Drawn from torch's global generator, which
+    checkpoints save, so a resumed run draws the same noise. Returns the hook's handle."""
+
+    def noisy(module, inputs, output):
+        if not module.training:
+            return output
+        scale = alpha / (output.size(-2) * output.size(-1)) ** 0.5
+        return output + torch.empty_like(output).uniform_(-scale, scale)
+
+    return model.get_input_embeddings().register_forward_hook(noisy)
 
 
 def compile_layers(model) -> int:
