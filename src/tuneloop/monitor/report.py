@@ -81,7 +81,8 @@ def summarize(requests: list[dict], feedback: list[dict]) -> list[ModelStats]:
 
 def load_window(db_url: str | None, since: timedelta, now: datetime | None = None):
     """(requests, feedback) rows created within ``since`` before ``now``."""
-    from tuneloop.serve.store import Store, require_existing_store
+    from tuneloop.database.engine import require_existing_store
+    from tuneloop.serve.store import Store
 
     start = (now or datetime.now(timezone.utc)) - since
     if db_url:
