@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneloop.improve import ImproveSettings, run_round
+from tuneloop.models.loading import resolve_model
 from tuneloop.paths import make_dir, read_jsonl, write_json_atomic, write_jsonl_atomic
 from tuneloop.quickstart.make_dataset import DATA_DIR, HELDOUT_FILE
 from tuneloop.quickstart.store_facts import POLICIES, SYSTEM_PROMPT
@@ -193,6 +194,7 @@ def run_loop_act(out_dir, production: str, improve: ImproveSettings | None = Non
     regression = regression_set(out_dir)
     registry = Registry(db)
     if "production" not in (registry.aliases(MODEL_NAME) if MODEL_NAME in registry.names() else {}):
+        resolve_model(production)  # refuses a directory that is no model before anything is registered
         registry.register(version_from_run(MODEL_NAME, Path(production), regression_data=str(regression),
                                            source="quickstart"), alias="production", actor="quickstart")
     # 30 LoRA steps of 4 examples at the quickstart's learning rate: about two passes over the
