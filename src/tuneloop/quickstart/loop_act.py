@@ -36,6 +36,10 @@ from tuneloop.quickstart.make_dataset import DATA_DIR, HELDOUT_FILE
 from tuneloop.quickstart.store_facts import POLICIES, SYSTEM_PROMPT
 from tuneloop.registry.lineage import version_from_run
 from tuneloop.registry.store import Registry
+from tuneloop.serve.app import build
+from tuneloop.serve.runner import ServerThread
+from tuneloop.serve.settings import ServeSettings
+from tuneloop.serve.store import Store
 
 MODEL_NAME = "brightcart"
 
@@ -154,8 +158,6 @@ def unchanged_sample(count: int = 6) -> list:
 
 def _satisfaction(db_url: str, model: str, since_id: int = 0) -> tuple[float | None, int]:
     """(share of thumbs up among ratings after feedback ``since_id``, the last feedback id)."""
-    from tuneloop.serve.store import Store
-
     store = Store(db_url)
     try:
         rated = [f["rating"] for f in store.feedback() if f["model"] == model and f["id"] > since_id
@@ -181,10 +183,6 @@ def _wait_for_version(url: str, version: int, timeout: float = 600) -> None:
 
 def run_loop_act(out_dir, production: str, improve: ImproveSettings | None = None, repeats: int = 1) -> dict:
     """The whole act; returns (and writes to loop.json) its summary."""
-    from tuneloop.serve.app import build
-    from tuneloop.serve.runner import ServerThread
-    from tuneloop.serve.settings import ServeSettings
-
     started = time.perf_counter()
     out_dir = Path(out_dir)
     if (out_dir / "serve.db").is_file():  # a previous act's registry would point at an old run
