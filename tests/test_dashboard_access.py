@@ -185,7 +185,8 @@ def test_percentiles_read_from_either_end_of_the_index_equal_monitors(tmp_path, 
     from tuneloop.monitor.report import percentile
     from sqlalchemy import insert
 
-    from tuneloop.serve.store import RequestRow, requests_table, utcnow
+    from tuneloop.database.engine import utcnow
+    from tuneloop.serve.store import RequestRow, requests_table
 
     store = Store(f"sqlite:///{tmp_path}/s.db")
     values = [[2.0, 2.0, 5.0, 1.0, 9.5, 3.25][i % 6] + (i // 6) for i in range(n)]  # ties included

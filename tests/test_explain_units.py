@@ -13,7 +13,7 @@ from tuneloop.evaluate.examples import example_from_record
 from tuneloop.explain.bias import measure_probe
 from tuneloop.explain.counterfactual import build_counterfactuals, load_wordlist, parse_wordlist
 from tuneloop.explain.fairness import fairness_by_field
-from tuneloop.explain.model_card import build_model_card
+from tuneloop.export.model_card import build_model_card
 from tuneloop.explain.render import heat_map, token_color
 
 

@@ -117,3 +117,16 @@ def test_registry_commands(db, tiny_model_dir, tmp_path, capsys):
         main(["registry", "promote", "nope", "1", "--db", db])
     assert exit_info.value.code == 1
     assert "no model 'nope' in the registry" in capsys.readouterr().err
+
+
+def test_registering_a_directory_that_is_no_model_is_refused_before_anything_is_written(db, tmp_path, capsys):
+    not_a_model = tmp_path / "notes"
+    not_a_model.mkdir()
+    (not_a_model / "todo.txt").write_text("train a model first")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["registry", "register", "support", str(not_a_model), "--db", db])
+    assert exit_info.value.code == 1
+    assert "is a directory but not a model or a run" in capsys.readouterr().err
+    registry = Registry(db)
+    assert "support" not in registry.names()
+    registry.close()

@@ -14,7 +14,7 @@ from sqlalchemy import MetaData, create_engine, select, text
 
 from tuneloop.registry.store import Registry
 from tuneloop.registry.store import metadata as registry_metadata
-from tuneloop.serve import migrations
+from tuneloop.database import migrations
 from tuneloop.serve.access import active_principals
 from tuneloop.serve.store import FeedbackRow, Store, metadata as serve_metadata
 
@@ -111,7 +111,7 @@ def test_migrations_create_exactly_the_declared_tables(new_store):
                        if not (d[0] == "remove_table" and d[1].name == migrations.VERSION_TABLE)]
     engine.dispose()
     # A failure lists what the code declares but no migration creates (or the reverse): write the
-    # migration (see tuneloop/serve/migrations/__init__.py).
+    # migration (see tuneloop/database/migrations/__init__.py).
     assert differences == []
 
 

@@ -8,6 +8,9 @@ import platform
 import shutil
 import sys
 
+from tuneloop.models.estimate import bf16_supported
+from tuneloop.paths import model_store, tuneloop_home
+
 PACKAGES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "safetensors", "gguf",
             "tokenizers", "bitsandbytes", "vllm", "torchao", "mlflow-skinny", "fastapi")
 
@@ -33,9 +36,6 @@ def cpu_flags() -> set[str]:
 def collect() -> dict:
     import psutil
     import torch
-
-    from tuneloop.models.estimate import bf16_supported
-    from tuneloop.paths import model_store, tuneloop_home
 
     flags = cpu_flags()
     mem = psutil.virtual_memory()

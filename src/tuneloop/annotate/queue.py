@@ -20,6 +20,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tuneloop.data.ingest import expand_inputs, read_records
 from tuneloop.errors import UserError
 
 TASKS = ("classification", "answer")
@@ -101,8 +102,6 @@ def item_from_record(obj, where: str, task: str) -> Item:
 
 def load_queue(path: str | Path, task: str) -> list[Item]:
     """Every record of the queue file as an :class:`Item`; bad records are errors naming the line."""
-    from tuneloop.data.ingest import expand_inputs, read_records
-
     if task not in TASKS:
         raise UserError(f"unknown task {task!r}", hint=f"use one of {', '.join(TASKS)}")
     items: list[Item] = []

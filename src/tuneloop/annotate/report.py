@@ -22,13 +22,12 @@ from dataclasses import dataclass, field
 from tuneloop.annotate.agreement import (cohen_kappa, count_matrix, fleiss_kappa, majority,
                                          per_label_disagreement)
 from tuneloop.annotate.store import LabelEvent, LabelStore
+from tuneloop.data.clean import normalise_for_dedup
 
 
 def _vote_key(event: LabelEvent) -> str:
     if event.task == "classification":
         return event.value
-    from tuneloop.data.clean import normalise_for_dedup
-
     return normalise_for_dedup(event.value)
 
 

@@ -16,6 +16,9 @@ import threading
 from collections.abc import Sequence
 
 from tuneloop.annotate.queue import Item
+from tuneloop.chat.template import render_prompt_ids, tokenize_text
+from tuneloop.models.generation import generate_chat
+from tuneloop.models.loading import load_model_and_tokenizer
 
 CLASSIFY_INSTRUCTION = (
     "Classify the text into exactly one of these labels: {labels}.\n\nText: {text}\n\n"
@@ -26,8 +29,6 @@ CLASSIFY_INSTRUCTION = (
 def score_labels(model, tokenizer, text: str, labels: Sequence[str]) -> list[float]:
     """Mean log-probability of each label as the answer to the classification instruction."""
     import torch
-
-    from tuneloop.chat.template import render_prompt_ids, tokenize_text
 
     prompt = render_prompt_ids(tokenizer, [{"role": "user", "content": CLASSIFY_INSTRUCTION.format(
         labels=", ".join(labels), text=text)}])
@@ -56,8 +57,6 @@ def suggest_labels(model, tokenizer, items: Sequence[Item], labels: Sequence[str
 
 
 def suggest_answers(model, tokenizer, items: Sequence[Item], max_new_tokens: int = 128) -> list[str]:
-    from tuneloop.models.generation import generate_chat
-
     generations = generate_chat(model, tokenizer, [item.messages for item in items],
                                 max_new_tokens=max_new_tokens, batch_size=len(items))
     return [g.text for g in generations]
@@ -114,8 +113,6 @@ class Suggester:
 
     def _run(self) -> None:
         try:
-            from tuneloop.models.loading import load_model_and_tokenizer
-
             model, tokenizer = load_model_and_tokenizer(self.model_reference)
             while True:
                 with self._lock:

@@ -18,7 +18,7 @@ def from_feedback(db_url, out_dir, max_pairs_per_prompt):
     """Corrections -> SFT chat records (sft.jsonl); corrections and +1/-1 rated answers to the same
     prompt -> preference pairs (preference.jsonl); plus report.json. Ready for `tuneloop train`."""
     from tuneloop.data.feedback import export_feedback
-    from tuneloop.serve.store import require_existing_store
+    from tuneloop.database.engine import require_existing_store
 
     if db_url:
         require_existing_store(db_url)

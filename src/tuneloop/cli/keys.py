@@ -30,7 +30,7 @@ def keys():
 def add(name, scopes, rate_limit, db_url):
     """Make a key NAME; prints the key once (only its hash is stored)."""
     from tuneloop.serve.access import add_key
-    from tuneloop.serve.store import open_engine
+    from tuneloop.database.engine import open_engine
 
     key = add_key(open_engine(db_url), name, scopes, rate_limit)
     click.echo(key)
@@ -42,7 +42,7 @@ def add(name, scopes, rate_limit, db_url):
 def list_command(db_url):
     """Keys by name, scopes, limit, and when made or revoked (never the keys themselves)."""
     from tuneloop.serve.access import list_keys
-    from tuneloop.serve.store import open_engine
+    from tuneloop.database.engine import open_engine
 
     rows = list_keys(open_engine(db_url))
     if not rows:
@@ -59,7 +59,7 @@ def list_command(db_url):
 def revoke(name, db_url):
     """Revoke key NAME; a running server refuses it within 2 seconds."""
     from tuneloop.serve.access import revoke_key
-    from tuneloop.serve.store import open_engine
+    from tuneloop.database.engine import open_engine
 
     revoke_key(open_engine(db_url), name)
     click.echo(f"key {name!r} revoked", err=True)
@@ -70,7 +70,7 @@ def revoke(name, db_url):
 def audit_command(db_url):
     """The audit log of admin actions, oldest first, one JSON object a line."""
     from tuneloop.serve.access import audit_entries
-    from tuneloop.serve.store import open_engine
+    from tuneloop.database.engine import open_engine
 
     for row in audit_entries(open_engine(db_url)):
         click.echo(json.dumps({**row, "created": row["created"].isoformat()}))

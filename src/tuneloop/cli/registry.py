@@ -51,8 +51,10 @@ def registry():
 @DB_OPTION
 def register_command(name, path, alias, train_data, regression_data, db_url):
     """Add a run directory (or model directory) as the next version of NAME."""
+    from tuneloop.models.loading import resolve_model
     from tuneloop.registry.lineage import version_from_run
 
+    resolve_model(path)  # refuses a directory that is no model before anything is written
     version = version_from_run(name, Path(path), train_data=train_data, regression_data=regression_data,
                                source="registered by hand", created_by=_actor())
     reg = _registry(db_url)

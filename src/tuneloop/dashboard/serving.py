@@ -19,8 +19,9 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import Index, and_, case, func, select
 from sqlalchemy.engine import Engine
 
+from tuneloop.database.engine import utcnow
 from tuneloop.errors import UserError
-from tuneloop.serve.store import feedback_table, requests_table, utcnow
+from tuneloop.serve.store import feedback_table, requests_table
 
 R, F = requests_table.c, feedback_table.c
 HOUR = timedelta(hours=1)

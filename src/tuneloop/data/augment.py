@@ -37,9 +37,11 @@ from pathlib import Path
 from tuneloop.data import augment_llm, augment_noise
 from tuneloop.data.augment_filter import QualityLimits, find_duplicates, quality_problem
 from tuneloop.data.augment_provenance import PROVENANCE_KEYS, origin_id
+from tuneloop.data.ingest import expand_inputs, read_records
 from tuneloop.data.records import to_canonical
 from tuneloop.data.validate import validate_record
 from tuneloop.errors import UserError
+from tuneloop.models.loading import load_model_and_tokenizer
 
 METHODS = ("paraphrase", "synthetic", "noise")
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -108,8 +110,6 @@ def load_sources(path: str | Path, skip_invalid: bool = False) -> tuple[list[dic
 
     Invalid records are an error naming FILE:LINE: FIELD, unless ``skip_invalid``.
     """
-    from tuneloop.data.ingest import expand_inputs, read_records
-
     sources, problems = [], []
     for file in expand_inputs([path]):
         for raw in read_records(file):
@@ -277,8 +277,6 @@ def augment_sources(sources: list[dict], options: AugmentOptions, loaded=None) -
         candidates = noise_candidates(sources, options)
     else:
         if loaded is None:
-            from tuneloop.models.loading import load_model_and_tokenizer
-
             loaded = load_model_and_tokenizer(options.model)
         make = paraphrase_candidates if options.method == "paraphrase" else synthetic_candidates
         candidates = make(sources, options, loaded)

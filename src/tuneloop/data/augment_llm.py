@@ -18,6 +18,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from tuneloop.models.generation import generate_chat
+
 PARAPHRASE_SYSTEM = ("You rewrite messages. Keep the meaning, the details and the language; change the "
                      "wording. Do not answer the message. Reply with the rewritten message only.")
 PARAPHRASE_EXAMPLES = (
@@ -78,8 +80,6 @@ def generate(model, tokenizer, conversations: list[list[dict]], seed: int, tempe
              max_new_tokens: int, batch_size: int) -> list[str]:
     """One sampled reply per conversation (greedy when ``temperature`` is 0)."""
     import torch
-
-    from tuneloop.models.generation import generate_chat
 
     torch.manual_seed(seed)
     generations = generate_chat(model, tokenizer, conversations, max_new_tokens=max_new_tokens,

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuneloop.paths import write_json_atomic, write_jsonl_atomic
+from tuneloop.serve.store import Store
 
 
 @dataclass
@@ -160,8 +161,6 @@ def build_feedback_data(requests: list[dict], feedback: list[dict], max_pairs_pe
 
 def export_feedback(db_url: str | None, out_dir: str | Path, max_pairs_per_prompt: int = 4) -> dict:
     """Write sft.jsonl, preference.jsonl and report.json under ``out_dir``; returns the report."""
-    from tuneloop.serve.store import Store
-
     store = Store(db_url)
     try:
         data = build_feedback_data(store.requests(), store.feedback(), max_pairs_per_prompt)

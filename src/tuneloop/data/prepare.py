@@ -26,10 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
+from tuneloop import __version__
 from tuneloop.data import augment_provenance, clean, dedup, ingest, pii, split, stats
 from tuneloop.data.records import content_text, map_texts, to_canonical
+from tuneloop.data.report import render_html
 from tuneloop.data.validate import TASKS, detect_shape, validate_record
 from tuneloop.errors import UserError
+from tuneloop.models.catalog import find_card
+from tuneloop.models.estimate import estimate as estimate_training
+from tuneloop.paths import (check_output_dir, staged_files, write_json_atomic, write_jsonl_atomic,
+                            write_text_atomic)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -369,8 +375,6 @@ def prepare(paths, out_dir, options: PrepareOptions | None = None, progress: boo
     """Run the whole preparation and write train/validation/test.jsonl, report.json/.html, manifest.json."""
     options = options or PrepareOptions()
     clock = _StageClock()
-    from tuneloop.paths import check_output_dir
-
     check_output_dir(out_dir)
     raw, files = read_all(paths, options)
     _check_inputs_are_not_outputs(files, Path(out_dir))
@@ -459,15 +463,11 @@ def _check_accounting(counts: dict) -> None:
 def training_estimate(model: str | None, tokens_per_epoch: int, seq_len: int) -> dict:
     """Tokens per epoch and, for a catalog model, the model layer's LoRA time estimate for one epoch."""
     estimate = {"tokens_per_epoch": tokens_per_epoch}
-    from tuneloop.models.catalog import find_card
-
     card = find_card(model or DEFAULT_MODEL)
     if card is None:
         estimate["train_time"] = f"unavailable ({model} is not a catalog model)"
         return estimate
     try:
-        from tuneloop.models.estimate import estimate as estimate_training
-
         # Importing torch only to ask for CUDA would cost seconds; a GPU shows itself as a device node.
         device = "cuda" if Path("/dev/nvidia0").exists() or "torch" in sys.modules and \
             sys.modules["torch"].cuda.is_available() else "cpu"
@@ -508,10 +508,6 @@ def write_outputs(out_dir: Path, by_split: dict[str, list[_Candidate]], report: 
                   inputs: list[Path]) -> None:
     """All files are written to a staging folder first and moved in together, manifest.json last (its
     presence means a complete set): a full disk mid-write leaves an earlier set in ``out_dir`` intact."""
-    from tuneloop import __version__
-    from tuneloop.data.report import render_html
-    from tuneloop.paths import staged_files, write_json_atomic, write_jsonl_atomic, write_text_atomic
-
     with staged_files(out_dir, last="manifest.json") as stage:
         for name, members in by_split.items():
             write_jsonl_atomic(stage / f"{name}.jsonl", (_output_record(c) for c in members))

@@ -23,6 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tuneloop.chat.template import render_text
+from tuneloop.data.records import texts
+from tuneloop.models.loading import load_tokenizer
+
 EXACT_TOKEN_LIMIT = 10_000  # records tokenized one by one; beyond this, a sample (see corpus_lengths)
 HISTOGRAM_EDGES = (0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 _WORDISH = re.compile(r"\w+|[^\w\s]")
@@ -64,8 +68,6 @@ def load_token_counter(model: str | None) -> TokenCounter:
     if not model or model.lower() == "none":
         return TokenCounter(description="estimate (no --model given)")
     try:
-        from tuneloop.models.loading import load_tokenizer
-
         tokenizer = load_tokenizer(model)
     except Exception as e:  # any failure here only downgrades the statistics; the reason is reported
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -80,8 +82,6 @@ def load_token_counter(model: str | None) -> TokenCounter:
 def _template_overhead(counter: TokenCounter) -> tuple[int, int]:
     """(fixed, per message) tokens the chat template adds around message contents."""
     try:
-        from tuneloop.chat.template import render_text
-
         x, y = "x", "y"
         two = [{"role": "user", "content": x}, {"role": "assistant", "content": y}]
         rendered = counter.count_texts([render_text(counter.tokenizer, two),
@@ -95,8 +95,6 @@ def _template_overhead(counter: TokenCounter) -> tuple[int, int]:
 
 def _pieces(records: list[dict]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """All free texts, the record each belongs to, and each record's message count (0: plain text)."""
-    from tuneloop.data.records import texts
-
     pieces: list[str] = []
     owners: list[int] = []
     messages = np.zeros(len(records), dtype=np.int64)

@@ -8,17 +8,7 @@ CI-decided gates), judge (LLM-as-judge), harness (lm-evaluation-harness tasks), 
 
 from __future__ import annotations
 
-
-def run_eval(*args, **kwargs) -> dict:
-    from tuneloop.evaluate.run import run_eval as _run_eval
-
-    return _run_eval(*args, **kwargs)
-
-
-def validation_loss(model, batches):
-    from tuneloop.evaluate.perplexity import validation_loss as _validation_loss
-
-    return _validation_loss(model, batches)
-
+from tuneloop.evaluate.perplexity import validation_loss
+from tuneloop.evaluate.run import run_eval
 
 __all__ = ["run_eval", "validation_loss"]

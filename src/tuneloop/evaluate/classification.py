@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tuneloop.chat.template import TemplateError, render_text, tokenize_text
+from tuneloop.evaluate.compare import SampleStats
 from tuneloop.evaluate.metrics import confusion_counts, normalize_text, scores_from_confusion
 
 CLASSIFY_MODES = ("likelihood", "generate", "similar")
@@ -158,8 +159,6 @@ def classification_stats(result: ClassificationResult) -> dict:
 
     Rows are (true, predicted) label indices, so macro scores are recomputed on any subset.
     """
-    from tuneloop.evaluate.compare import SampleStats
-
     n_labels = len(result.labels)
     pairs = np.stack([result.y_true, result.y_pred], axis=1)
 

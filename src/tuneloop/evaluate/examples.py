@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tuneloop.data.ingest import read_records
 from tuneloop.errors import UserError
 
 SHAPE_HINT = ('each line needs {"messages": [..., {"role": "assistant", ...}]}, {"prompt", "completion"} '
@@ -114,10 +115,6 @@ def _read_jsonl(path: Path):
 
 
 def _read_other(path: Path):
-    try:
-        from tuneloop.data.ingest import read_records
-    except ImportError:
-        raise UserError(f"{path}: only .jsonl is supported here", hint="run `tuneloop data prepare` first") from None
     for raw in read_records(path):
         if raw.error:
             raise _bad(raw.source, raw.error)

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tuneloop.errors import UserError
-from tuneloop.evaluate.compare import SampleStats
+from tuneloop.evaluate.compare import SampleStats, bootstrap_ci
 
 SYSTEM = "You are a strict, fair evaluator of answers. Follow the reply format exactly."
 
@@ -144,6 +144,8 @@ def local_judge(reference: str, max_tokens: int = 64):
     import secrets
     import tempfile
 
+    # Here, not at the top: the server stack (fastapi, uvicorn, prometheus; ~0.8 s) is needed only for a
+    # local judge model, and every `tuneloop eval` imports this module.
     from tuneloop.serve.app import build
     from tuneloop.serve.runner import ServerThread
     from tuneloop.serve.settings import ServeSettings
@@ -231,8 +233,6 @@ def run_judge(judge, rubrics: list[str], questions: list[str], references: list[
     Returns (model stats, baseline stats or None, per-sample records for predictions.jsonl, summary
     for eval.json). ``progress_factory(total, desc)`` makes a progress bar (a context manager).
     """
-    from tuneloop.evaluate.compare import bootstrap_ci
-
     stats, base_stats = {}, ({} if baseline_answers is not None else None)
     records = [{} for _ in questions]
     summary = {"judge": judge.name, "rubrics": rubrics, "unreadable": {}, "win_rate_ci95": {}}

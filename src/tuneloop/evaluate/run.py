@@ -32,10 +32,16 @@ from tuneloop.evaluate.compare import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, Samp
                                        GATE_MODES, evaluate_gates, parse_gate)
 from tuneloop.evaluate.examples import Example, detect_task, load_examples
 from tuneloop.evaluate.harness import compare_tasks, parse_tasks, run_tasks
+from tuneloop.evaluate.inference import PeakMemory, answer_prompts, model_size_mb
 from tuneloop.evaluate.judge import check_rubrics, judge_metric_names, open_judge, run_judge
+from tuneloop.evaluate.perplexity import reference_nll
+from tuneloop.evaluate.report import render_report
 from tuneloop.evaluate.text_metrics import generation_stats
 from tuneloop.evaluate.metrics import facts_score, percentile, perplexity_from_sums
 from tuneloop.evaluate.slices import DEFAULT_GAP_THRESHOLD, field_value, slice_metrics
+from tuneloop.models.loading import load_model_and_tokenizer, resolve_model
+from tuneloop.paths import (check_output_dir, make_dir, write_json_atomic, write_jsonl_atomic,
+                            write_text_atomic)
 
 TASK_METRICS = {
     "classification": ("accuracy", "precision", "recall", "f1"),
@@ -143,10 +149,6 @@ def evaluate_model(reference: str, examples: list[Example], task: str, batch_siz
     """
     import torch
 
-    from tuneloop.evaluate.inference import PeakMemory, answer_prompts, model_size_mb
-    from tuneloop.evaluate.perplexity import reference_nll
-    from tuneloop.models.loading import load_model_and_tokenizer, resolve_model
-
     resolved = resolve_model(reference)
     device = "cuda" if torch.cuda.is_available() else None
     started = time.perf_counter()
@@ -247,8 +249,6 @@ def run_eval(model: str, data: str | Path, baseline: str | None = None, out_dir:
     if gate_mode not in GATE_MODES:
         raise UserError(f"unknown gate mode {gate_mode!r}", where="--gate-mode", hint="use ci or point")
     if out_dir is not None:
-        from tuneloop.paths import check_output_dir
-
         check_output_dir(out_dir)
     examples = load_examples(data, max_samples)
     task = detect_task(examples, task)
@@ -316,9 +316,6 @@ def _judge(spec: str, judge_model, judge_api_key, rubrics: list[str], examples: 
 
 def write_outputs(out_dir: Path, result: dict, main: ModelResult, base: ModelResult | None) -> None:
     """predictions, report, then eval.json last: its presence means the evaluation completed."""
-    from tuneloop.evaluate.report import render_report
-    from tuneloop.paths import make_dir, write_json_atomic, write_jsonl_atomic, write_text_atomic
-
     make_dir(out_dir)
     write_jsonl_atomic(out_dir / "predictions.jsonl", main.rows)
     if base is not None:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from tuneloop.errors import UserError
-from tuneloop.explain.model_card import write_model_card
+from tuneloop.export.model_card import write_model_card
 from tuneloop.export.gguf_file import write_gguf
 from tuneloop.export.hf_dir import write_hf_dir
 from tuneloop.export.merge import load_merged

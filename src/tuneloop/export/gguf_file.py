@@ -26,6 +26,7 @@ from tuneloop.errors import UserError
 from tuneloop.export.merge import (ExportCheckFailed, MergedModel, greedy_ids, max_abs_diff, probe_batch,
                                    probe_logits)
 from tuneloop.models.store import store_info
+from tuneloop.paths import write_text_atomic
 
 GGUF_FILE = "model.gguf"
 # Logit tolerance of the read-back check: f32 is a bit-exact copy; f16 rounds every weight.
@@ -67,8 +68,6 @@ def write_modelfile(out_dir: Path, tokenizer) -> Path:
     Ollama reads the chat template from the GGUF's metadata; the stop token is the template's end
     of turn, so answers end where training taught them to.
     """
-    from tuneloop.paths import write_text_atomic
-
     lines = [f"FROM ./{GGUF_FILE}"]
     if tokenizer.eos_token:
         lines.append(f'PARAMETER stop "{tokenizer.eos_token}"')

@@ -41,6 +41,7 @@ def simulate(recipe, threads_per_client: int = 1) -> Path:
     """The whole run in Flower's simulation; returns the run directory."""
     from flwr.simulation import run_simulation
 
+    # apps and client import torch and flwr at their top; launch.py stays light for `--help` and checks
     from tuneloop.federated.apps import make_server_app
     from tuneloop.federated.client import make_client_app
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tuneloop.errors import UserError
 from tuneloop.paths import make_dir, tuneloop_home
-from tuneloop.serve.store import default_db_url
+from tuneloop.database.engine import default_db_url
 
 
 class RoundInProgress(UserError):

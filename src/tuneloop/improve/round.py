@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tuneloop.config.recipe import recipe_from_dict
+from tuneloop.evaluate import run_eval
+from tuneloop.export import export_model
 from tuneloop.improve.data import RoundData, build_round_data, new_feedback
 from tuneloop.improve.gate import check_rules, decide
 from tuneloop.improve.lock import RoundLock
@@ -29,6 +31,7 @@ from tuneloop.paths import make_dir, tuneloop_home, write_json_atomic
 from tuneloop.registry.lineage import version_from_run
 from tuneloop.registry.store import ModelVersion, Registry
 from tuneloop.serve.store import Store
+from tuneloop.train import run_training
 
 
 @dataclass
@@ -137,8 +140,6 @@ def _round_dir(settings: ImproveSettings, number: int) -> Path:
 def _parent_model(production: ModelVersion, round_dir: Path) -> Path:
     """Production as a plain model directory: an adapter run is merged, so the candidate's LoRA
     learns on top of everything production learned."""
-    from tuneloop.export import export_model
-
     resolved = resolve_model(production.path)
     if resolved.adapter is None:
         return resolved.path
@@ -147,8 +148,6 @@ def _parent_model(production: ModelVersion, round_dir: Path) -> Path:
 
 
 def _train(settings: ImproveSettings, data: RoundData, parent: Path, round_dir: Path) -> Path:
-    from tuneloop.train import run_training
-
     recipe = recipe_from_dict({
         "name": "candidate", "model": str(parent.resolve()), "method": "lora",
         "output_dir": str(round_dir / "runs"),
@@ -164,8 +163,6 @@ def _train(settings: ImproveSettings, data: RoundData, parent: Path, round_dir: 
 
 def _evaluate(settings: ImproveSettings, data: RoundData, candidate: Path, production: ModelVersion,
               round_dir: Path) -> tuple[dict, dict | None]:
-    from tuneloop.evaluate import run_eval
-
     common = {"baseline": production.path, "max_new_tokens": settings.max_new_tokens, "progress": False}
     _log("   evaluating candidate vs production on the held-out feedback")
     heldout = run_eval(str(candidate), data.heldout, out_dir=round_dir / "eval-heldout", gates=settings.gates,

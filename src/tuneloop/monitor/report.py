@@ -16,7 +16,9 @@ import re
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 
+from tuneloop.database.engine import require_existing_store
 from tuneloop.errors import UserError
+from tuneloop.serve.store import Store
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -81,8 +83,6 @@ def summarize(requests: list[dict], feedback: list[dict]) -> list[ModelStats]:
 
 def load_window(db_url: str | None, since: timedelta, now: datetime | None = None):
     """(requests, feedback) rows created within ``since`` before ``now``."""
-    from tuneloop.serve.store import Store, require_existing_store
-
     start = (now or datetime.now(timezone.utc)) - since
     if db_url:
         require_existing_store(db_url)

@@ -7,11 +7,6 @@ Importing this package is cheap; torch loads when a stage runs.
 
 from __future__ import annotations
 
-
-def run_quickstart(*args, **kwargs) -> dict:
-    from tuneloop.quickstart.pipeline import run_quickstart as _run_quickstart
-
-    return _run_quickstart(*args, **kwargs)
-
+from tuneloop.quickstart.pipeline import run_quickstart
 
 __all__ = ["run_quickstart"]

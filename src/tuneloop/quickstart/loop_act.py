@@ -30,11 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneloop.improve import ImproveSettings, run_round
+from tuneloop.models.loading import resolve_model
 from tuneloop.paths import make_dir, read_jsonl, write_json_atomic, write_jsonl_atomic
 from tuneloop.quickstart.make_dataset import DATA_DIR, HELDOUT_FILE
 from tuneloop.quickstart.store_facts import POLICIES, SYSTEM_PROMPT
 from tuneloop.registry.lineage import version_from_run
 from tuneloop.registry.store import Registry
+from tuneloop.serve.app import build
+from tuneloop.serve.runner import ServerThread
+from tuneloop.serve.settings import ServeSettings
+from tuneloop.serve.store import Store
 
 MODEL_NAME = "brightcart"
 
@@ -153,8 +158,6 @@ def unchanged_sample(count: int = 6) -> list:
 
 def _satisfaction(db_url: str, model: str, since_id: int = 0) -> tuple[float | None, int]:
     """(share of thumbs up among ratings after feedback ``since_id``, the last feedback id)."""
-    from tuneloop.serve.store import Store
-
     store = Store(db_url)
     try:
         rated = [f["rating"] for f in store.feedback() if f["model"] == model and f["id"] > since_id
@@ -180,10 +183,6 @@ def _wait_for_version(url: str, version: int, timeout: float = 600) -> None:
 
 def run_loop_act(out_dir, production: str, improve: ImproveSettings | None = None, repeats: int = 1) -> dict:
     """The whole act; returns (and writes to loop.json) its summary."""
-    from tuneloop.serve.app import build
-    from tuneloop.serve.runner import ServerThread
-    from tuneloop.serve.settings import ServeSettings
-
     started = time.perf_counter()
     out_dir = Path(out_dir)
     if (out_dir / "serve.db").is_file():  # a previous act's registry would point at an old run
@@ -193,6 +192,7 @@ def run_loop_act(out_dir, production: str, improve: ImproveSettings | None = Non
     regression = regression_set(out_dir)
     registry = Registry(db)
     if "production" not in (registry.aliases(MODEL_NAME) if MODEL_NAME in registry.names() else {}):
+        resolve_model(production)  # refuses a directory that is no model before anything is registered
         registry.register(version_from_run(MODEL_NAME, Path(production), regression_data=str(regression),
                                            source="quickstart"), alias="production", actor="quickstart")
     # 30 LoRA steps of 4 examples at the quickstart's learning rate: about two passes over the

@@ -23,6 +23,7 @@ import json
 import random
 from pathlib import Path
 
+from tuneloop.paths import write_jsonl_atomic, write_text_atomic
 from tuneloop.quickstart.store_facts import PRODUCTS, SYSTEM_PROMPT, Fact, all_facts
 
 DATA_DIR = Path(__file__).with_name("data")
@@ -177,8 +178,6 @@ def build_heldout_records() -> list[dict]:
 
 
 def write_dataset(out_dir: Path = DATA_DIR) -> tuple[Path, Path]:
-    from tuneloop.paths import write_jsonl_atomic, write_text_atomic
-
     train, heldout = out_dir / TRAIN_FILE, out_dir / HELDOUT_FILE
     write_text_atomic(train, "\n".join(build_training_lines()) + "\n")
     write_jsonl_atomic(heldout, build_heldout_records())

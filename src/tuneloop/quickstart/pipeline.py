@@ -30,8 +30,17 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tuneloop.config.recipe import recipe_from_dict
+from tuneloop.data.prepare import PrepareOptions, prepare
 from tuneloop.errors import UserError
+from tuneloop.evaluate import run_eval
+from tuneloop.export import export_model
+from tuneloop.models.generation import generate_chat
+from tuneloop.models.loading import load_model_and_tokenizer
+from tuneloop.paths import make_dir, read_jsonl, write_json_atomic, write_text_atomic
 from tuneloop.quickstart.make_dataset import DATA_DIR, HELDOUT_FILE, TRAIN_FILE
+from tuneloop.quickstart.report import plot_training_curve, render_html
+from tuneloop.train import run_training
 
 RUN_NAME = "brightcart-support"
 MARKER = "quickstart.json"
@@ -87,16 +96,12 @@ def claim_out_dir(out_dir: Path) -> None:
         for name in OWNED:
             path = out_dir / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    from tuneloop.paths import make_dir, write_json_atomic
-
     make_dir(out_dir)
     # Written first so that a re-run may clean up after an interrupted run; replaced by the summary.
     write_json_atomic(out_dir / MARKER, {"status": "running"})
 
 
 def prepare_data(out_dir: Path, settings: QuickstartSettings):
-    from tuneloop.data.prepare import PrepareOptions, prepare
-
     # No test split: the held-out questions are the test, and every training phrasing helps.
     options = PrepareOptions(task="sft", split=(0.9, 0.1, 0.0), seed=settings.seed,
                              model=settings.model, max_seq_len=settings.max_seq_len)
@@ -107,8 +112,6 @@ def prepare_data(out_dir: Path, settings: QuickstartSettings):
 
 def training_recipe(out_dir: Path, settings: QuickstartSettings):
     """The recipe, built in code and validated like a YAML one."""
-    from tuneloop.config.recipe import recipe_from_dict
-
     data_dir = out_dir / "data"
     return recipe_from_dict({
         "name": RUN_NAME, "model": settings.model, "method": "lora", "output_dir": str(out_dir / "runs"),
@@ -126,8 +129,6 @@ def training_recipe(out_dir: Path, settings: QuickstartSettings):
 
 
 def evaluate(out_dir: Path, run_dir: Path, settings: QuickstartSettings) -> dict:
-    from tuneloop.evaluate import run_eval
-
     return run_eval(str(run_dir), out_dir / HELDOUT_FILE, baseline=settings.model, out_dir=out_dir / "eval",
                     max_samples=settings.heldout_limit, batch_size=settings.eval_batch_size,
                     max_new_tokens=settings.eval_max_new_tokens)
@@ -135,8 +136,6 @@ def evaluate(out_dir: Path, run_dir: Path, settings: QuickstartSettings) -> dict
 
 def side_by_side(out_dir: Path, run_dir: Path, max_new_tokens: int = 48) -> list[dict]:
     """Three held-out questions: base and tuned answers, and the exported model's (plain transformers)."""
-    from tuneloop.paths import read_jsonl
-
     heldout = {r["id"]: r for r in read_jsonl(out_dir / HELDOUT_FILE)}
     base = {r["id"]: r["prediction"] for r in read_jsonl(out_dir / "eval" / "predictions.baseline.jsonl")}
     # The chosen three where they were evaluated (a run may evaluate only some questions), then others.
@@ -161,16 +160,12 @@ def _has_facts(text: str, facts: list[str]) -> bool:
 def _answers(reference: Path, conversations: list[list[dict]], max_new_tokens: int,
              plain: bool = False) -> list[str]:
     """Greedy answers, one batch. ``plain``: load with bare transformers, as a user of the export would."""
-    from tuneloop.models.generation import generate_chat
-
     if plain:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         model = AutoModelForCausalLM.from_pretrained(reference).eval()
         tokenizer = AutoTokenizer.from_pretrained(reference)
     else:
-        from tuneloop.models.loading import load_model_and_tokenizer
-
         model, tokenizer = load_model_and_tokenizer(reference)
     return [g.text for g in generate_chat(model, tokenizer, conversations, max_new_tokens=max_new_tokens)]
 
@@ -187,10 +182,6 @@ def _stage(seconds: dict, key: str, title: str):
 def run_quickstart(out_dir="quickstart-out", model: str = "smollm2-135m-instruct",
                    settings: QuickstartSettings | None = None) -> dict:
     """Run every stage; returns (and writes to quickstart.json) the summary the report is made of."""
-    from tuneloop.export import export_model
-    from tuneloop.quickstart.report import plot_training_curve
-    from tuneloop.train import run_training
-
     settings = settings or QuickstartSettings(model=model)
     out_dir = Path(out_dir)
     claim_out_dir(out_dir)
@@ -244,8 +235,5 @@ def build_summary(out_dir: Path, run_dir: Path, settings: QuickstartSettings, re
 
 
 def write_report(out_dir: Path, summary: dict) -> None:
-    from tuneloop.paths import write_json_atomic, write_text_atomic
-    from tuneloop.quickstart.report import render_html
-
     write_text_atomic(out_dir / "report.html", render_html(summary))
     write_json_atomic(out_dir / MARKER, {"status": "finished", **summary})

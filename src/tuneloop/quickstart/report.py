@@ -12,6 +12,8 @@ import html
 import json
 from pathlib import Path
 
+from tuneloop.paths import atomic_path
+
 # (metric key in eval.json, label, format, higher is better)
 TABLE_METRICS = (
     ("fact_accuracy", "held-out fact accuracy", "{:.0%}", True),
@@ -52,8 +54,6 @@ def plot_training_curve(metrics_file: Path, out_file: Path) -> bool:
 
     matplotlib.use("Agg")  # no display needed; also avoids a slow GUI backend probe
     import matplotlib.pyplot as plt
-
-    from tuneloop.paths import atomic_path
 
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
     ax.plot(*zip(*train), label="training loss", color="#2563eb")

@@ -17,6 +17,12 @@ import shutil
 import time
 from pathlib import Path
 
+from tuneloop.evaluate import run_eval
+from tuneloop.paths import write_json_atomic
+from tuneloop.quickstart.make_dataset import DATA_DIR, HELDOUT_FILE
+from tuneloop.quickstart.pipeline import QuickstartSettings, prepare_data, training_recipe
+from tuneloop.train import run_training
+
 # The configurations quoted beside QuickstartSettings' fields (everything else at its default).
 # batch_size counts examples per optimizer step (padding-free packed).
 CONFIGS = (
@@ -30,11 +36,6 @@ CONFIGS = (
 
 
 def score(config: dict, out_dir: Path, prepared: Path) -> dict:
-    from tuneloop.evaluate import run_eval
-    from tuneloop.quickstart.make_dataset import DATA_DIR, HELDOUT_FILE
-    from tuneloop.quickstart.pipeline import QuickstartSettings, training_recipe
-    from tuneloop.train import run_training
-
     started = time.perf_counter()
     shutil.rmtree(out_dir, ignore_errors=True)
     shutil.copytree(prepared, out_dir / "data")
@@ -48,8 +49,6 @@ def score(config: dict, out_dir: Path, prepared: Path) -> dict:
 
 
 def main(argv=None) -> None:
-    from tuneloop.quickstart.pipeline import QuickstartSettings, prepare_data
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path, help="Working directory (one folder per config).")
     parser.add_argument("--config", action="append", type=json.loads,
@@ -63,8 +62,6 @@ def main(argv=None) -> None:
         lines.append(score(config, args.out / f"config-{i}", args.out / "prepared" / "data"))
         print(json.dumps(lines[-1]), flush=True)
         if args.results:
-            from tuneloop.paths import write_json_atomic
-
             write_json_atomic(args.results, lines)
 
 

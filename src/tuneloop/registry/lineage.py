@@ -42,11 +42,12 @@ def version_from_run(name: str, run_dir: Path, *, train_data: str | None = None,
                      regression_data: str | None = None, parent_version: int | None = None,
                      eval_results: dict | None = None, source: str | None = None,
                      created_by: str | None = None) -> ModelVersion:
-    """A :class:`ModelVersion` (number not yet assigned) for a run directory or model directory."""
-    from tuneloop.models.loading import resolve_model
+    """A :class:`ModelVersion` (number not yet assigned) for a run directory or model directory.
 
+    That ``run_dir`` holds a model is the caller's to check (``resolve_model``, which sits above the
+    registry: it resolves ``registry:`` references through it).
+    """
     run_dir = Path(run_dir).resolve()
-    resolve_model(str(run_dir))  # refuses a directory that is no model before anything is written
     recipe = read_recipe(run_dir)
     if train_data is None and recipe:
         train_data = (recipe.get("data") or {}).get("train")

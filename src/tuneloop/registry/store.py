@@ -27,7 +27,7 @@ from sqlalchemy import (JSON, Column, DateTime, ForeignKey, Integer, MetaData, S
 from sqlalchemy.engine import Connection, Engine
 
 from tuneloop.errors import UserError
-from tuneloop.serve.store import open_engine, utcnow
+from tuneloop.database.engine import open_engine, utcnow
 
 ALIASES = ("production", "candidate", "archived")
 metadata = MetaData()

@@ -26,7 +26,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from tuneloop.errors import UserError
-from tuneloop.serve.store import metadata, open_engine, utcnow
+from tuneloop.database.engine import open_engine, utcnow
+from tuneloop.serve.store import metadata
 
 SCOPES = ("infer", "feedback", "admin")
 KEY_PREFIX = "tl-"

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuneloop.errors import UserError
-from tuneloop.models.loading import ResolvedModel, resolve_model
+from tuneloop.models.loading import ResolvedModel, cannot_load, load_tokenizer, resolve_model
 
 # Served ids: letters, digits and . _ : @ + - ; no path separators, never "..".
 MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}")
@@ -117,8 +117,6 @@ def load_served(table: ModelTable, dtype=None):
     """The base model with every adapter loaded into one PeftModel, and the tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM
-
-    from tuneloop.models.loading import cannot_load, load_tokenizer
 
     try:
         model = AutoModelForCausalLM.from_pretrained(table.base_path, dtype=dtype or torch.float32)

@@ -19,8 +19,9 @@ from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
-from tuneloop.serve.adapters import ModelTable
+from tuneloop.serve.adapters import ModelTable, load_served, plan_models
 from tuneloop.serve.auth import KeyRing
+from tuneloop.serve.engine import BatchingEngine
 from tuneloop.serve.errors import install_error_handlers
 from tuneloop.serve.follow import FollowingEngine, concrete_options, uses_registry
 from tuneloop.serve.limits import GuardMiddleware
@@ -31,6 +32,7 @@ from tuneloop.serve.schemas import ChatCompletionRequest, CompletionRequest, Fee
 from tuneloop.serve.service import CompletionService
 from tuneloop.serve.settings import ServeSettings
 from tuneloop.serve.store import Store
+from tuneloop.serve.vllm_engine import VLLMEngine, check_vllm_available
 
 _KIND_OF_PATH = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
 
@@ -121,11 +123,7 @@ def _recorder(service: CompletionService):
 
 def build(model_options: list[str], settings: ServeSettings) -> Served:
     """Load the models and open the store: a ready-to-run app (used by ``tuneloop serve`` and tests)."""
-    from tuneloop.serve.adapters import plan_models
-
     if settings.engine == "vllm":  # fail in a second, before anything is loaded or created
-        from tuneloop.serve.vllm_engine import check_vllm_available
-
         check_vllm_available()
     following = uses_registry(model_options)  # registry:NAME@ALIAS: follow the alias (serve/follow.py)
     options, versions = concrete_options(model_options, settings.db_url) if following else (model_options, {})
@@ -142,12 +140,7 @@ def build(model_options: list[str], settings: ServeSettings) -> Served:
 
 def _make_engine(table: ModelTable, settings: ServeSettings, metrics: ServeMetrics):
     if settings.engine == "vllm":
-        from tuneloop.serve.vllm_engine import VLLMEngine
-
         return VLLMEngine(table, settings)
-    from tuneloop.serve.adapters import load_served
-    from tuneloop.serve.engine import BatchingEngine
-
     if settings.threads:
         import torch
 

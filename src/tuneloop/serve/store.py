@@ -2,8 +2,8 @@
 
 SQLite (WAL mode, ``$TUNELOOP_HOME/serve.db``) by default; any SQLAlchemy URL such as
 ``postgresql+psycopg://user:pw@host/db`` with ``--db``: several replicas share one PostgreSQL.
-:func:`open_engine` is how every table of the store (these, ``access.py``'s, the registry's) is
-opened; it upgrades the schema first (Alembic, ``migrations/``). The server writes through
+:func:`tuneloop.database.engine.open_engine` opens it (and every other table of the database:
+``access.py``'s, the registry's), upgrading the schema first. The server writes through
 :class:`Store` from a single writer thread (see ``app.py``), so the event loop never waits on disk
 and SQLite sees one writer. ``tuneloop monitor`` and ``tuneloop data from-feedback`` read the same
 tables.
@@ -12,17 +12,12 @@ tables.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import datetime
 
-from sqlalchemy import (JSON, Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text,
-                        create_engine, event, insert, select)
-from sqlalchemy.engine import Engine
+from sqlalchemy import JSON, Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from tuneloop.errors import UserError
-from tuneloop.paths import make_dir, tuneloop_home
-from tuneloop.serve import migrations
+from tuneloop.database.engine import open_engine, utcnow
 
 metadata = MetaData()
 
@@ -91,78 +86,6 @@ class FeedbackRow:
     score: int | None = None
     choice: int | None = None
     idempotency_key: str | None = None
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def default_db_url() -> str:
-    return f"sqlite:///{tuneloop_home() / 'serve.db'}"
-
-
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
-    # WAL lets `tuneloop monitor` read while the server writes; NORMAL sync is durable across a
-    # process crash (only an OS crash can lose the last commits), which is what a restart needs.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.close()
-
-
-def open_engine(url: str | None, serialisable: bool = False) -> Engine:
-    """A SQLAlchemy engine on the store at ``url`` (default: the SQLite file under TUNELOOP_HOME),
-    its schema upgraded to this release's (``migrations/``). Every table of the store (serving,
-    access, registry) is opened through here.
-
-    ``serialisable``: on SQLite every transaction takes the write lock at its start (the registry's
-    compare-and-set needs it; PostgreSQL gets the same from row locks).
-    """
-    url = url or default_db_url()
-    try:
-        engine = create_engine(url, pool_pre_ping=True)
-    except Exception as e:  # bad URL syntax or a missing driver: both are the user's to fix
-        raise UserError(f"cannot use database URL {url!r}: {e}", where="--db",
-                        hint="e.g. sqlite:///serve.db or postgresql+psycopg://user:pw@host/db") from e
-    if engine.dialect.name == "sqlite":
-        database = engine.url.database
-        if database and database != ":memory:":
-            make_dir(Path(database).expanduser().parent, "--db")
-        event.listen(engine, "connect", _sqlite_pragmas)
-        if serialisable:
-            migrations.begin_immediate(engine)
-    try:
-        migrations.upgrade(engine)
-    except Exception as e:
-        engine.dispose()
-        raise UserError(f"cannot open database {engine.url.render_as_string(hide_password=True)}: "
-                        f"{getattr(e, 'orig', None) or e}", where="--db",
-                        hint=_open_hint(engine, e)) from None
-    return engine
-
-
-def _open_hint(engine: Engine, error: Exception) -> str:
-    if "Can't locate revision" in str(error):
-        return "a newer tuneloop upgraded this store: upgrade tuneloop (`pip install -U tuneloop`)"
-    if engine.dialect.name == "sqlite":
-        return "an SQLite URL must name a new file or a tuneloop store"
-    return "check that the server is running and the URL is right"
-
-
-def require_existing_store(url: str) -> None:
-    """For readers (monitor, from-feedback): a mistyped SQLite path must not become a new, empty store."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return  # open_engine reports the unparsable URL
-    database = parsed.database if parsed.get_backend_name() == "sqlite" else None
-    if database and database != ":memory:" and not Path(database).expanduser().is_file():
-        raise UserError(f"no serving store at {database}", where="--db",
-                        hint="pass the --db URL that `tuneloop serve` used (default: omit --db)")
 
 
 class Store:

@@ -16,6 +16,7 @@ import json
 import threading
 
 from tuneloop.errors import UserError
+from tuneloop.models.loading import ResolvedModel, load_tokenizer
 from tuneloop.serve.adapters import ModelTable
 from tuneloop.serve.decoding import SamplingParams
 from tuneloop.serve.engine import GenerationResult, Job
@@ -38,8 +39,6 @@ class VLLMEngine:
     def __init__(self, table: ModelTable, settings: ServeSettings):
         check_vllm_available()
         from vllm import AsyncEngineArgs, AsyncLLMEngine
-
-        from tuneloop.models.loading import ResolvedModel, load_tokenizer
 
         adapters = table.adapters()
         ranks = [json.loads((m.adapter_path / "adapter_config.json").read_text()).get("r", 16) for m in adapters]

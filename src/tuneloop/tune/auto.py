@@ -23,10 +23,18 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tuneloop.config.recipe import recipe_from_dict
+from tuneloop.data.prepare import PrepareOptions, prepare
 from tuneloop.errors import UserError
+from tuneloop.evaluate import run_eval
 from tuneloop.models.catalog import CATALOG, EMBEDDED
-from tuneloop.paths import make_dir, read_jsonl, write_json_atomic, write_text_atomic
+from tuneloop.models.estimate import estimate
+from tuneloop.models.store import is_hf_dir
+from tuneloop.paths import make_dir, model_store, read_jsonl, write_json_atomic, write_text_atomic
+from tuneloop.train import run_training
 from tuneloop.tune.classifier import ClassifierSettings, evaluate_classifier, train_classifier
+from tuneloop.tune.launch import prepare_settings, run_study
+from tuneloop.tune.study import machine_memory_gb
 
 # Classification: head study, head final run, generative run (the rest is evaluation and slack).
 SHARES = {"classifier_study": 0.2, "classifier_final": 0.45, "generative": 0.2}
@@ -53,8 +61,6 @@ class DataProfile:
 
 def inspect_data(data: str | Path, out_dir: Path) -> tuple[DataProfile, list[str]]:
     """Prepare (or reuse) the data; its profile and what was done, in words."""
-    from tuneloop.data.prepare import PrepareOptions, prepare
-
     data = Path(data)
     if data.is_dir() and all((data / f"{s}.jsonl").is_file() for s in ("train", "validation", "test")):
         prepared, notes = data, [f"{data} is already prepared (train/validation/test.jsonl): used as is"]
@@ -97,16 +103,11 @@ def _csv_columns(path: Path) -> tuple[str | None, str | None]:
 
 def locally_present(card) -> bool:
     """Offline rule: the embedded model, or one already in the local model store."""
-    from tuneloop.models.store import is_hf_dir
-    from tuneloop.paths import model_store
-
     return card.name == EMBEDDED or is_hf_dir(model_store() / card.name)
 
 
 def choose_model(profile: DataProfile, memory_gb: float, budget_minutes: float) -> tuple[str, list[str]]:
     """The largest local catalog model that fits memory and trains an epoch in its budget share."""
-    from tuneloop.models.estimate import estimate
-
     seq_len = int(profile.tokens.get("p95") or 128)
     tokens = profile.train * float(profile.tokens.get("mean") or 64)
     share_s = budget_minutes * 60 * SHARES["classifier_final"]
@@ -136,8 +137,6 @@ def run_auto(data, budget_minutes: float, memory_gb: float | None, out_dir, mode
     started = time.time()
     deadline = started + budget_minutes * 60
     out_dir = make_dir(out_dir, "--out")
-    from tuneloop.tune.study import machine_memory_gb
-
     memory_gb = memory_gb or machine_memory_gb()
     profile, notes = inspect_data(data, out_dir)
     decisions = {"data": notes + [_describe(profile)]}
@@ -209,10 +208,6 @@ def _classifier_study(paths, base: ClassifierSettings, seconds: float, out_dir: 
 
 def _generative(paths, model, seconds: float, out_dir: Path) -> dict:
     """LoRA SFT on the chat form (user: text, assistant: label) for ``seconds``; scored vs the base."""
-    from tuneloop.config.recipe import recipe_from_dict
-    from tuneloop.evaluate import run_eval
-    from tuneloop.train import run_training
-
     recipe = recipe_from_dict({"name": "generative", "model": model, "method": "lora", "output_dir": str(out_dir),
                                "data": {"train": paths["train"], "validation": paths["validation"]},
                                "train": {"epochs": 1, "eval_every": 25, "save_every": 100_000,
@@ -241,10 +236,6 @@ def _pick_winner(report: dict) -> None:
 
 def _sft(profile, model, budget_minutes, deadline, out_dir, report) -> None:
     """Chat data: a tune study (learning rate, LoRA r) within the budget; the best trial is the model."""
-    from tuneloop.config.recipe import recipe_from_dict
-    from tuneloop.evaluate import run_eval
-    from tuneloop.tune.launch import prepare_settings, run_study
-
     paths = profile.paths()
     raw = {"name": "auto", "model": model, "method": "lora", "output_dir": str(out_dir),
            "data": {"train": paths["train"], "validation": paths["validation"]},

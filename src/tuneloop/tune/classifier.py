@@ -22,6 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tuneloop.errors import UserError
+from tuneloop.evaluate.metrics import classification_scores
+from tuneloop.models.estimate import bf16_supported
+from tuneloop.models.loading import load_tokenizer, resolve_model
 from tuneloop.paths import make_dir, read_jsonl, write_json_atomic, write_jsonl_atomic
 
 
@@ -67,8 +70,6 @@ def build_model(settings: ClassifierSettings, labels: list[str]):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
-    from tuneloop.models.loading import load_tokenizer, resolve_model
-
     resolved = resolve_model(settings.model)
     tokenizer = load_tokenizer(resolved)
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -101,8 +102,6 @@ def _set_threads() -> None:
 
 def _autocast():
     import torch
-
-    from tuneloop.models.estimate import bf16_supported
 
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_supported())
 
@@ -207,8 +206,6 @@ def load_classifier(run_dir: str | Path):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from tuneloop.models.loading import load_tokenizer, resolve_model
-
     run_dir = Path(run_dir)
     info_path = run_dir / "labels.json"
     if not info_path.is_file():
@@ -234,8 +231,6 @@ def evaluate_classifier(run_dir, test_path, out_dir=None, untrained: bool = Fals
     ``untrained``: the same architecture before training (random head), the classifier's base line.
     """
     import numpy as np
-
-    from tuneloop.evaluate.metrics import classification_scores
 
     texts, names = read_split(test_path)
     if untrained:

@@ -19,14 +19,12 @@ from tuneloop.errors import UserError
 from tuneloop.paths import make_dir
 from tuneloop.tune.report import best_trial, write_outputs
 from tuneloop.tune.space import check_space
-from tuneloop.tune.study import TuneSettings, finished_count, open_study, run_worker
+from tuneloop.tune.study import TuneSettings, default_storage, finished_count, open_study, run_worker
 
 
 def prepare_settings(recipe: Recipe, source: str, out_dir: Path, storage: str | None, trials: int | None,
                      budget_minutes: float | None, memory_gb: float | None) -> TuneSettings:
     """Validate everything a study needs before any training starts."""
-    from tuneloop.tune.study import default_storage
-
     if trials is None and budget_minutes is None:
         raise UserError("give --trials N or --budget-minutes M (or both)",
                         hint="e.g. tuneloop tune recipe.yaml --trials 20")

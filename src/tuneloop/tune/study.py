@@ -20,7 +20,11 @@ from pathlib import Path
 
 from tuneloop.config.recipe import Recipe
 from tuneloop.errors import UserError
+from tuneloop.models.estimate import estimate
+from tuneloop.models.loading import card_for, load_tokenizer
 from tuneloop.paths import read_jsonl
+from tuneloop.train import run_training
+from tuneloop.train.data import read_chat_jsonl
 from tuneloop.tune.space import suggest, trial_recipe
 
 # Seconds between a running trial's heartbeats, and without one before the trial counts as dead.
@@ -142,8 +146,6 @@ def run_trial(trial, recipe: Recipe, settings: TuneSettings, limit: MemoryLimit)
     """One trial: sample, check memory, train with pruning; the run's best validation loss."""
     import optuna
 
-    from tuneloop.train import run_training
-
     if settings.n_trials is not None and finished_count(trial.study, below=trial.number) >= settings.n_trials:
         trial.set_user_attr("outcome", "surplus: the study already had its trials")
         raise SurplusTrial(f"trial {trial.number} is beyond --trials {settings.n_trials}")
@@ -205,9 +207,6 @@ class MemoryLimit:
         self.base = recipe
 
     def reason(self, recipe: Recipe) -> str | None:
-        from tuneloop.models.loading import card_for
-        from tuneloop.models.estimate import estimate
-
         method = {"dora": "lora"}.get(recipe.method, recipe.method)
         if method not in ("full", "lora", "qlora"):
             method = "full" if recipe.finetuning == "full" else "lora"
@@ -231,9 +230,6 @@ class MemoryLimit:
 
 def longest_sample_tokens(model: str, train_path: str, sample: int = 32) -> int:
     """Tokens of the longest training chat, from the longest few by characters."""
-    from tuneloop.models.loading import load_tokenizer
-    from tuneloop.train.data import read_chat_jsonl
-
     records = read_chat_jsonl(train_path)
     longest = sorted(records, key=lambda r: -sum(len(m["content"]) for m in r[1]))[:sample]
     tokenizer = load_tokenizer(model)

@@ -1,6 +1,6 @@
 """Model cards in the Hugging Face format (``README.md``: YAML metadata, then markdown), from real records.
 
-    from tuneloop.explain.model_card import write_model_card
+    from tuneloop.export.model_card import write_model_card
     write_model_card("exported/support-bot", "runs/support-bot", export_format="safetensors")
 
 ``export`` writes one into every export directory, and a registry version can call

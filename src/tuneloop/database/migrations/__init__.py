@@ -1,6 +1,6 @@
 """Alembic migrations of the store's database: the serving, access and registry tables, one history.
 
-Every engine that ``serve/store.py`` opens runs :func:`upgrade` first, so ``tuneloop serve``,
+Every engine that ``database/engine.py`` opens runs :func:`upgrade` first, so ``tuneloop serve``,
 ``monitor``, ``keys``, ``registry`` and ``improve`` all bring an older store up to this release's
 schema before they touch it, on SQLite and PostgreSQL alike. Revision ``0001`` is the schema of
 tuneloop 0.1, made by ``create_all`` before there were migrations: it creates whatever of that schema
