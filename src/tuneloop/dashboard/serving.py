@@ -16,7 +16,7 @@ import threading
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import Index, and_, case, func, select
+from sqlalchemy import and_, case, func, select
 from sqlalchemy.engine import Engine
 
 from tuneloop.database.engine import utcnow
@@ -27,14 +27,9 @@ R, F = requests_table.c, feedback_table.c
 HOUR = timedelta(hours=1)
 SUMS = ("requests", "errors", "completion_tokens", "latency_sum", "latency_n", "ratings", "positive")
 
-# Covering indexes for the page's queries, created by the store's migration 0003 (ensure_indexes is
-# a no-op check on such stores). A table's rows hold whole prompts and answers, so a query that
-# must read them is many times slower than one served by an index. By time: the hourly sums and the recent page's ids. By model: the latency percentiles,
-# walked in latency order without a sort.
-DASHBOARD_INDEXES = (
-    Index("ix_requests_dashboard_time", R.created, R.model, R.status, R.latency_ms, R.completion_tokens, R.id),
-    Index("ix_requests_dashboard_model", R.model, R.status, R.latency_ms, R.created),
-)
+# The page's covering indexes are declared with the requests table (serve/store.py) and created by
+# the store's migration 0003.
+DASHBOARD_INDEXES = tuple(i for i in requests_table.indexes if i.name.startswith("ix_requests_dashboard"))
 
 
 def ensure_indexes(engine: Engine) -> None:
