@@ -130,3 +130,26 @@ def test_registering_a_directory_that_is_no_model_is_refused_before_anything_is_
     registry = Registry(db)
     assert "support" not in registry.names()
     registry.close()
+
+
+def test_a_registered_version_keeps_the_model_card_of_its_run(db, tiny_model_dir, tmp_path, capsys):
+    from serve_support import make_adapter_run
+
+    from tuneloop.export.model_card import build_model_card
+
+    run = make_adapter_run(tiny_model_dir, tmp_path / "run", seed=1)
+    main(["registry", "register", "support", str(run), "--alias", "production", "--db", db])
+    capsys.readouterr()
+    main(["registry", "card", "support", "--db", db])  # the production version by default
+    card = capsys.readouterr().out
+    assert card == build_model_card(run)
+    assert card.startswith("---\n") and "base_model:" in card and "## Training" in card
+    main(["registry", "card", "support", "v1", "--db", db])
+    assert capsys.readouterr().out == card
+    registry = Registry(db)  # a version added without a card (the Python API, or an older store)
+    registry.register(version_from_run("support", tiny_model_dir, source="api"))
+    registry.close()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["registry", "card", "support", "2", "--db", db])
+    assert exit_info.value.code == 1
+    assert "support v2 has no model card" in capsys.readouterr().err

@@ -3,6 +3,7 @@
     tuneloop registry register support runs/support-bot --alias production --regression-data heldout.jsonl
     tuneloop registry list
     tuneloop registry show support
+    tuneloop registry card support production > README.md
     tuneloop registry diff support 1 2
     tuneloop registry promote support 2
     tuneloop registry rollback support
@@ -51,12 +52,14 @@ def registry():
 @DB_OPTION
 def register_command(name, path, alias, train_data, regression_data, db_url):
     """Add a run directory (or model directory) as the next version of NAME."""
+    from tuneloop.export.model_card import build_model_card
     from tuneloop.models.loading import resolve_model
     from tuneloop.registry.lineage import version_from_run
 
     resolve_model(path)  # refuses a directory that is no model before anything is written
     version = version_from_run(name, Path(path), train_data=train_data, regression_data=regression_data,
                                source="registered by hand", created_by=_actor())
+    version.model_card = build_model_card(path)
     reg = _registry(db_url)
     try:
         added = reg.register(version, alias=alias, actor=_actor())
@@ -97,7 +100,7 @@ def show_command(name, as_json, db_url):
     finally:
         reg.close()
     if as_json:
-        click.echo(json.dumps({"versions": [v.__dict__ for v in versions], "events": events, "rounds": rounds},
+        click.echo(json.dumps({"versions": [{k: x for k, x in v.__dict__.items() if k != "model_card"} for v in versions], "events": events, "rounds": rounds},
                               default=str, indent=2))
         return
     for v in versions:
@@ -111,6 +114,25 @@ def show_command(name, as_json, db_url):
             f"v{e['to_version']}"
         click.echo(f"    {e['created']:%Y-%m-%d %H:%M:%S}  {e['action']:9} {moved}  by {e['actor']}"
                    + (f"  ({e['reason']})" if e["reason"] else ""))
+
+
+@registry.command("card")
+@click.argument("name")
+@click.argument("version", default="production")
+@DB_OPTION
+def card_command(name, version, db_url):
+    """Print the model card (Hugging Face README.md) kept with VERSION (a number or an alias) of NAME."""
+    from tuneloop.errors import UserError
+
+    reg = _registry(db_url)
+    try:
+        found = reg.get(name, version)
+    finally:
+        reg.close()
+    if not found.model_card:
+        raise UserError(f"{name} v{found.version} has no model card (it was registered before cards were kept)",
+                        hint=f"tuneloop export {found.path} --out DIR writes one from the same run")
+    click.echo(found.model_card, nl=False)
 
 
 @registry.command("promote")

@@ -53,6 +53,7 @@ versions_table = Table(
     Column("source", Text, nullable=True),  # "registered by hand", "improve round 3", ...
     Column("created_by", String(200), nullable=True),
     Column("created", DateTime(timezone=True)),
+    Column("model_card", Text, nullable=True),  # the version's Hugging Face model card (README.md text)
 )
 
 aliases_table = Table(
@@ -105,6 +106,7 @@ class ModelVersion:
     created_by: str | None = None
     created: datetime | None = None
     aliases: list[str] = field(default_factory=list)
+    model_card: str | None = None
 
 
 def open_registry_engine(url: str | None) -> Engine:
