@@ -108,3 +108,28 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "x.txt").stat().st_mode) == 0o644  # mkstemp alone gives 0600
+
+
+def _fill_leaving(mount: Path, free: int) -> None:
+    with open(mount / "filler", "wb") as f:
+        try:
+            while os.statvfs(mount).f_bavail * os.statvfs(mount).f_frsize > free:
+                f.write(b"\0" * 4096)
+                f.flush()
+        except OSError:
+            pass
+
+
+@needs_mount
+def test_export_onto_a_full_disk_is_a_clear_error_not_a_safetensors_traceback(small_disk, tiny_model_dir, capsys):
+    """safetensors (Rust) raises its own SafetensorError, not an OSError, when the disk fills while it
+    writes the weights; the export still reports a full disk with the fix, exit 1, and leaves nothing."""
+    from tuneloop.cli.main import main
+
+    _fill_leaving(small_disk, 64 * 1024)  # room for the small files, not for the 12 MB of weights
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(tiny_model_dir), "--out", str(small_disk / "exported")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1, err
+    assert "the disk is full" in err and "free space there" in err and "Traceback" not in err
+    assert not (small_disk / "exported" / "model.safetensors").exists()

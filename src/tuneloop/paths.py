@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -22,12 +23,25 @@ DISK_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota i
                errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
 
 
-def disk_error(error: OSError, path: str | os.PathLike, unchanged: str = "earlier files there are unchanged"):
-    """A UserError for an OSError of the disk (full, read-only, quota), or None for other errors."""
-    if isinstance(error, UserError) and hasattr(error, "errno"):
-        error = OSError(error.errno, os.strerror(error.errno))
-    if getattr(error, "errno", None) not in DISK_ERRNOS:
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def os_errno(error: BaseException) -> int | None:
+    """The OS error number of ``error``: its ``errno``, or the ``(os error 28)`` that libraries written
+    in Rust (safetensors, tokenizers) put in the message of their own exception types."""
+    if getattr(error, "errno", None) is not None:
+        return error.errno
+    match = _RUST_OS_ERROR.search(str(error))
+    return int(match.group(1)) if match else None
+
+
+def disk_error(error: BaseException, path: str | os.PathLike, unchanged: str = "earlier files there are unchanged"):
+    """A UserError for an error of the disk (full, read-only, quota), or None for other errors."""
+    number = os_errno(error)
+    if number not in DISK_ERRNOS:
         return None
+    if not isinstance(error, OSError) or isinstance(error, UserError):
+        error = OSError(number, os.strerror(number))
     fix = {errno.ENOSPC: "free space there (or write elsewhere) and run again",
            errno.EDQUOT: "free space within your quota (or write elsewhere) and run again",
            errno.EFBIG: "raise the file size limit (ulimit -f) or write elsewhere"}.get(
@@ -128,8 +142,7 @@ def staged_files(out_dir: str | os.PathLike, last: str | None = None):
         try:
             yield stage
         except Exception as e:  # a disk error on a staged file: say it of out_dir, whose files are intact
-            converted = disk_error(e, out_dir, "the files already there are unchanged") if isinstance(e, OSError) \
-                or hasattr(e, "errno") else None
+            converted = disk_error(e, out_dir, "the files already there are unchanged")
             if converted is None:
                 raise
             raise converted from None

@@ -112,14 +112,6 @@ def main(argv=None):
     except UserError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
-    except OSError as e:  # a full or read-only disk is the user's to fix, not a traceback
-        from tuneloop.paths import disk_error
-
-        explained = disk_error(e, e.filename or "an output file", "files written before are unchanged")
-        if explained is None:
-            raise
-        click.echo(f"error: {explained}", err=True)
-        sys.exit(1)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
@@ -131,6 +123,15 @@ def main(argv=None):
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as e:  # last: a full or read-only disk is the user's to fix, not a traceback
+        from tuneloop.paths import disk_error
+
+        # OSError, or a library's own error type carrying the OS error (safetensors: "(os error 28)")
+        explained = disk_error(e, getattr(e, "filename", None) or "an output file", "files written before are unchanged")
+        if explained is None:
+            raise
+        click.echo(f"error: {explained}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
