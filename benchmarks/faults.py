@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -35,7 +36,7 @@ def tuneloop(*args, timeout: float = 1800) -> dict:
     process = subprocess.run([PYTHON, "-m", "tuneloop.cli.main", *map(str, args)], capture_output=True, text=True,
                              timeout=timeout)
     output = process.stdout + process.stderr
-    error_lines = [line for line in output.splitlines() if line.startswith("error:")]
+    error_lines = re.findall(r"error: .*", output)  # also after a progress bar on the same line
     return {"exit": process.returncode, "traceback": "Traceback (most recent call last)" in output,
             "error": error_lines[0][:300] if error_lines else None, "seconds": round(time.monotonic() - started, 1),
             "tail": output[-600:] if process.returncode not in (0, 1) or "Traceback" in output else ""}
@@ -153,12 +154,13 @@ def train_faults(work: Path, model: Path) -> list[dict]:
             if not fault.startswith("disk full"):
                 subprocess.run(["umount", str(checkpoints)], check=True)
             saved = [p.name for p in step_checkpoints(checkpoints)]
-            error_lines = [line for line in output.splitlines() if line.startswith("error:")]
+            error_lines = re.findall(r"error: .*", output)  # also after a progress bar on the same line
             case = {"command": "train (checkpoints)", "fault": fault, "exit": process.returncode,
                     "traceback": "Traceback (most recent call last)" in output,
                     "error": error_lines[0][:300] if error_lines else None,
                     "seconds": round(time.monotonic() - started, 1), "checkpoints_left": saved,
-                    "tail": output[-600:] if "Traceback" in output or process.returncode not in (0, 1) else ""}
+                    "tail": output[-600:] if "Traceback" in output or process.returncode not in (0, 1)
+                    or not error_lines else ""}
             if fault.startswith("disk full"):
                 (mount / "filler").unlink()
             resumed = tuneloop("train", recipe, "--resume")
