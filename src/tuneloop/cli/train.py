@@ -47,6 +47,14 @@ def train(recipe_path, overrides, resume, dry_run, out_dir):
             run_dir = run_training(recipe, resume=resume)
         except RuntimeError as e:  # torch.save reports a failed write as a RuntimeError, without errno
             raise _write_failure(e, recipe.run_dir()) from None
+        except Exception as e:  # an OSError, or safetensors' own error carrying "(os error 28)"
+            from tuneloop.paths import disk_error
+
+            explained = disk_error(e, f"a file in {recipe.run_dir()}", "the checkpoints saved before are intact: "
+                                   "run again with --resume once it is fixed")
+            if explained is None:
+                raise
+            raise explained from None
     click.echo(f"run directory: {run_dir}")
 
 
