@@ -22,6 +22,7 @@ from pathlib import Path
 from tuneloop.config.recipe import recipe_from_dict
 from tuneloop.evaluate import run_eval
 from tuneloop.export import export_model
+from tuneloop.export.model_card import build_model_card
 from tuneloop.improve.data import RoundData, build_round_data, new_feedback
 from tuneloop.improve.gate import check_rules, decide
 from tuneloop.improve.lock import RoundLock
@@ -116,6 +117,7 @@ def _round(settings: ImproveSettings, registry: Registry, store: Store) -> dict:
                                eval_results={"gate": decision.as_dict(), "heldout": _figures(heldout),
                                              "regression": _figures(regression) if regression else None},
                                source=f"improve round in {round_dir.name}", created_by=settings.actor)
+    version.model_card = build_model_card(candidate_dir)
     status = "promoted" if decision.passed else "rejected"
     record = {"status": status, "feedback_through": through, "production_version": production.version,
               "gate": decision.as_dict(), "report": str(round_dir / "report.html")}
