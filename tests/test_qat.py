@@ -174,3 +174,34 @@ def test_a_pickle_with_a_payload_is_refused_not_run(tiny_model_dir, tmp_path):
     with pytest.raises(pickle.UnpicklingError):
         torch.load(evil / "quantized_model.pt", weights_only=True)
     assert not marker.exists()
+
+
+def test_serve_answers_with_the_quantized_export(tiny_model_dir, tmp_path):
+    """`tuneloop serve --model DIR` on an int4 export: the greedy answer over HTTP is the one
+    tuneloop's own generation gives with the same quantized weights."""
+    import httpx
+
+    from tuneloop.export import export_model
+    from tuneloop.models.generation import generate_chat
+    from tuneloop.models.loading import load_model_and_tokenizer
+    from tuneloop.serve.app import build
+    from tuneloop.serve.runner import ServerThread
+    from tuneloop.serve.settings import ServeSettings
+
+    out = tmp_path / "int4"
+    export_model(tiny_model_dir, "quantized", out, quantize="int4")
+    messages = [{"role": "user", "content": "What is code 3?"}]
+    model, tokenizer = load_model_and_tokenizer(out)
+    expected = generate_chat(model, tokenizer, [messages], 8)[0]
+    served = build([str(out)], ServeSettings(db_url=f"sqlite:///{tmp_path / 'serve.db'}", max_tokens_limit=16))
+    try:
+        with ServerThread(served.app) as thread:
+            response = httpx.post(f"{thread.url}/v1/chat/completions", timeout=60, json={
+                "model": "int4", "messages": messages, "max_tokens": 8, "temperature": 0})
+    finally:
+        served.close()
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["usage"]["completion_tokens"] == expected.completion_tokens > 0
+    # generate_chat strips the answer; the server returns it as decoded
+    assert body["choices"][0]["message"]["content"].strip() == expected.text
