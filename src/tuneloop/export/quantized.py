@@ -1,8 +1,13 @@
 """``--format quantized`` and ``--quantize int4|int8``: the integer model, for CPUs and edge devices.
 
-Both use the torchao scheme of :func:`tuneloop.train.qat.base_config` (int4/int8 weights with int8
-dynamic activations by default). ``--format quantized`` uses the scheme a QAT run was trained for (its
-recipe's ``quantization_aware``); ``--quantize`` applies post-training quantization to any run or model.
+Both use the torchao scheme of :func:`tuneloop.models.quantized.base_config` (int4/int8 weights with
+int8 dynamic activations by default) for the decoder linears. ``--format quantized`` uses the scheme a
+QAT run was trained for (its recipe's ``quantization_aware``); ``--quantize`` applies post-training
+quantization to any run or model. Either way the export also stores the embedding table as int8 (one
+scale per row; a tied LM head shares it and is saved once) and the decoder's scales in bfloat16: that
+is what brings SmolLM2-135M under 150 MB, since torchao's CPU layout stores int4 values one per byte
+(its packed int4 layouts are CUDA/XPU kernels). int4 and int8 exports are therefore the same size on
+disk; int4 is the coarser rounding.
 
 The directory is a plain Hugging Face model quantized through transformers' ``TorchAoConfig``:
 ``config.json`` (with its ``quantization_config``), ``model.safetensors`` (torchao tensors flattened
