@@ -70,15 +70,15 @@ def write_quantized(merged: MergedModel, out_dir: Path, quantize: str | None = N
     model.config._name_or_path = ""
     _save_without_tied_head(model, out_dir)
     tokenizer.save_pretrained(out_dir)
-    write_json_atomic(out_dir / QUANT_FILE, qa.model_dump() | {"trained": how, "embeddings": "int8",
-                                                               "scale_dtype": EXPORT_SCALE_DTYPE})
+    stored = qa.model_dump() | {"embeddings": "int8", "scale_dtype": EXPORT_SCALE_DTYPE}
+    write_json_atomic(out_dir / QUANT_FILE, stored | {"trained": how})
     reloaded = load_quantized(out_dir)
     ids, mask = probe_batch(tokenizer)
     quantized_logits = probe_logits(reference, ids, mask)
     diff = max_abs_diff(quantized_logits, probe_logits(reloaded, ids, mask))
     if diff > 1e-4:
         raise ExportCheckFailed(f"{out_dir}: the reloaded quantized model differs by {diff:.2e}")
-    return {"quantization": qa.model_dump(), "trained": how, "reload_max_abs_diff": diff,
+    return {"quantization": stored, "trained": how, "reload_max_abs_diff": diff,
             "float_vs_quantized_max_abs_logit_diff": max_abs_diff(float_logits, quantized_logits)}
 
 
