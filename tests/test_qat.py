@@ -101,7 +101,8 @@ def test_post_training_quantization_of_a_plain_model(tiny_model_dir, tmp_path):
                                       "--out", str(tmp_path / "ptq")])
     assert result.exit_code == 0, result.output
     meta = json.loads((tmp_path / "ptq" / "tuneloop_quantization.json").read_text())
-    assert meta == {"weights": "int8", "activations": "int8", "group_size": 32, "trained": "post-training"}
+    assert meta == {"weights": "int8", "activations": "int8", "group_size": 32, "trained": "post-training",
+                    "embeddings": "int8", "scale_dtype": "bfloat16"}
     refused = CliRunner().invoke(cli, ["export", str(tiny_model_dir), "--format", "quantized",
                                        "--out", str(tmp_path / "q2")])
     assert isinstance(refused.exception, UserError)
@@ -111,28 +112,37 @@ def test_post_training_quantization_of_a_plain_model(tiny_model_dir, tmp_path):
 
 def test_quantized_export_is_safetensors_that_plain_transformers_loads(tiny_model_dir, tmp_path):
     """No pickle in the export; a fresh interpreter with only transformers (and torchao) loads it and
-    gives the logits tuneloop's own loader gives."""
+    gives the logits tuneloop's own loader gives. The embedding table is int8 too, stored once: the
+    tied LM head shares it after loading."""
     import subprocess
     import sys
 
     import torch
+    from safetensors import safe_open
 
     from tuneloop.export import export_model
     from tuneloop.models.loading import load_model
 
-    out = tmp_path / "int8"
-    export_model(tiny_model_dir, "quantized", out, quantize="int8")
+    out = tmp_path / "int4"
+    record = export_model(tiny_model_dir, "quantized", out, quantize="int4")
     assert (out / "model.safetensors").is_file() and not list(out.glob("*.pt")) and not list(out.glob("*.bin"))
+    with safe_open(out / "model.safetensors", framework="pt") as f:
+        keys = list(f.keys())
+        table = f.get_tensor("model.embed_tokens._weight_qdata")
+    assert table.dtype == torch.int8 and not [k for k in keys if k.startswith("lm_head")]
+    assert 0 < record["float_vs_quantized_max_abs_logit_diff"] < 1.0
     ids = [[1, 20, 300, 4000]]
     ours = load_model(out)(torch.tensor(ids)).logits[0, -1, :5].tolist()
     script = ("import json, sys, torch; from transformers import AutoModelForCausalLM; "
               f"m = AutoModelForCausalLM.from_pretrained({str(out)!r}); "
               "print(type(m.model.layers[0].mlp.down_proj.weight).__name__); "
               f"print(json.dumps(m(torch.tensor({ids})).logits[0, -1, :5].tolist())); "
+              "print(type(m.model.embed_tokens.weight).__name__, m.lm_head.weight is m.model.embed_tokens.weight); "
               "print('tuneloop' in sys.modules)")
     lines = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                            timeout=600).stdout.strip().splitlines()
-    assert lines[0] == "IntxUnpackedToInt8Tensor" and lines[2] == "False"
+    assert lines[0] == "IntxUnpackedToInt8Tensor" and lines[3] == "False"
+    assert lines[2] == "IntxUnpackedToInt8Tensor True"
     assert json.loads(lines[1]) == pytest.approx(ours, abs=1e-5)
 
 
@@ -164,3 +174,34 @@ def test_a_pickle_with_a_payload_is_refused_not_run(tiny_model_dir, tmp_path):
     with pytest.raises(pickle.UnpicklingError):
         torch.load(evil / "quantized_model.pt", weights_only=True)
     assert not marker.exists()
+
+
+def test_serve_answers_with_the_quantized_export(tiny_model_dir, tmp_path):
+    """`tuneloop serve --model DIR` on an int4 export: the greedy answer over HTTP is the one
+    tuneloop's own generation gives with the same quantized weights."""
+    import httpx
+
+    from tuneloop.export import export_model
+    from tuneloop.models.generation import generate_chat
+    from tuneloop.models.loading import load_model_and_tokenizer
+    from tuneloop.serve.app import build
+    from tuneloop.serve.runner import ServerThread
+    from tuneloop.serve.settings import ServeSettings
+
+    out = tmp_path / "int4"
+    export_model(tiny_model_dir, "quantized", out, quantize="int4")
+    messages = [{"role": "user", "content": "What is code 3?"}]
+    model, tokenizer = load_model_and_tokenizer(out)
+    expected = generate_chat(model, tokenizer, [messages], 8)[0]
+    served = build([str(out)], ServeSettings(db_url=f"sqlite:///{tmp_path / 'serve.db'}", max_tokens_limit=16))
+    try:
+        with ServerThread(served.app) as thread:
+            response = httpx.post(f"{thread.url}/v1/chat/completions", timeout=60, json={
+                "model": "int4", "messages": messages, "max_tokens": 8, "temperature": 0})
+    finally:
+        served.close()
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["usage"]["completion_tokens"] == expected.completion_tokens > 0
+    # generate_chat strips the answer; the server returns it as decoded
+    assert body["choices"][0]["message"]["content"].strip() == expected.text
