@@ -51,7 +51,7 @@ def site(tmp_path_factory, tiny_model_dir):
             settings = DashboardSettings(token="t", runs_dir=runs, eval_dirs=[root], db_url=db,
                                          serve_url=model_server.url, poll_ms=250)
             with ServerThread(create_app(settings, {"/annotate/app": annotate_app(session)})) as ui:
-                yield {"url": ui.url, "runs": runs, "db": db, "labels": root / "labels.jsonl"}
+                yield {"url": ui.url, "runs": runs, "db": db, "labels": root / "labels.jsonl", "root": root}
     finally:
         served.close()
 
@@ -169,3 +169,34 @@ def test_annotation_page_embeds_the_queue(site, page):
     frame.locator("#accept").click()
     frame.locator("#done").wait_for(state="visible")
     assert json.loads(site["labels"].read_text().splitlines()[0])["value"] == "card"
+
+
+def test_tuning_study_page_lists_trials_and_draws_history_and_parallel_coordinates(site, page):
+    import optuna
+
+    out = site["root"] / "tune-demo"
+    out.mkdir()
+    study = optuna.create_study(study_name="demo", storage=f"sqlite:///{out / 'study.db'}", direction="minimize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    values = [5.0, 3.0, 4.0, 1.5, 2.0]  # best so far: 5, 3, 3, 1.5, 1.5
+    for v in values:
+        study.enqueue_trial({"lr": v / 1000, "rank": int(v * 2)})
+    study.optimize(lambda t: t.suggest_float("lr", 1e-4, 1e-2, log=True) * 1000 + 0 * t.suggest_int("rank", 1, 16),
+                   n_trials=len(values))
+    page.goto(site["url"] + "/tune")
+    listing = page.locator("#studies-table").inner_text()
+    assert "demo" in listing and "1.5" in listing
+    page.click("#studies-table a")
+    assert page.locator("#trials-table tbody tr").count() == 5
+    trials = page.locator("#trials-table").inner_text()
+    assert "lr" in trials and "rank" in trials and "complete" in trials
+    history = page.locator("svg#history")
+    assert history.get_attribute("data-trials") == "5" and float(history.get_attribute("data-best")) == pytest.approx(1.5)
+    assert history.locator("circle.trial").count() == 5
+    best_line = history.locator("polyline.best")
+    ys = [float(p.split(",")[1]) for p in best_line.get_attribute("points").split()]
+    assert ys[1] == ys[2] and ys[3] == ys[4] and ys[0] < ys[1] < ys[3]  # flat, then lower objective = lower on page
+    assert page.locator("svg#parallel").get_attribute("data-axes") == "3"  # lr, rank, objective
+    assert page.locator("svg#parallel polyline.trial-line").count() == 5
+    page.goto(site["url"] + "/tune/view?study=0:nope/study.db:demo")
+    assert "study: no study" in page.locator("main").inner_text()

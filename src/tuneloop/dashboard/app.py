@@ -5,6 +5,8 @@
 - ``/runs`` (a page of runs, filter, compare), ``/runs/NAME`` (summary, recipe, checkpoints, data
   report, a loss curve that grows while the run trains), ``/runs/compare?run=A&run=B``
 - ``/evals``, ``/evals/view?eval=KEY``, ``/evals/compare?eval=A&eval=B``, ``/evals/report?eval=KEY``
+- ``/tune``, ``/tune/view?study=KEY``: the Optuna studies of ``tuneloop tune`` (``study.db`` under the
+  runs and evaluation folders), the trials, the optimisation history and parallel coordinates
 - ``/serving?since=24h&model=M&page=N``: per-model latency, errors, satisfaction; per hour; recent requests
 - ``/registry``, ``/registry/NAME`` with promote and rollback forms (POST; audited in the store)
 - ``/playground``: streams answers of the server at ``--serve-url``, side by side, and rates them
@@ -28,7 +30,7 @@ from urllib.parse import parse_qs
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from tuneloop.dashboard import pages, playground, registry_actions, serving
+from tuneloop.dashboard import pages, playground, registry_actions, serving, studies
 from tuneloop.dashboard.evals import EvalIndex, load
 from tuneloop.dashboard.guard import LOOPBACK, DashboardGuard
 from tuneloop.dashboard.runs import (checkpoints, data_report, list_runs, read_json, read_metrics, run_dir_of,
@@ -178,6 +180,17 @@ def create_app(settings: DashboardSettings, mounts: dict | None = None) -> Dashb
         if not report.is_file():
             raise UserError("this evaluation has no report.html beside its eval.json", where="eval")
         return FileResponse(report, media_type="text/html")
+
+    # -- tuning studies ---------------------------------------------------------------------------
+    study_roots = [settings.runs_dir, *settings.eval_dirs]
+
+    @app.get("/tune")
+    def study_list():
+        return _html(pages.studies_page(studies.list_studies(study_roots), study_roots))
+
+    @app.get("/tune/view")
+    def study_view(study: str = ""):
+        return _html(pages.study_page(*studies.get_study(study_roots, study)))
 
     # -- serving ----------------------------------------------------------------------------------
     @app.get("/serving")

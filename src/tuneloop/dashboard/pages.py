@@ -16,6 +16,7 @@ from tuneloop.dashboard.evals import HEADLINE, comparison_rows, side_by_side
 from tuneloop.dashboard.html import Html, esc, field_error, join, join_with, layout, link, number, pager, table, tag
 from tuneloop.dashboard.runs import RunPage
 from tuneloop.dashboard.serving import WINDOWS
+from tuneloop.dashboard.studies import StudyEntry, Trial, history_svg, parallel_svg
 
 
 
@@ -151,6 +152,29 @@ def evals_compare_page(keys: list[str], reports: list[dict]) -> Html:
     models = [[k, r.get("model", "-")] for k, r in zip(keys, reports)]
     return layout("Compare evaluations", "evals", [table(["report", "model"], models),
                                                    table(["metric", *keys], rows, id="eval-compare")])
+
+
+# -- tuning studies ----------------------------------------------------------------------------------
+def studies_page(entries: list[StudyEntry], roots) -> Html:
+    rows = [[link(f"/tune/view?{urlencode({'study': e.key})}", e.name), e.path.parent, e.direction,
+             number(e.n_trials), number(e.best_value),
+             ", ".join(f"{k}={number(v)}" for k, v in e.best_params.items()) or "-"] for e in entries]
+    body = table(["study", "folder", "direction", "trials", "best", "best parameters"], rows, id="studies-table") \
+        if rows else tag("p", "no study.db found (tuneloop tune RECIPE --trials N writes OUT/study.db)",
+                         id="studies-none")
+    return layout("Tuning studies", "tune", [
+        tag("p", f"{len(entries)} studies in study.db files under {', '.join(map(str, roots))}", class_="meta"), body])
+
+
+def study_page(entry: StudyEntry, trials: list[Trial]) -> Html:
+    names = sorted({p for t in trials for p in t.params})
+    rows = [[number(t.number), tag("span", t.state.lower(), class_=f"state {t.state.lower()}"), number(t.value),
+             *[number(t.params.get(n)) for n in names], t.run_dir or "-"] for t in trials]
+    return layout(f"Study {entry.name}", "tune", [
+        tag("p", f"{entry.path} ({entry.direction}; best {number(entry.best_value)})", class_="meta"),
+        tag("h2", "Optimisation history"), history_svg(trials, entry.direction),
+        tag("h2", "Parallel coordinates"), parallel_svg(trials),
+        tag("h2", "Trials"), table(["trial", "state", "objective", *names, "run"], rows, id="trials-table")])
 
 
 # -- serving ------------------------------------------------------------------------------------------
