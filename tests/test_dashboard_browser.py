@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
+from fixtures_train.helpers import tiny_recipe
 
 from tuneloop.dashboard import sample
 
@@ -200,3 +201,41 @@ def test_tuning_study_page_lists_trials_and_draws_history_and_parallel_coordinat
     assert page.locator("svg#parallel polyline.trial-line").count() == 5
     page.goto(site["url"] + "/tune/view?study=0:nope/study.db:demo")
     assert "study: no study" in page.locator("main").inner_text()
+
+
+def test_a_run_started_from_a_recipe_trains_and_its_curve_grows(site, page, tiny_model_dir, tmp_path):
+    import yaml
+
+    from tuneloop.serve.access import audit_entries
+    from tuneloop.serve.store import Store
+
+    bad = tiny_recipe(tiny_model_dir, tmp_path, name="from-ui-bad", learning_rate="fast")
+    page.goto(site["url"] + "/runs")
+    page.click("#new-run")
+    page.fill("#recipe_yaml", yaml.safe_dump(bad))
+    page.click("#start-run")
+    error = page.locator('p.error[data-field="recipe_yaml"]').inner_text()
+    assert "train.learning_rate" in error and "fast" in error
+    assert not (site["runs"] / "from-ui-bad").exists()  # nothing started
+
+    recipe = tmp_path / "from-ui.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tiny_model_dir, tmp_path / "elsewhere", name="from-ui", epochs=4)))
+    page.fill("#recipe_yaml", "")
+    page.fill("#recipe_path", str(recipe))
+    page.click("#start-run")
+    page.wait_for_url("**/runs/from-ui")
+    # Every value the chart's point count takes while the run trains, as the page sees it.
+    page.evaluate("""() => { const svg = document.getElementById('loss-chart'); window.seen = [svg.dataset.points];
+        new MutationObserver(() => { if (window.seen.at(-1) !== svg.dataset.points) window.seen.push(svg.dataset.points); })
+          .observe(svg, {attributes: true, attributeFilter: ['data-points']}); }""")
+    page.wait_for_function("document.getElementById('run-status').textContent === 'finished'", timeout=300_000)
+    run_dir = site["runs"] / "from-ui"
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = len([p for p in logged if isinstance(p.get("loss"), (int, float))])
+    assert steps == json.loads((run_dir / "summary.json").read_text())["steps"] > 8
+    page.wait_for_function(f"document.getElementById('loss-chart').dataset.points === '{steps}'")
+    seen = [int(n) for n in page.evaluate("window.seen")]
+    assert len(seen) >= 3 and seen == sorted(seen) and seen[-1] == steps  # it grew while training
+    started = [e for e in audit_entries(Store(site["db"]).engine) if e["action"] == "run.start"]
+    assert [e["detail"]["name"] for e in started] == ["from-ui"] and started[0]["actor"] == "ui:local"
+    assert not (tmp_path / "elsewhere").exists()  # the run went under the dashboard's runs folder

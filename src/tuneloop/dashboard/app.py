@@ -2,7 +2,8 @@
 
 ``create_app(settings)`` wires it; ``tuneloop ui`` runs it (see ``cli/ui.py``). Pages:
 
-- ``/runs`` (a page of runs, filter, compare), ``/runs/NAME`` (summary, recipe, checkpoints, data
+- ``/runs`` (a page of runs, filter, compare), ``/runs/new`` (validate a recipe, start ``tuneloop train``;
+  POST, audited), ``/runs/NAME`` (summary, recipe, checkpoints, data
   report, a loss curve that grows while the run trains), ``/runs/compare?run=A&run=B``
 - ``/evals``, ``/evals/view?eval=KEY``, ``/evals/compare?eval=A&eval=B``, ``/evals/report?eval=KEY``
 - ``/tune``, ``/tune/view?study=KEY``: the Optuna studies of ``tuneloop tune`` (``study.db`` under the
@@ -25,12 +26,12 @@ import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from tuneloop.dashboard import pages, playground, registry_actions, serving, studies
+from tuneloop.dashboard import launch, pages, playground, registry_actions, serving, studies
 from tuneloop.dashboard.evals import EvalIndex, load
 from tuneloop.dashboard.guard import LOOPBACK, DashboardGuard
 from tuneloop.dashboard.runs import (checkpoints, data_report, list_runs, read_json, read_metrics, run_dir_of,
@@ -133,6 +134,19 @@ def create_app(settings: DashboardSettings, mounts: dict | None = None) -> Dashb
         summaries = [read_json(d / "summary.json") for d in dirs]
         live = any(run_status(d) == "running" for d in dirs)
         return _html(pages.compare_page(names, summaries, settings.poll_ms, live))
+
+    @app.get("/runs/new")  # before /runs/{name}: "new" is not a run
+    def new_run():
+        return _html(pages.new_run_page(settings.runs_dir))
+
+    @app.post("/runs/new")
+    async def start_run(request: Request):
+        form = await _form(request)
+        try:
+            started = launch.start_run(form, settings.runs_dir, store.engine, _actor(request))
+        except registry_actions.FormErrors as e:
+            return _html(pages.new_run_page(settings.runs_dir, e.errors, form), 422)
+        return RedirectResponse(f"/runs/{quote(started.name)}", status_code=303)
 
     @app.get("/runs/{name}")
     def run(name: str):

@@ -43,7 +43,8 @@ def runs_page(listing: RunPage, query: str, root) -> Html:
                   '<form id="compare" class="inline" method="get" action="/runs/compare">'
                   '<button>Compare selected</button></form>')
     return layout("Runs", "runs", [
-        tag("p", f"{listing.total:,} runs under {root}", class_="meta"), search,
+        tag("p", [f"{listing.total:,} runs under {root} (", link("/runs/new", "start a run", id="new-run"), ")"],
+            class_="meta"), search,
         table(["", "run", "status", "method", "model", "steps", "loss", "validation loss", "wall s", "updated"],
               rows, id="runs-table"),
         pager("/runs", listing.page, listing.pages, q=query)])
@@ -78,6 +79,20 @@ def run_page(name: str, status: str, summary: dict, recipe: str | None, ckpts: l
                         [[number(s.get("step")), str(s.get("prompt", ""))[:300],
                           str(s.get("output", s.get("completion", "")))[:500]] for s in samples])]
     return layout(f"Run {name}", "runs", parts)
+
+
+def new_run_page(root, errors: dict | None = None, form: dict | None = None) -> Html:
+    errors, form = errors or {}, form or {}
+    return layout("Start a run", "runs", [
+        tag("p", f"validates the recipe, then runs `tuneloop train RECIPE --out {root}/NAME` in the background; "
+                 "a pasted recipe's relative paths are read from that run folder", class_="meta"),
+        Html('<form id="new-run-form" method="post" action="/runs/new">'
+             f'<label class="wide">recipe path <input name="recipe_path" id="recipe_path" size="60" '
+             f'value="{esc(form.get("recipe_path", ""))}" placeholder="recipes/lora.yaml"></label>'
+             f'{field_error(errors, "recipe_path")}'
+             '<label class="wide">or paste a recipe (YAML)<textarea name="recipe_yaml" id="recipe_yaml" rows="14">'
+             f'{esc(form.get("recipe_yaml", ""))}</textarea></label>{field_error(errors, "recipe_yaml")}'
+             '<button id="start-run">Start training</button></form>')])
 
 
 def compare_page(names: list[str], summaries: list[dict], poll_ms: int, live: bool) -> Html:
