@@ -126,7 +126,7 @@ def test_forms_and_parameters_reject_bad_input_naming_the_field(site):
             assert response.status_code == 422
             assert f'data-field="{field}"' in response.text and f"{field}: " in response.text
         for path, field in [("/runs?page=0", "page"), ("/runs?page=x", "page"), ("/serving?since=2y", "since"),
-                            ("/evals/view?eval=../../etc/passwd", "eval"), ("/api/runs/alpha/metrics?offset=-1", "offset")]:
+                            ("/evals/view?eval=../../etc/passwd", "eval"), ("/evals/view?eval=0:eval/eval.json&show=x", "show"), ("/api/runs/alpha/metrics?offset=-1", "offset")]:
             response = client.get(path)
             assert response.status_code == 400, path
             assert field in response.text

@@ -239,3 +239,30 @@ def test_a_run_started_from_a_recipe_trains_and_its_curve_grows(site, page, tiny
     started = [e for e in audit_entries(Store(site["db"]).engine) if e["action"] == "run.start"]
     assert [e["detail"]["name"] for e in started] == ["from-ui"] and started[0]["actor"] == "ui:local"
     assert not (tmp_path / "elsewhere").exists()  # the run went under the dashboard's runs folder
+
+
+def test_eval_page_shows_base_and_tuned_answers_per_sample_and_filters_the_changed_ones(site, page):
+    verdicts = {"s1": (False, True), "s2": (True, False), "s3": (True, True), "s4": (False, False),
+                "s5": (False, True), "s6": (True, True)}  # (base correct, tuned correct)
+    folder = site["root"] / "eval"
+    tuned = [{"id": i, "prompt": f"question {i}", "reference": f"answer {i}", "prediction": f"tuned says {i}",
+              "correct": t} for i, (b, t) in verdicts.items()]
+    base = [{"id": i, "prompt": f"question {i}", "reference": f"answer {i}", "prediction": f"base says {i}",
+             "correct": b} for i, (b, t) in reversed(verdicts.items())]  # another order: matched by id
+    for name, rows in [("predictions.jsonl", tuned), ("predictions.baseline.jsonl", base)]:
+        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    page.goto(site["url"] + "/evals")
+    page.click("#evals-table a")
+    table = page.locator("#sample-diffs tbody tr")
+    assert table.count() == 6
+    s2 = page.locator("#sample-diffs tbody tr", has_text="question s2").inner_text()
+    assert "base says s2" in s2 and "tuned says s2" in s2 and "answer s2" in s2 and "broken" in s2
+    assert s2.index("base says s2\ncorrect") < s2.index("tuned says s2\nincorrect")
+    page.click("#sample-filters a[data-show=changed]")
+    ids = page.locator("#sample-diffs tbody tr td:first-child").all_inner_texts()
+    assert ids == ["s1", "s2", "s5"]
+    page.click("#sample-filters a[data-show=fixed]")
+    assert page.locator("#sample-diffs tbody tr td:first-child").all_inner_texts() == ["s1", "s5"]
+    page.click("#sample-filters a[data-show=broken]")
+    assert page.locator("#sample-diffs tbody tr td:first-child").all_inner_texts() == ["s2"]
+    assert "broken (1)" in page.locator("#sample-filters").inner_text()

@@ -12,7 +12,7 @@ import time
 from datetime import datetime
 from urllib.parse import quote, urlencode
 
-from tuneloop.dashboard.evals import HEADLINE, comparison_rows, side_by_side
+from tuneloop.dashboard.evals import HEADLINE, SHOW, SamplePair, comparison_rows, side_by_side
 from tuneloop.dashboard.html import Html, esc, field_error, join, join_with, layout, link, number, pager, table, tag
 from tuneloop.dashboard.runs import RunPage
 from tuneloop.dashboard.serving import WINDOWS
@@ -125,7 +125,7 @@ def _ci(ci) -> str:
     return "-" if not ci else f"[{number(ci[0])}, {number(ci[1])}]"
 
 
-def eval_page(key: str, report: dict) -> Html:
+def eval_page(key: str, report: dict, diffs: Html | None = None) -> Html:
     rows = comparison_rows(report)
     base = report.get("baseline") or {}
     gate = report.get("gate")
@@ -150,9 +150,32 @@ def eval_page(key: str, report: dict) -> Html:
                   table(["group", "n", *metric_names],
                         [[g, number(v.get("n")), *[number(v.get(m)) for m in metric_names]]
                          for g, v in slices["groups"].items()])]
+    if diffs:
+        parts.append(diffs)
     parts.append(tag("p", link(f"/evals/report?{urlencode({'eval': key})}", "full report.html (per-sample diffs, "
                                                                           "charts, explanations)")))
     return layout(f"Evaluation {key}", "evals", parts)
+
+
+def _verdict(correct: bool) -> Html:
+    return tag("span", "correct" if correct else "incorrect", class_="up" if correct else "down")
+
+
+def sample_diffs(key: str, pairs: list[SamplePair], shown: list[SamplePair], show: str, page: int,
+                 pages: int, per_page: int) -> Html:
+    """Base vs tuned answers side by side, filterable to the samples whose verdict changed."""
+    counts = {"fixed": sum(p.change == "fixed" for p in pairs), "broken": sum(p.change == "broken" for p in pairs)}
+    counts["changed"], counts["all"] = counts["fixed"] + counts["broken"], len(pairs)
+    filters = [link(f"/evals/view?{urlencode({'eval': key, 'show': name})}#samples", f"{name} ({counts[name]})",
+                    class_="active" if name == show else None, data_show=name) for name in SHOW]
+    rows = [[p.id, p.prompt[:400], p.reference[:300], tag("div", [p.base[:500], Html("<br>"), _verdict(p.base_correct)]),
+             tag("div", [p.tuned[:500], Html("<br>"), _verdict(p.tuned_correct)]),
+             tag("span", p.change, class_=f"change {p.change}")]
+            for p in shown[(page - 1) * per_page: page * per_page]]
+    return join([tag("h2", "Samples: base vs tuned", id="samples"),
+                 tag("p", ["show: ", join_with(filters, " | ")], class_="meta", id="sample-filters"),
+                 table(["id", "prompt", "reference", "base answer", "tuned answer", "change"], rows, id="sample-diffs"),
+                 pager("/evals/view", page, pages, eval=key, show=show if show != "all" else "")])
 
 
 def _significance(row) -> str | None:
