@@ -168,7 +168,8 @@ def sample_diffs(key: str, pairs: list[SamplePair], shown: list[SamplePair], sho
     counts["changed"], counts["all"] = counts["fixed"] + counts["broken"], len(pairs)
     filters = [link(f"/evals/view?{urlencode({'eval': key, 'show': name})}#samples", f"{name} ({counts[name]})",
                     class_="active" if name == show else None, data_show=name) for name in SHOW]
-    rows = [[p.id, p.prompt[:400], p.reference[:300], tag("div", [p.base[:500], Html("<br>"), _verdict(p.base_correct)]),
+    rows = [[p.id, p.prompt[:400], p.reference[:300],
+             tag("div", [p.base[:500], Html("<br>"), _verdict(p.base_correct)]),
              tag("div", [p.tuned[:500], Html("<br>"), _verdict(p.tuned_correct)]),
              tag("span", p.change, class_=f"change {p.change}")]
             for p in shown[(page - 1) * per_page: page * per_page]]
