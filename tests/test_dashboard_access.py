@@ -126,7 +126,7 @@ def test_forms_and_parameters_reject_bad_input_naming_the_field(site):
             assert response.status_code == 422
             assert f'data-field="{field}"' in response.text and f"{field}: " in response.text
         for path, field in [("/runs?page=0", "page"), ("/runs?page=x", "page"), ("/serving?since=2y", "since"),
-                            ("/evals/view?eval=../../etc/passwd", "eval"), ("/api/runs/alpha/metrics?offset=-1", "offset")]:
+                            ("/evals/view?eval=../../etc/passwd", "eval"), ("/evals/view?eval=0:eval/eval.json&show=x", "show"), ("/api/runs/alpha/metrics?offset=-1", "offset")]:
             response = client.get(path)
             assert response.status_code == 400, path
             assert field in response.text
@@ -223,3 +223,22 @@ def test_the_ui_command_serves_and_prints_the_token_and_refuses_bad_options(site
     with pytest.raises(SystemExit) as exit_info:
         main([*cmd[3:], "--annotate", str(tmp_path / "q.jsonl")])
     assert exit_info.value.code == 1 and "--annotate-out" in capsys.readouterr().err
+
+
+def test_starting_a_run_is_refused_without_the_token_from_afar_and_from_another_site(site, tmp_path):
+    root, runs, db = site
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: from-afar\nmodel: /nowhere\nmethod: lora\ndata: {train: /nowhere.jsonl}\n")
+    form = {"recipe_path": str(recipe)}
+    with ServerThread(create_app(_settings(site, trusted_networks=()))) as server:
+        assert httpx.post(f"{server.url}/runs/new", data=form).status_code == 401
+    with ServerThread(create_app(_settings(site))) as server:
+        response = httpx.post(f"{server.url}/runs/new", headers={"Origin": "http://evil.example"}, data=form)
+        assert response.status_code == 403
+        response = httpx.post(f"{server.url}/runs/new", data={"recipe_path": str(tmp_path / "missing.yaml")})
+        assert response.status_code == 422 and 'data-field="recipe_path"' in response.text
+        assert "recipe file not found" in response.text
+        response = httpx.post(f"{server.url}/runs/new", data={"recipe_yaml": "name: x\nmethod: lora\n"})
+        assert response.status_code == 422 and "recipe_yaml: pasted recipe: data: Field required" in response.text
+    assert not (runs / "from-afar").exists() and not (runs / "x").exists()
+    assert not [e for e in audit_entries(Store(db).engine) if e["action"] == "run.start"]

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
+from fixtures_train.helpers import tiny_recipe
 
 from tuneloop.dashboard import sample
 
@@ -51,7 +52,7 @@ def site(tmp_path_factory, tiny_model_dir):
             settings = DashboardSettings(token="t", runs_dir=runs, eval_dirs=[root], db_url=db,
                                          serve_url=model_server.url, poll_ms=250)
             with ServerThread(create_app(settings, {"/annotate/app": annotate_app(session)})) as ui:
-                yield {"url": ui.url, "runs": runs, "db": db, "labels": root / "labels.jsonl"}
+                yield {"url": ui.url, "runs": runs, "db": db, "labels": root / "labels.jsonl", "root": root}
     finally:
         served.close()
 
@@ -169,3 +170,99 @@ def test_annotation_page_embeds_the_queue(site, page):
     frame.locator("#accept").click()
     frame.locator("#done").wait_for(state="visible")
     assert json.loads(site["labels"].read_text().splitlines()[0])["value"] == "card"
+
+
+def test_tuning_study_page_lists_trials_and_draws_history_and_parallel_coordinates(site, page):
+    import optuna
+
+    out = site["root"] / "tune-demo"
+    out.mkdir()
+    study = optuna.create_study(study_name="demo", storage=f"sqlite:///{out / 'study.db'}", direction="minimize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    values = [5.0, 3.0, 4.0, 1.5, 2.0]  # best so far: 5, 3, 3, 1.5, 1.5
+    for v in values:
+        study.enqueue_trial({"lr": v / 1000, "rank": int(v * 2)})
+    study.optimize(lambda t: t.suggest_float("lr", 1e-4, 1e-2, log=True) * 1000 + 0 * t.suggest_int("rank", 1, 16),
+                   n_trials=len(values))
+    page.goto(site["url"] + "/tune")
+    listing = page.locator("#studies-table").inner_text()
+    assert "demo" in listing and "1.5" in listing
+    page.click("#studies-table a")
+    assert page.locator("#trials-table tbody tr").count() == 5
+    trials = page.locator("#trials-table").inner_text()
+    assert "lr" in trials and "rank" in trials and "complete" in trials
+    history = page.locator("svg#history")
+    assert history.get_attribute("data-trials") == "5" and float(history.get_attribute("data-best")) == pytest.approx(1.5)
+    assert history.locator("circle.trial").count() == 5
+    best_line = history.locator("polyline.best")
+    ys = [float(p.split(",")[1]) for p in best_line.get_attribute("points").split()]
+    assert ys[1] == ys[2] and ys[3] == ys[4] and ys[0] < ys[1] < ys[3]  # flat, then lower objective = lower on page
+    assert page.locator("svg#parallel").get_attribute("data-axes") == "3"  # lr, rank, objective
+    assert page.locator("svg#parallel polyline.trial-line").count() == 5
+    page.goto(site["url"] + "/tune/view?study=0:nope/study.db:demo")
+    assert "study: no study" in page.locator("main").inner_text()
+
+
+def test_a_run_started_from_a_recipe_trains_and_its_curve_grows(site, page, tiny_model_dir, tmp_path):
+    import yaml
+
+    from tuneloop.serve.access import audit_entries
+    from tuneloop.serve.store import Store
+
+    bad = tiny_recipe(tiny_model_dir, tmp_path, name="from-ui-bad", learning_rate="fast")
+    page.goto(site["url"] + "/runs")
+    page.click("#new-run")
+    page.fill("#recipe_yaml", yaml.safe_dump(bad))
+    page.click("#start-run")
+    error = page.locator('p.error[data-field="recipe_yaml"]').inner_text()
+    assert "train.learning_rate" in error and "fast" in error
+    assert not (site["runs"] / "from-ui-bad").exists()  # nothing started
+
+    recipe = tmp_path / "from-ui.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tiny_model_dir, tmp_path / "elsewhere", name="from-ui", epochs=4)))
+    page.fill("#recipe_yaml", "")
+    page.fill("#recipe_path", str(recipe))
+    page.click("#start-run")
+    page.wait_for_url("**/runs/from-ui")
+    # Every value the chart's point count takes while the run trains, as the page sees it.
+    page.evaluate("""() => { const svg = document.getElementById('loss-chart'); window.seen = [svg.dataset.points];
+        new MutationObserver(() => { if (window.seen.at(-1) !== svg.dataset.points) window.seen.push(svg.dataset.points); })
+          .observe(svg, {attributes: true, attributeFilter: ['data-points']}); }""")
+    page.wait_for_function("document.getElementById('run-status').textContent === 'finished'", timeout=300_000)
+    run_dir = site["runs"] / "from-ui"
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = len([p for p in logged if isinstance(p.get("loss"), (int, float))])
+    assert steps == json.loads((run_dir / "summary.json").read_text())["steps"] > 8
+    page.wait_for_function(f"document.getElementById('loss-chart').dataset.points === '{steps}'")
+    seen = [int(n) for n in page.evaluate("window.seen")]
+    assert len(seen) >= 3 and seen == sorted(seen) and seen[-1] == steps  # it grew while training
+    started = [e for e in audit_entries(Store(site["db"]).engine) if e["action"] == "run.start"]
+    assert [e["detail"]["name"] for e in started] == ["from-ui"] and started[0]["actor"] == "ui:local"
+    assert not (tmp_path / "elsewhere").exists()  # the run went under the dashboard's runs folder
+
+
+def test_eval_page_shows_base_and_tuned_answers_per_sample_and_filters_the_changed_ones(site, page):
+    verdicts = {"s1": (False, True), "s2": (True, False), "s3": (True, True), "s4": (False, False),
+                "s5": (False, True), "s6": (True, True)}  # (base correct, tuned correct)
+    folder = site["root"] / "eval"
+    tuned = [{"id": i, "prompt": f"question {i}", "reference": f"answer {i}", "prediction": f"tuned says {i}",
+              "correct": t} for i, (b, t) in verdicts.items()]
+    base = [{"id": i, "prompt": f"question {i}", "reference": f"answer {i}", "prediction": f"base says {i}",
+             "correct": b} for i, (b, t) in reversed(verdicts.items())]  # another order: matched by id
+    for name, rows in [("predictions.jsonl", tuned), ("predictions.baseline.jsonl", base)]:
+        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    page.goto(site["url"] + "/evals")
+    page.click("#evals-table a")
+    table = page.locator("#sample-diffs tbody tr")
+    assert table.count() == 6
+    s2 = page.locator("#sample-diffs tbody tr", has_text="question s2").inner_text()
+    assert "base says s2" in s2 and "tuned says s2" in s2 and "answer s2" in s2 and "broken" in s2
+    assert s2.index("base says s2\ncorrect") < s2.index("tuned says s2\nincorrect")
+    page.click("#sample-filters a[data-show=changed]")
+    ids = page.locator("#sample-diffs tbody tr td:first-child").all_inner_texts()
+    assert ids == ["s1", "s2", "s5"]
+    page.click("#sample-filters a[data-show=fixed]")
+    assert page.locator("#sample-diffs tbody tr td:first-child").all_inner_texts() == ["s1", "s5"]
+    page.click("#sample-filters a[data-show=broken]")
+    assert page.locator("#sample-diffs tbody tr td:first-child").all_inner_texts() == ["s2"]
+    assert "broken (1)" in page.locator("#sample-filters").inner_text()

@@ -42,7 +42,8 @@ from tuneloop.errors import UserError
 @click.option("--annotate-url", default=None, help="Show a running `tuneloop annotate` page instead.")
 def ui(host, port, runs_dir, eval_dirs, db_url, serve_url, serve_key, token, annotate_queue, annotate_out,
        labels, annotate_url):
-    """Local web dashboard: runs with live curves, evaluations, serving, registry, playground, annotation."""
+    """Local web dashboard: runs (live curves, start one from a recipe), evaluations, tuning studies, serving,
+    registry, playground, annotation."""
     if annotate_queue and not annotate_out:  # before the imports: a wrong option fails in a moment
         raise UserError("--annotate needs --annotate-out LABELS.jsonl (where the labels are saved)",
                         where="--annotate-out")

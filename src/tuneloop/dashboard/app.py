@@ -2,9 +2,13 @@
 
 ``create_app(settings)`` wires it; ``tuneloop ui`` runs it (see ``cli/ui.py``). Pages:
 
-- ``/runs`` (a page of runs, filter, compare), ``/runs/NAME`` (summary, recipe, checkpoints, data
+- ``/runs`` (a page of runs, filter, compare), ``/runs/new`` (validate a recipe, start ``tuneloop train``;
+  POST, audited), ``/runs/NAME`` (summary, recipe, checkpoints, data
   report, a loss curve that grows while the run trains), ``/runs/compare?run=A&run=B``
-- ``/evals``, ``/evals/view?eval=KEY``, ``/evals/compare?eval=A&eval=B``, ``/evals/report?eval=KEY``
+- ``/evals``, ``/evals/view?eval=KEY[&show=changed|fixed|broken]`` (with base-vs-tuned answers per sample
+  when ``predictions.baseline.jsonl`` is there), ``/evals/compare?eval=A&eval=B``, ``/evals/report?eval=KEY``
+- ``/tune``, ``/tune/view?study=KEY``: the Optuna studies of ``tuneloop tune`` (``study.db`` under the
+  runs and evaluation folders), the trials, the optimisation history and parallel coordinates
 - ``/serving?since=24h&model=M&page=N``: per-model latency, errors, satisfaction; per hour; recent requests
 - ``/registry``, ``/registry/NAME`` with promote and rollback forms (POST; audited in the store)
 - ``/playground``: streams answers of the server at ``--serve-url``, side by side, and rates them
@@ -23,13 +27,13 @@ import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from tuneloop.dashboard import pages, playground, registry_actions, serving
-from tuneloop.dashboard.evals import EvalIndex, load
+from tuneloop.dashboard import launch, pages, playground, registry_actions, serving, studies
+from tuneloop.dashboard.evals import EvalIndex, check_show, load, sample_pairs, shown_pairs
 from tuneloop.dashboard.guard import LOOPBACK, DashboardGuard
 from tuneloop.dashboard.runs import (checkpoints, data_report, list_runs, read_json, read_metrics, run_dir_of,
                                      run_status, samples)
@@ -132,6 +136,19 @@ def create_app(settings: DashboardSettings, mounts: dict | None = None) -> Dashb
         live = any(run_status(d) == "running" for d in dirs)
         return _html(pages.compare_page(names, summaries, settings.poll_ms, live))
 
+    @app.get("/runs/new")  # before /runs/{name}: "new" is not a run
+    def new_run():
+        return _html(pages.new_run_page(settings.runs_dir))
+
+    @app.post("/runs/new")
+    async def start_run(request: Request):
+        form = await _form(request)
+        try:
+            started = launch.start_run(form, settings.runs_dir, store.engine, _actor(request))
+        except registry_actions.FormErrors as e:
+            return _html(pages.new_run_page(settings.runs_dir, e.errors, form), 422)
+        return RedirectResponse(f"/runs/{quote(started.name)}", status_code=303)
+
     @app.get("/runs/{name}")
     def run(name: str):
         run_dir = run_dir_of(settings.runs_dir, name)
@@ -161,9 +178,9 @@ def create_app(settings: DashboardSettings, mounts: dict | None = None) -> Dashb
         return _html(pages.evals_page(shown, [load(e) for e in shown], page, pages_total, len(entries)))
 
     @app.get("/evals/view")
-    def eval_view(eval: str = ""):
+    def eval_view(request: Request, eval: str = "", show: str = "all"):
         entry = evals.get(eval)
-        return _html(pages.eval_page(entry.key, load(entry)))
+        return _html(pages.eval_page(entry.key, load(entry), _sample_diffs(request, entry, show)))
 
     @app.get("/evals/compare")
     def eval_compare(request: Request):
@@ -178,6 +195,17 @@ def create_app(settings: DashboardSettings, mounts: dict | None = None) -> Dashb
         if not report.is_file():
             raise UserError("this evaluation has no report.html beside its eval.json", where="eval")
         return FileResponse(report, media_type="text/html")
+
+    # -- tuning studies ---------------------------------------------------------------------------
+    study_roots = [settings.runs_dir, *settings.eval_dirs]
+
+    @app.get("/tune")
+    def study_list():
+        return _html(pages.studies_page(studies.list_studies(study_roots), study_roots))
+
+    @app.get("/tune/view")
+    def study_view(study: str = ""):
+        return _html(pages.study_page(*studies.get_study(study_roots, study)))
 
     # -- serving ----------------------------------------------------------------------------------
     @app.get("/serving")
@@ -248,6 +276,19 @@ def create_app(settings: DashboardSettings, mounts: dict | None = None) -> Dashb
         app.mount(path, sub_app)
 
     return DashboardGuard(app, settings.token, settings.trusted_networks, store.engine)
+
+
+def _sample_diffs(request: Request, entry, show: str):
+    """The eval page's base-vs-tuned table, or None without ``predictions.baseline.jsonl``."""
+    pairs = sample_pairs(entry) if check_show(show) else None
+    if pairs is None:
+        return None
+    shown = shown_pairs(pairs, show)
+    pages_total = max(1, -(-len(shown) // PER_PAGE))
+    page = _int_param(request, "page", 1)
+    if page > pages_total:
+        raise UserError(f"there are only {pages_total} pages", where="page")
+    return pages.sample_diffs(entry.key, pairs, shown, show, page, pages_total, PER_PAGE)
 
 
 def _registry_model_page(registry: Registry, name: str, errors=None, form=None, notice: str = ""):

@@ -8,6 +8,7 @@ path relative to its folder; only paths in the found list can be opened (no arbi
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -109,3 +110,70 @@ def side_by_side(reports: list[dict]) -> list[tuple[str, list]]:
     names = list(dict.fromkeys(n for r in reports for n, v in (r.get("metrics") or {}).items()
                                if isinstance(v, (int, float))))
     return [(n, [(r.get("metrics") or {}).get(n) for r in reports]) for n in names]
+
+
+# -- base vs tuned, sample by sample ----------------------------------------------------------------
+PREDICTIONS, BASELINE_PREDICTIONS = "predictions.jsonl", "predictions.baseline.jsonl"
+SHOW = ("all", "changed", "fixed", "broken")
+
+
+@dataclass
+class SamplePair:
+    id: str
+    prompt: str
+    reference: str
+    base: str
+    tuned: str
+    base_correct: bool
+    tuned_correct: bool
+
+    @property
+    def change(self) -> str:
+        """fixed (the base was wrong, the tuned model right), broken (the other way) or same."""
+        if self.base_correct == self.tuned_correct:
+            return "same"
+        return "fixed" if self.tuned_correct else "broken"
+
+
+def _read_rows(path: Path) -> list[dict]:
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a half-written last line while the evaluation writes
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def sample_pairs(entry: EvalEntry) -> list[SamplePair] | None:
+    """Tuned and base answers of each sample (matched by ``id``, else by position), or None when the
+    evaluation has no ``predictions.baseline.jsonl`` beside its ``predictions.jsonl``."""
+    tuned_path, base_path = entry.path.with_name(PREDICTIONS), entry.path.with_name(BASELINE_PREDICTIONS)
+    if not (tuned_path.is_file() and base_path.is_file()):
+        return None
+    tuned, base = _read_rows(tuned_path), _read_rows(base_path)
+    ids = [r.get("id") for r in tuned]
+    if None not in ids and len(set(ids)) == len(ids):
+        by_id = {r.get("id"): r for r in base}
+        matched = [(t, by_id[t["id"]]) for t in tuned if t["id"] in by_id]
+    else:
+        matched = list(zip(tuned, base))
+    return [SamplePair(str(t.get("id", i)), str(t.get("prompt", "")), str(t.get("reference", "")),
+                       str(b.get("prediction", "")), str(t.get("prediction", "")), bool(b.get("correct")),
+                       bool(t.get("correct"))) for i, (t, b) in enumerate(matched)]
+
+
+def check_show(show: str) -> str:
+    if show not in SHOW:
+        raise UserError(f"{show!r} is not one of {', '.join(SHOW)}", where="show")
+    return show
+
+
+def shown_pairs(pairs: list[SamplePair], show: str) -> list[SamplePair]:
+    if check_show(show) == "all":
+        return pairs
+    if show == "changed":
+        return [p for p in pairs if p.change != "same"]
+    return [p for p in pairs if p.change == show]

@@ -11,7 +11,8 @@ from __future__ import annotations
 import html as _html
 from urllib.parse import urlencode
 
-NAV = (("runs", "/runs", "Runs"), ("evals", "/evals", "Evaluations"), ("serving", "/serving", "Serving"),
+NAV = (("runs", "/runs", "Runs"), ("evals", "/evals", "Evaluations"), ("tune", "/tune", "Tuning"),
+       ("serving", "/serving", "Serving"),
        ("registry", "/registry", "Registry"), ("playground", "/playground", "Playground"),
        ("annotate", "/annotate", "Annotation"))
 

@@ -12,10 +12,11 @@ import time
 from datetime import datetime
 from urllib.parse import quote, urlencode
 
-from tuneloop.dashboard.evals import HEADLINE, comparison_rows, side_by_side
+from tuneloop.dashboard.evals import HEADLINE, SHOW, SamplePair, comparison_rows, side_by_side
 from tuneloop.dashboard.html import Html, esc, field_error, join, join_with, layout, link, number, pager, table, tag
 from tuneloop.dashboard.runs import RunPage
 from tuneloop.dashboard.serving import WINDOWS
+from tuneloop.dashboard.studies import StudyEntry, Trial, history_svg, parallel_svg
 
 
 
@@ -42,7 +43,8 @@ def runs_page(listing: RunPage, query: str, root) -> Html:
                   '<form id="compare" class="inline" method="get" action="/runs/compare">'
                   '<button>Compare selected</button></form>')
     return layout("Runs", "runs", [
-        tag("p", f"{listing.total:,} runs under {root}", class_="meta"), search,
+        tag("p", [f"{listing.total:,} runs under {root} (", link("/runs/new", "start a run", id="new-run"), ")"],
+            class_="meta"), search,
         table(["", "run", "status", "method", "model", "steps", "loss", "validation loss", "wall s", "updated"],
               rows, id="runs-table"),
         pager("/runs", listing.page, listing.pages, q=query)])
@@ -79,6 +81,20 @@ def run_page(name: str, status: str, summary: dict, recipe: str | None, ckpts: l
     return layout(f"Run {name}", "runs", parts)
 
 
+def new_run_page(root, errors: dict | None = None, form: dict | None = None) -> Html:
+    errors, form = errors or {}, form or {}
+    return layout("Start a run", "runs", [
+        tag("p", f"validates the recipe, then runs `tuneloop train RECIPE --out {root}/NAME` in the background; "
+                 "a pasted recipe's relative paths are read from that run folder", class_="meta"),
+        Html('<form id="new-run-form" method="post" action="/runs/new">'
+             f'<label class="wide">recipe path <input name="recipe_path" id="recipe_path" size="60" '
+             f'value="{esc(form.get("recipe_path", ""))}" placeholder="recipes/lora.yaml"></label>'
+             f'{field_error(errors, "recipe_path")}'
+             '<label class="wide">or paste a recipe (YAML)<textarea name="recipe_yaml" id="recipe_yaml" rows="14">'
+             f'{esc(form.get("recipe_yaml", ""))}</textarea></label>{field_error(errors, "recipe_yaml")}'
+             '<button id="start-run">Start training</button></form>')])
+
+
 def compare_page(names: list[str], summaries: list[dict], poll_ms: int, live: bool) -> Html:
     fields = list(dict.fromkeys(k for s in summaries for k, v in s.items() if not isinstance(v, (dict, list))))
     rows = [[f, *[number(s.get(f)) for s in summaries]] for f in fields]
@@ -109,7 +125,7 @@ def _ci(ci) -> str:
     return "-" if not ci else f"[{number(ci[0])}, {number(ci[1])}]"
 
 
-def eval_page(key: str, report: dict) -> Html:
+def eval_page(key: str, report: dict, diffs: Html | None = None) -> Html:
     rows = comparison_rows(report)
     base = report.get("baseline") or {}
     gate = report.get("gate")
@@ -134,9 +150,33 @@ def eval_page(key: str, report: dict) -> Html:
                   table(["group", "n", *metric_names],
                         [[g, number(v.get("n")), *[number(v.get(m)) for m in metric_names]]
                          for g, v in slices["groups"].items()])]
+    if diffs:
+        parts.append(diffs)
     parts.append(tag("p", link(f"/evals/report?{urlencode({'eval': key})}", "full report.html (per-sample diffs, "
                                                                           "charts, explanations)")))
     return layout(f"Evaluation {key}", "evals", parts)
+
+
+def _verdict(correct: bool) -> Html:
+    return tag("span", "correct" if correct else "incorrect", class_="up" if correct else "down")
+
+
+def sample_diffs(key: str, pairs: list[SamplePair], shown: list[SamplePair], show: str, page: int,
+                 pages: int, per_page: int) -> Html:
+    """Base vs tuned answers side by side, filterable to the samples whose verdict changed."""
+    counts = {"fixed": sum(p.change == "fixed" for p in pairs), "broken": sum(p.change == "broken" for p in pairs)}
+    counts["changed"], counts["all"] = counts["fixed"] + counts["broken"], len(pairs)
+    filters = [link(f"/evals/view?{urlencode({'eval': key, 'show': name})}#samples", f"{name} ({counts[name]})",
+                    class_="active" if name == show else None, data_show=name) for name in SHOW]
+    rows = [[p.id, p.prompt[:400], p.reference[:300],
+             tag("div", [p.base[:500], Html("<br>"), _verdict(p.base_correct)]),
+             tag("div", [p.tuned[:500], Html("<br>"), _verdict(p.tuned_correct)]),
+             tag("span", p.change, class_=f"change {p.change}")]
+            for p in shown[(page - 1) * per_page: page * per_page]]
+    return join([tag("h2", "Samples: base vs tuned", id="samples"),
+                 tag("p", ["show: ", join_with(filters, " | ")], class_="meta", id="sample-filters"),
+                 table(["id", "prompt", "reference", "base answer", "tuned answer", "change"], rows, id="sample-diffs"),
+                 pager("/evals/view", page, pages, eval=key, show=show if show != "all" else "")])
 
 
 def _significance(row) -> str | None:
@@ -151,6 +191,29 @@ def evals_compare_page(keys: list[str], reports: list[dict]) -> Html:
     models = [[k, r.get("model", "-")] for k, r in zip(keys, reports)]
     return layout("Compare evaluations", "evals", [table(["report", "model"], models),
                                                    table(["metric", *keys], rows, id="eval-compare")])
+
+
+# -- tuning studies ----------------------------------------------------------------------------------
+def studies_page(entries: list[StudyEntry], roots) -> Html:
+    rows = [[link(f"/tune/view?{urlencode({'study': e.key})}", e.name), e.path.parent, e.direction,
+             number(e.n_trials), number(e.best_value),
+             ", ".join(f"{k}={number(v)}" for k, v in e.best_params.items()) or "-"] for e in entries]
+    body = table(["study", "folder", "direction", "trials", "best", "best parameters"], rows, id="studies-table") \
+        if rows else tag("p", "no study.db found (tuneloop tune RECIPE --trials N writes OUT/study.db)",
+                         id="studies-none")
+    return layout("Tuning studies", "tune", [
+        tag("p", f"{len(entries)} studies in study.db files under {', '.join(map(str, roots))}", class_="meta"), body])
+
+
+def study_page(entry: StudyEntry, trials: list[Trial]) -> Html:
+    names = sorted({p for t in trials for p in t.params})
+    rows = [[number(t.number), tag("span", t.state.lower(), class_=f"state {t.state.lower()}"), number(t.value),
+             *[number(t.params.get(n)) for n in names], t.run_dir or "-"] for t in trials]
+    return layout(f"Study {entry.name}", "tune", [
+        tag("p", f"{entry.path} ({entry.direction}; best {number(entry.best_value)})", class_="meta"),
+        tag("h2", "Optimisation history"), history_svg(trials, entry.direction),
+        tag("h2", "Parallel coordinates"), parallel_svg(trials),
+        tag("h2", "Trials"), table(["trial", "state", "objective", *names, "run"], rows, id="trials-table")])
 
 
 # -- serving ------------------------------------------------------------------------------------------
