@@ -10,7 +10,7 @@ import click
               help="Output folder (report.html, data, run, evaluation, exported model).")
 @click.option("--model", default="smollm2-135m-instruct", show_default=True,
               help="Model to fine-tune: catalog name, hub id, local dir or .gguf.")
-@click.option("--epochs", type=float, default=None, help="Training epochs (default 2; 1 with --fast).")
+@click.option("--epochs", type=float, default=None, help="Training epochs (default 3; 1.5 with --fast).")
 @click.option("--max-steps", type=int, default=None, help="Stop training after this many steps.")
 @click.option("--fast", is_flag=True, help="A quicker look: fewer epochs and 15 held-out questions.")
 @click.option("--loop", is_flag=True, help="Then the second act: a policy changes, users correct the served "

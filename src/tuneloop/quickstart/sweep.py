@@ -32,6 +32,12 @@ CONFIGS = (
     {"epochs": 2, "batch_size": 2, "learning_rate": 2e-3},
     {"epochs": 2, "batch_size": 2, "learning_rate": 2e-3, "seed": 1},
     {"epochs": 2, "batch_size": 2, "learning_rate": 2e-3, "seed": 2},
+    {"epochs": 2, "batch_size": 2, "learning_rate": 1.5e-3},
+    {"epochs": 2, "batch_size": 2, "learning_rate": 1.5e-3, "seed": 1},
+    {"epochs": 2, "batch_size": 1, "learning_rate": 1.5e-3},
+    {"epochs": 3, "batch_size": 2, "learning_rate": 1.5e-3},  # the default
+    {"epochs": 3, "batch_size": 2, "learning_rate": 1.5e-3, "seed": 1},
+    {"epochs": 3, "batch_size": 2, "learning_rate": 1.5e-3, "seed": 2},
 )
 
 
