@@ -131,5 +131,6 @@ def test_export_onto_a_full_disk_is_a_clear_error_not_a_safetensors_traceback(sm
         main(["export", str(tiny_model_dir), "--out", str(small_disk / "exported")])
     err = capsys.readouterr().err
     assert exit_info.value.code == 1, err
-    assert "the disk is full" in err and "free space there" in err and "Traceback" not in err
+    assert f"cannot write {small_disk / 'exported'}: the disk is full" in err, err
+    assert "free space there" in err and "Traceback" not in err
     assert not (small_disk / "exported" / "model.safetensors").exists()

@@ -33,6 +33,14 @@ def export(run_dir, fmt, out_dir, gguf_dtype, quantize, group_size, overwrite):
 
     if quantize:
         fmt = "quantized"
-    record = export_model(run_dir, fmt, out_dir, overwrite=overwrite, gguf_dtype=gguf_dtype,
-                          quantize=quantize, group_size=group_size)
+    try:
+        record = export_model(run_dir, fmt, out_dir, overwrite=overwrite, gguf_dtype=gguf_dtype,
+                              quantize=quantize, group_size=group_size)
+    except Exception as e:  # a full disk under safetensors has no file name: say it of --out
+        from tuneloop.paths import disk_error
+
+        explained = disk_error(e, getattr(e, "filename", None) or out_dir, "an earlier export there is unchanged")
+        if explained is None:
+            raise
+        raise explained from None
     click.echo(f"exported {fmt} to {out_dir} ({', '.join(record['files'])})")

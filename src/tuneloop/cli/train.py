@@ -50,7 +50,8 @@ def train(recipe_path, overrides, resume, dry_run, out_dir):
         except Exception as e:  # an OSError, or safetensors' own error carrying "(os error 28)"
             from tuneloop.paths import disk_error
 
-            explained = disk_error(e, f"a file in {recipe.run_dir()}", "the checkpoints saved before are intact: "
+            where = getattr(e, "filename", None) or f"a file in {recipe.run_dir()}"
+            explained = disk_error(e, where, "the checkpoints saved before are intact: "
                                    "run again with --resume once it is fixed")
             if explained is None:
                 raise
