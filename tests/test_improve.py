@@ -96,7 +96,6 @@ def _state(db: str) -> tuple:
         registry.close()
 
 
-@pytest.mark.skip(reason="issue 18: fails since the merge of 2026-12-02 (the concurrent round's outcome check); to be fixed")
 def test_two_rounds_at_once_one_runs_and_promotes_the_other_says_a_round_is_in_progress(loop):
     tmp, db = loop
     add_feedback(db, "a", lambda i: NEW_ANSWER)
