@@ -51,9 +51,10 @@ def add_feedback(db: str, tag: str, correction) -> None:
     store.close()
 
 
-@pytest.fixture(scope="module")
-def loop(tiny_model_dir, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("improve")
+@pytest.fixture
+def loop(tiny_model_dir, tmp_path):
+    """A registry of its own per test (v1 in production, no rounds), so no test builds on another's."""
+    tmp = tmp_path
     db = f"sqlite:///{tmp / 'serve.db'}"
     old = [_chat(f"What does product {i} cost?", f"Product {i} costs ${i}.99.") for i in range(40)]
     write_jsonl_atomic(tmp / "v1-train.jsonl", old)
@@ -96,7 +97,6 @@ def _state(db: str) -> tuple:
         registry.close()
 
 
-@pytest.mark.skip(reason="issue 18: fails since the merge of 2026-12-02 (the concurrent round's outcome check); to be fixed")
 def test_two_rounds_at_once_one_runs_and_promotes_the_other_says_a_round_is_in_progress(loop):
     tmp, db = loop
     add_feedback(db, "a", lambda i: NEW_ANSWER)
@@ -133,14 +133,20 @@ def test_a_round_killed_mid_training_leaves_the_registry_as_it_was(loop):
         pass
 
 
-@pytest.mark.skip(reason="issue 18: builds on the promotion made by the skipped concurrent-round test above; to be made independent")
+def _settings(tmp: Path, db: str, **knobs) -> ImproveSettings:
+    return ImproveSettings(name="support", db_url=db, out_dir=str(tmp / "rounds"), **knobs)
+
+
 def test_a_round_on_poisoned_corrections_is_rejected_and_production_stays(loop):
     tmp, db = loop
-    result = run_round(ImproveSettings(name="support", db_url=db, out_dir=str(tmp / "rounds"), steps=24,
-                                       learning_rate=1e-2, regression_data=str(tmp / "returns.jsonl")))
+    add_feedback(db, "a", lambda i: NEW_ANSWER)  # first a good round: production becomes v2, which knows
+    good = run_round(_settings(tmp, db, steps=24, learning_rate=1e-2))  # the answer of returns.jsonl
+    assert (good["status"], good["production"]) == ("promoted", 2), good.get("gate")
+    add_feedback(db, "p", lambda i: f"zq{i} vok{i * 7} pell{i * 13} {'ra' * i}")  # poisoned: noise
+    result = run_round(_settings(tmp, db, steps=24, learning_rate=1e-2, regression_data=str(tmp / "returns.jsonl")))
     assert result["status"] == "rejected", result["gate"]
     assert not result["gate"]["passed"]
     versions, aliases, rounds = _state(db)
     assert aliases["production"] == 2 and aliases["candidate"] == 3 and versions == 3 and rounds == 2
-    again = run_round(ImproveSettings(name="support", db_url=db, out_dir=str(tmp / "rounds")))
+    again = run_round(_settings(tmp, db))
     assert again["status"] == "waiting"  # the poisoned feedback was consumed, not retried forever

@@ -14,6 +14,7 @@ every server following it, as it was. One round per model at a time (:class:`Rou
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -77,7 +78,9 @@ def trigger(settings: ImproveSettings, feedback: list[dict]) -> str | None:
 def run_round(settings: ImproveSettings) -> dict:
     """Run one round if a trigger fires; returns what happened (also in the round's round.json)."""
     check_rules(settings.gates)
-    with RoundLock(settings.name, settings.db_url):
+    # stdout carries only the round's outcome (the line ``describe`` makes, which cron or a workflow
+    # reads); the steps' own progress (training prints its set-up there) joins the round's log on stderr.
+    with RoundLock(settings.name, settings.db_url), contextlib.redirect_stdout(sys.stderr):
         registry, store = Registry(settings.db_url), Store(settings.db_url)
         try:
             return _round(settings, registry, store)
