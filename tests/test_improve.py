@@ -113,6 +113,10 @@ def test_two_rounds_at_once_one_runs_and_promotes_the_other_says_a_round_is_in_p
     assert summary.startswith("promoted: v2 is production"), summary
     versions, aliases, rounds = _state(db)
     assert (versions, aliases.get("production"), rounds) == (2, 2, 1)
+    registry = Registry(db)
+    card = registry.get("support", 2).model_card  # the candidate keeps its model card
+    registry.close()
+    assert card.startswith("---\n") and "base_model:" in card
     assert list((tmp / "rounds").glob("round-1-*/report.html"))
     assert not (tmp / "rounds-2").exists()  # the refused process wrote nothing
 
