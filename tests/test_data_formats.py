@@ -277,6 +277,7 @@ def test_save_to_disk_directories_are_read_through_datasets(tmp_path):
     assert manifest["inputs"][0]["path"] == str(split_dict) and len(manifest["inputs"][0]["sha256"]) == 64
 
 
+@pytest.mark.slow  # ~23 s: the hub client gives up on its own retries
 def test_a_hub_dataset_not_in_the_cache_is_a_clear_error_offline(tmp_path, capsys, monkeypatch):
     pytest.importorskip("datasets")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never the network in tests
