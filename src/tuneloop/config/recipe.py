@@ -351,6 +351,29 @@ class FederatedConfig(Strict):
         return self
 
 
+class DistributedConfig(Strict):
+    """How several processes (``torchrun`` / ``accelerate launch``) share a run; ignored on one process."""
+
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = Field(
+        "ddp", description="ddp: torch DistributedDataParallel (every process holds the whole model); "
+        "fsdp: FSDP2 fully_shard per decoder layer and the root (weights, gradients and optimizer state "
+        "sharded; checkpoints sharded with torch.distributed.checkpoint); deepspeed: not supported yet "
+        "(the run stops with a message).")
+    cpu_offload: bool = Field(False, description="fsdp: keep sharded weights, gradients and optimizer "
+                              "state in CPU memory (FSDP2 CPUOffloadPolicy); for GPU runs.")
+    mixed_precision: Literal["none", "bf16", "fp16"] = Field(
+        "none", description="fsdp: dtype of the gathered weights in forward/backward (MixedPrecisionPolicy "
+        "param_dtype); gradients are reduced in fp32 and the sharded master weights stay fp32.")
+    config_file: str | None = Field(None, description="An accelerate or DeepSpeed config file, "
+                                    "reserved for strategy deepspeed (not supported yet).")
+
+    @model_validator(mode="after")
+    def _fsdp_only_options(self):
+        if self.strategy != "fsdp" and (self.cpu_offload or self.mixed_precision != "none"):
+            raise ValueError("cpu_offload and mixed_precision are FSDP2 settings: set strategy: fsdp")
+        return self
+
+
 class Recipe(Strict):
     name: str = Field("run", description="Run name; the run directory is runs/<name>/.")
     model: str = Field("smollm2-135m-instruct", description="Catalog name, hub id, local dir, .gguf.")
@@ -374,6 +397,9 @@ class Recipe(Strict):
     federated: FederatedConfig | None = Field(
         None, description="Federated fine-tuning (`tuneloop federated`): rounds, strategy, clients, privacy."
     )
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig,
+        description="Multi-process training (torchrun / accelerate launch): ddp or fsdp, offload, precision.")
     chat_template: str = Field("model", description=(
         "How conversations are rendered: 'model' (the model's own template), 'chatml' (ChatML with "
         "tool calls in <tool_call> tags) or the path of a Jinja template file."))
@@ -541,8 +567,17 @@ def train_reference_markdown() -> str:
 
     A test checks that README holds exactly this text, so the stated defaults cannot drift.
     """
+    return section_reference_markdown(TrainConfig)
+
+
+def distributed_reference_markdown() -> str:
+    """README's table of the ``distributed:`` keys, generated from :class:`DistributedConfig`."""
+    return section_reference_markdown(DistributedConfig)
+
+
+def section_reference_markdown(section: type[BaseModel]) -> str:
     rows = ["| key | default | meaning |", "|---|---|---|"]
-    for name, field in TrainConfig.model_fields.items():
+    for name, field in section.model_fields.items():
         default = field.default_factory() if field.default_factory else field.default
         shown = "null" if default is None else str(default).lower() if isinstance(default, bool) else default
         rows.append(f"| `{name}` | `{shown}` | {field.description or ''} |")

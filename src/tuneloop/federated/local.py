@@ -32,7 +32,7 @@ from tuneloop.models.loading import load_tokenizer, resolve_model
 from tuneloop.train import loop
 from tuneloop.train.data import (Sample, batch_units, collate_micro_batch, examples_per_micro_batch,
                                  read_chat_jsonl, tokenize_records)
-from tuneloop.train.distributed import DistInfo
+from tuneloop.train.distributed import DistInfo, Engine
 from tuneloop.train.loss import SupervisedCausalLM, causal_lm_parts
 from tuneloop.train.methods import resolve_precision, setup_model
 
@@ -144,7 +144,7 @@ class LocalTrainer:
             per_micro = examples_per_micro_batch(t.batch_size, t.batch_tokens)
             batches = [collate_micro_batch(units, self.tokenizer.pad_token_id, t.packing)
                        for units in loop.micro_batches(step_units, 0, 1, per_micro)]
-            result = loop.train_step(loss_model, batches, optimizer, params, lr, t.max_grad_norm, self.dist,
+            result = loop.train_step(Engine(loss_model, self.dist), batches, optimizer, params, lr, t.max_grad_norm, self.dist,
                                      loop.step_real_tokens(step_units))
             proximal = getattr(loss_model, "last_term", 0.0)
             losses.append(result.loss - proximal)

@@ -35,7 +35,7 @@ from tuneloop.models.loading import load_tokenizer, resolve_model
 from tuneloop.paths import make_dir, write_json_atomic, write_text_atomic
 from tuneloop.train import loop
 from tuneloop.train.data import batch_units, examples_per_micro_batch, read_chat_jsonl, tokenize_records
-from tuneloop.train.distributed import DistInfo
+from tuneloop.train.distributed import DistInfo, Engine
 from tuneloop.train.loss import SupervisedCausalLM
 from tuneloop.train.methods import resolve_precision, setup_model
 from tuneloop.train.tracking import MetricsLog
@@ -78,7 +78,7 @@ class GlobalModel:
         t = self.recipe.train
         per_micro = examples_per_micro_batch(t.batch_size, t.batch_tokens)
         pad = self.tokenizer.pad_token_id
-        loss = loop.evaluate(self.loss_model, self.validation, per_micro, pad, DistInfo(), t.packing)
+        loss = loop.evaluate(Engine(self.loss_model, DistInfo()), self.validation, per_micro, pad, DistInfo(), t.packing)
         accuracy = token_accuracy(self.model, self.validation, per_micro, pad, t.packing, self.precision.autocast)
         return {"validation_loss": round(loss, 6), "validation_token_accuracy": round(accuracy, 6)}
 

@@ -8,6 +8,13 @@
                           state, the recipe hash, the model, library versions
   recipe.resolved.yaml    the recipe that wrote it
 
+Under FSDP2 (``distributed.strategy: fsdp``) weights and optimizer state are sharded, and so is the
+checkpoint: ``sharded/`` is a torch.distributed.checkpoint (DCP) directory of the trainable weights
+and optimizer state, every rank writing its own shards (``get_state_dict``/``set_state_dict`` map
+them to and from the model's parameter names), and ``rng-<rank>.pt`` holds each rank's RNG states;
+``state.json`` and the recipe are written by rank 0. A sharded checkpoint resumes on the same number
+of processes with the same strategy (the recipe hash holds the world size).
+
 A checkpoint is first written to a hidden temporary directory and renamed into place, so a run
 killed while saving leaves the previous checkpoint intact and never a half-written one.
 The learning-rate schedule is a pure function of the step, so it needs no state of its own.
@@ -26,6 +33,7 @@ from pathlib import Path
 import torch
 
 from tuneloop.errors import UserError
+from tuneloop.train.distributed import barrier
 
 # Fields whose change makes a checkpoint's optimizer state or data position meaningless.
 HASHED_TRAIN_FIELDS = (
@@ -74,9 +82,24 @@ def library_versions() -> dict:
     return versions
 
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
+def trainable_state(model, sharded: bool = False) -> dict[str, torch.Tensor]:
+    """The trainable weights as full fp32 CPU tensors. ``sharded`` (FSDP2): gathered from every rank,
+    a collective all must join; rank 0 gets the weights, the others an empty dict."""
+    if sharded:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(model, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True, ignore_frozen_params=True))
+        return {name: t.to(torch.float32).contiguous() for name, t in full.items()}
     return {name: p.detach().to("cpu", torch.float32).contiguous().clone()
             for name, p in model.named_parameters() if p.requires_grad}
+
+
+def full_model_state(model) -> dict[str, torch.Tensor]:
+    """FSDP2: every weight, trainable or not, gathered to rank 0 (a collective) for the final save."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def rng_state() -> dict:
@@ -107,22 +130,62 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(directory: Path, model, optimizer, state: TrainState, recipe, recipe_yaml: str,
-                    weights_only: bool = False) -> Path:
-    """Write a checkpoint to ``directory`` atomically (temp dir + rename, replacing an older one)."""
+                    weights_only: bool = False, weights: dict | None = None) -> Path:
+    """Write a checkpoint to ``directory`` atomically (temp dir + rename, replacing an older one).
+
+    ``weights``: the trainable weights when already gathered (FSDP2), else read from ``model``.
+    """
     from safetensors.torch import save_file
 
     directory = Path(directory)
     tmp = directory.parent / f".{directory.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+    save_file(weights if weights is not None else trainable_state(model), str(tmp / "trainable.safetensors"))
     if not weights_only:
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(rng_state(), tmp / "rng.pt")
+    _write_meta(tmp, state, recipe, recipe_yaml)
+    _move_into_place(tmp, directory)
+    return directory
+
+
+def _write_meta(tmp: Path, state: TrainState, recipe, recipe_yaml: str, sharded: bool = False) -> None:
     meta = {"state": asdict(state), "recipe_hash": recipe_hash(recipe), "model": recipe.model,
             "method": recipe.method, "versions": library_versions()}
+    if sharded:
+        meta["sharded"] = True
     (tmp / "state.json").write_text(json.dumps(meta, indent=2) + "\n")
     (tmp / "recipe.resolved.yaml").write_text(recipe_yaml)
+
+
+def save_sharded_checkpoint(directory: Path, model, optimizer, state: TrainState, recipe, recipe_yaml: str,
+                            dist) -> Path:
+    """FSDP2: every rank writes its shards of the trainable weights and optimizer state (DCP) and its
+    RNG states into one temporary directory (a shared file system on several nodes); rank 0 then
+    writes the metadata and renames it into place. A collective: every rank calls it."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    directory = Path(directory)
+    tmp = directory.parent / f".{directory.name}.tmp-sharded"  # the same name on every rank
+    if dist.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier(dist)
+    weights, optimizer_state = get_state_dict(model, optimizer,
+                                              options=StateDictOptions(ignore_frozen_params=True))
+    dcp.save({"model": weights, "optimizer": optimizer_state}, checkpoint_id=str(tmp / "sharded"))
+    torch.save(rng_state(), tmp / f"rng-{dist.rank}.pt")
+    barrier(dist)
+    if dist.is_main:
+        _write_meta(tmp, state, recipe, recipe_yaml, sharded=True)
+        _move_into_place(tmp, directory)
+    barrier(dist)
+    return directory
+
+
+def _move_into_place(tmp: Path, directory: Path) -> None:
     if directory.exists():  # e.g. best/ being replaced: move the old one aside first
         old = directory.parent / f".{directory.name}.old-{os.getpid()}"
         os.replace(directory, old)
@@ -130,7 +193,6 @@ def save_checkpoint(directory: Path, model, optimizer, state: TrainState, recipe
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, directory)
-    return directory
 
 
 def step_checkpoints(checkpoint_dir: Path) -> list[Path]:
@@ -185,9 +247,35 @@ def load_weights(checkpoint: Path, model) -> None:
             params[name].copy_(tensor)
 
 
-def restore_checkpoint(checkpoint: Path, model, optimizer) -> TrainState:
+def restore_checkpoint(checkpoint: Path, model, optimizer, dist=None) -> TrainState:
+    """Weights, optimizer state and RNG states back into place; returns where training was.
+
+    ``dist`` says whether the run is sharded (FSDP2), which must match how the checkpoint was written.
+    """
     meta = json.loads((checkpoint / "state.json").read_text())
+    sharded = dist is not None and dist.sharded
+    if bool(meta.get("sharded")) != sharded:
+        written, now = ("fsdp", "ddp or one process") if meta.get("sharded") else ("ddp or one process", "fsdp")
+        raise UserError(f"cannot resume: checkpoint {checkpoint} was written with {written}, this run uses {now}",
+                        hint="resume with the distributed.strategy (and process count) that wrote it")
+    if sharded:
+        _restore_sharded(checkpoint, model, optimizer, dist)
+        return TrainState(**meta["state"])
     load_weights(checkpoint, model)
     optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
     set_rng_state(torch.load(checkpoint / "rng.pt", weights_only=True))
     return TrainState(**meta["state"])
+
+
+def _restore_sharded(checkpoint: Path, model, optimizer, dist) -> None:
+    """FSDP2: each rank reads its shards (DCP re-shards if the layout differs) and its RNG states."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+    options = StateDictOptions(ignore_frozen_params=True)
+    weights, optimizer_state = get_state_dict(model, optimizer, options=options)
+    loaded = {"model": weights, "optimizer": optimizer_state}
+    dcp.load(loaded, checkpoint_id=str(checkpoint / "sharded"))
+    set_state_dict(model, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optimizer"],
+                   options=options)
+    set_rng_state(torch.load(checkpoint / f"rng-{dist.rank}.pt", weights_only=True))

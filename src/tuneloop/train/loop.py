@@ -15,7 +15,7 @@ import torch
 from tuneloop.chat.template import IGNORE_INDEX
 from tuneloop.errors import UserError
 from tuneloop.train.data import Sample, collate_micro_batch, row_tokens
-from tuneloop.train.distributed import DistInfo, all_reduce_gradients, all_reduce_sum
+from tuneloop.train.distributed import DistInfo, all_reduce_max, all_reduce_sum
 
 
 def learning_rate(step: int, total_steps: int, peak: float, warmup_steps: int, schedule: str) -> float:
@@ -70,26 +70,30 @@ def count_targets(batch: dict) -> int:
     return int((batch["targets"] != IGNORE_INDEX).sum())
 
 
-def train_step(loss_model, batches: list[dict], optimizer, params: list, lr: float,
+def train_step(engine, batches: list[dict], optimizer, params: list, lr: float,
                max_grad_norm: float | None, dist: DistInfo, real_tokens: int) -> StepResult:
-    """Forward/backward over this process's micro-batches, sum gradients across processes, step.
+    """Forward/backward over this process's micro-batches through the engine (DDP, FSDP2 or plain), step.
 
     Each micro-batch's summed loss is divided by the supervised-token count of the whole global step,
-    so accumulated (and all-reduced) gradients are exactly those of one big batch.
+    so accumulated (and synchronised) gradients are exactly those of one big batch. Every process runs
+    the same number of micro-steps (FSDP2 gathers weights in each forward, DDP syncs on the last):
+    a process with fewer rows repeats one of them at weight 0.
     """
     optimizer.zero_grad(set_to_none=True)
     counts = torch.tensor([sum(count_targets(b) for b in batches), real_tokens], dtype=torch.float64)
     global_supervised, global_tokens = all_reduce_sum(counts, dist).tolist()
+    weighted = padded_micro_batches(batches, dist)
+    scale = engine.gradient_scale / max(1.0, global_supervised)
     loss_total = torch.zeros((), dtype=torch.float64)
-    for batch in batches:
-        loss_sum, _ = loss_model(**{k: v.to(dist.device) for k, v in batch.items()})
-        (loss_sum / max(1.0, global_supervised)).backward()
-        loss_total += loss_sum.detach().double().cpu()
-    all_reduce_gradients(params, dist)
+    for i, (batch, weight) in enumerate(weighted):
+        with engine.synchronising(last=i == len(weighted) - 1):
+            loss_sum, _ = engine(call_loss, {k: v.to(dist.device) for k, v in batch.items()})
+            (loss_sum * (weight * scale)).backward()
+        loss_total += weight * loss_sum.detach().double().cpu()
     loss_total = all_reduce_sum(loss_total, dist)
     grad_norm = None
     if max_grad_norm is not None:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+        grad_norm = engine.clip_grad_norm(params, max_grad_norm)
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.step()
@@ -97,17 +101,32 @@ def train_step(loss_model, batches: list[dict], optimizer, params: list, lr: flo
                       int(global_supervised), grad_norm)
 
 
+def call_loss(loss_model, batch: dict):
+    """What the engine runs for SFT: the loss module's forward (summed loss, supervised tokens)."""
+    return loss_model(**batch)
+
+
+def padded_micro_batches(batches: list, dist: DistInfo, filler=None) -> list[tuple]:
+    """``(batch, weight)`` pairs, as many on every process: the real ones at weight 1, then repeats of
+    one (``filler`` where this process has none) at weight 0."""
+    most = all_reduce_max(len(batches), dist)
+    spare = batches[0] if batches else filler
+    return [(b, 1.0) for b in batches] + [(spare, 0.0)] * (most - len(batches))
+
+
 @torch.no_grad()
-def evaluate(loss_model, rows: list[list[Sample]], batch_size: int, pad_id: int, dist: DistInfo,
+def evaluate(engine, rows: list[list[Sample]], batch_size: int, pad_id: int, dist: DistInfo,
              packing: bool = True) -> float:
     """Mean validation loss per supervised token. Memory stays one micro-batch: only sums are kept."""
+    loss_model = engine.inner
     was_training = loss_model.training
     loss_model.eval()
     totals = torch.zeros(2, dtype=torch.float64)
-    for batch_rows in micro_batches(rows, dist.rank, dist.world_size, batch_size):
+    mine = micro_batches(rows, dist.rank, dist.world_size, batch_size)
+    for batch_rows, weight in padded_micro_batches(mine, dist, filler=rows[:1]):
         batch = collate_micro_batch(batch_rows, pad_id, packing)
-        loss_sum, count = loss_model(**{k: v.to(dist.device) for k, v in batch.items()})
-        totals += torch.tensor([float(loss_sum), float(count)], dtype=torch.float64)
+        loss_sum, count = engine(call_loss, {k: v.to(dist.device) for k, v in batch.items()})
+        totals += weight * torch.tensor([float(loss_sum), float(count)], dtype=torch.float64)
     totals = all_reduce_sum(totals, dist)
     loss_model.train(was_training)
     return float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")
@@ -121,14 +140,22 @@ def step_real_tokens(rows: list[list[Sample]]) -> int:
 # Guards against a run that trains nothing
 
 
-def check_gradients(model) -> None:
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's shard of an FSDP2 (DTensor) value; a plain tensor as it is."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def check_gradients(model, dist: DistInfo | None = None) -> None:
     """After the first backward: every trainable tensor must have a non-zero gradient.
 
     LoRA A matrices are exempt at this point: B starts at zero, so A's gradient is exactly zero on
-    the first step by construction (it becomes non-zero once B has moved).
+    the first step by construction (it becomes non-zero once B has moved). Under FSDP2 each process
+    sees its shard of each gradient; a tensor is dead if it is zero on every process.
     """
-    dead = [name for name, p in model.named_parameters() if p.requires_grad and "lora_A" not in name
-            and (p.grad is None or not torch.any(p.grad != 0))]
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad and "lora_A" not in name]
+    alive = torch.tensor([float(p.grad is not None and bool(torch.any(local(p.grad) != 0))) for _, p in named])
+    alive = all_reduce_sum(alive, dist) if dist is not None and dist.sharded else alive
+    dead = [name for (name, _), a in zip(named, alive.tolist()) if a == 0]
     if dead:
         raise UserError(
             f"training would change nothing: {len(dead)} trainable tensor(s) got no gradient on the first "
@@ -137,13 +164,17 @@ def check_gradients(model) -> None:
 
 
 def lora_b_snapshot(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad and "lora_B" in n}
+    return {n: local(p.detach()).clone() for n, p in model.named_parameters() if p.requires_grad and "lora_B" in n}
 
 
-def check_moved(model, before: dict[str, torch.Tensor]) -> None:
-    """After the first optimizer step: every LoRA B matrix must have moved away from its start."""
+def check_moved(model, before: dict[str, torch.Tensor], dist: DistInfo | None = None) -> None:
+    """After the first optimizer step: every LoRA B matrix must have moved away from its start
+    (on some process, under FSDP2, where each holds a shard)."""
     params = dict(model.named_parameters())
-    still = [n for n, b in before.items() if torch.equal(params[n].detach(), b)]
+    names = list(before)
+    moved = torch.tensor([float(not torch.equal(local(params[n].detach()), before[n])) for n in names])
+    moved = all_reduce_sum(moved, dist) if dist is not None and dist.sharded else moved
+    still = [n for n, m in zip(names, moved.tolist()) if m == 0]
     if still:
         raise UserError(
             f"training would change nothing: {len(still)} LoRA B matrices did not move on the first "

@@ -25,7 +25,7 @@ from tuneloop.paths import read_jsonl, write_json_atomic, write_jsonl_atomic
 from tuneloop.train import checkpoint as ckpt
 from tuneloop.train import loop, qat, shell
 from tuneloop.train.data import Sample, TrainData, collate_micro_batch, examples_per_micro_batch, prepare_data
-from tuneloop.train.distributed import DistInfo, barrier, init_distributed, shutdown
+from tuneloop.train.distributed import DistInfo, Engine, barrier, init_distributed, shutdown
 from tuneloop.train.loss import SupervisedCausalLM
 from tuneloop.train.methods import resolve_precision, setup_model
 from tuneloop.train.mixture import task_token_counts
@@ -43,6 +43,7 @@ class Run:
     tokenizer: object
     prepared: object  # methods.PreparedModel
     loss_model: torch.nn.Module
+    engine: Engine  # runs loss_model: plain, DDP or FSDP2 (train.distributed)
     optimizer: torch.optim.Optimizer
     params: list
     data: TrainData
@@ -73,7 +74,8 @@ class Run:
 def setup(recipe, resume: bool = False) -> Run:
     if recipe.method not in SFT_METHODS:
         raise UserError(f"method: {recipe.method} is not an SFT method; this trainer runs {', '.join(SFT_METHODS)}")
-    dist = init_distributed()
+    dist = init_distributed(recipe.distributed)
+    shell.check_strategy(recipe, dist)
     # Refuse an incompatible checkpoint before spending time on data and model.
     resume_from = shell.checkpoint_to_resume(recipe) if resume else None
     shell.seed_everything(recipe.train.seed, recipe.train.deterministic)
@@ -84,6 +86,8 @@ def setup(recipe, resume: bool = False) -> Run:
     prepared = setup_model(recipe, resolved.path, precision, dist.device)
     qat.prepare(prepared.model, recipe)  # no-op without quantization_aware
     shell.set_threads(dist, prepared.total_parameters)
+    loss_model = SupervisedCausalLM(prepared.model, precision.autocast)
+    engine = shell.wrap_model(loss_model, dist, recipe)  # before the optimizer: FSDP2 swaps in shards
     params = [p for p in prepared.model.parameters() if p.requires_grad]
     optimizer = shell.make_optimizer(prepared.model, recipe.train)
     t = recipe.train
@@ -94,11 +98,10 @@ def setup(recipe, resume: bool = False) -> Run:
     run_dir = recipe.run_dir()
     state = ckpt.TrainState()
     if resume_from is not None:
-        state = ckpt.restore_checkpoint(resume_from, prepared.model, optimizer)
+        state = ckpt.restore_checkpoint(resume_from, prepared.model, optimizer, dist)
     elif dist.is_main:
         shell.clear_stale_checkpoints(run_dir)
-    loss_model = SupervisedCausalLM(prepared.model, precision.autocast)
-    return Run(recipe, dist, run_dir, tokenizer, prepared, loss_model, optimizer, params, data, steps,
+    return Run(recipe, dist, run_dir, tokenizer, prepared, loss_model, engine, optimizer, params, data, steps,
                int(t.warmup_ratio * steps), rows_per_step, state, precision)
 
 
@@ -116,8 +119,8 @@ def run_training(recipe, resume: bool = False, on_evaluate: shell.EvaluateCallba
             tracker = _start_run_dir(run, resume)
         barrier(run.dist)
         train(run, tracker)
+        save_final(run)  # every rank: FSDP2 gathers the weights first
         if run.dist.is_main:
-            save_final(run)
             summary = write_summary(run)
             if tracker:
                 tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))},
@@ -160,7 +163,7 @@ def train(run: Run, tracker) -> None:
     guard = {"lora_b": loop.lora_b_snapshot(run.prepared.model) if state.step == 0 else None}
     if state.step == 0 and run.data.validation_rows:
         state.initial_validation_loss = loop.evaluate(
-            run.loss_model, run.data.validation_rows, examples_per_micro_batch(t.batch_size, t.batch_tokens),
+            run.engine, run.data.validation_rows, examples_per_micro_batch(t.batch_size, t.batch_tokens),
             run.tokenizer.pad_token_id, run.dist, t.packing)
     run.loss_model.train()
     shell.run_steps(run, lambda: _train_step(run, guard), lambda: _evaluate(run), desc=f"train {run.recipe.name}")
@@ -175,11 +178,11 @@ def _train_step(run: Run, guard: dict) -> dict:
                for rows in loop.micro_batches(step_rows, run.dist.rank, run.dist.world_size, per_micro)]
     lr = loop.learning_rate(state.step, run.total_steps, t.learning_rate, run.warmup_steps, t.lr_scheduler)
     mine = loop.step_real_tokens(step_rows[run.dist.rank :: run.dist.world_size])
-    result = loop.train_step(run.loss_model, batches, run.optimizer, run.params, lr,
+    result = loop.train_step(run.engine, batches, run.optimizer, run.params, lr,
                              t.max_grad_norm, run.dist, mine)
     if guard["lora_b"] is not None:  # first optimizer step of a fresh run: did anything train?
-        loop.check_gradients(run.prepared.model)
-        loop.check_moved(run.prepared.model, guard["lora_b"])
+        loop.check_gradients(run.prepared.model, run.dist)
+        loop.check_moved(run.prepared.model, guard["lora_b"], run.dist)
         guard["lora_b"] = None
     state.train_seconds += time.perf_counter() - started
     state.step += 1
@@ -210,13 +213,13 @@ def _evaluate(run: Run) -> tuple[dict, float] | None:
     if not run.data.validation_rows:
         return None
     t = run.recipe.train
-    value = loop.evaluate(run.loss_model, run.data.validation_rows,
+    value = loop.evaluate(run.engine, run.data.validation_rows,
                           examples_per_micro_batch(t.batch_size, t.batch_tokens), run.tokenizer.pad_token_id,
                           run.dist, t.packing)
     metrics = {"validation_loss": round(value, 6)}
     if run.data.validation_by_task:
         value = evaluate_tasks(run, metrics)
-    if run.dist.is_main:
+    if run.dist.is_main or run.dist.sharded:
         _write_samples(run)
     return metrics, value
 
@@ -226,7 +229,7 @@ def evaluate_tasks(run, record: dict) -> float:
     ``validation_loss/<task>`` when the recipe names one, else the mean over tasks."""
     t, losses = run.recipe.train, {}
     for name, rows in sorted(run.data.validation_by_task.items()):
-        losses[name] = loop.evaluate(run.loss_model, rows, examples_per_micro_batch(t.batch_size, t.batch_tokens),
+        losses[name] = loop.evaluate(run.engine, rows, examples_per_micro_batch(t.batch_size, t.batch_tokens),
                                      run.tokenizer.pad_token_id, run.dist, t.packing)
         record[f"validation_loss/{name}"] = round(losses[name], 6)
     mean = sum(losses.values()) / len(losses)
@@ -242,14 +245,22 @@ def evaluate_tasks(run, record: dict) -> float:
 
 
 def _write_samples(run: Run) -> None:
+    """Greedy answers to the sample prompts into samples.jsonl (rank 0). Under FSDP2 every rank
+    generates, inside the engine's forward: each forward gathers weights from all of them, and greedy
+    decoding of the same prompts with the same weights takes the same number of steps everywhere."""
     if not run.data.sample_prompts:
         return
     model = run.prepared.model
     model.eval()
     with torch.autocast(run.dist.device.type, dtype=run.precision.autocast or torch.float32,
                         enabled=run.precision.autocast is not None):
-        generations = generate_chat(model, run.tokenizer, run.data.sample_prompts, max_new_tokens=48)
+        def answers(m):
+            return generate_chat(m, run.tokenizer, run.data.sample_prompts, max_new_tokens=48)
+
+        generations = run.engine(lambda loss_model: answers(loss_model.model)) if run.dist.sharded else answers(model)
     model.train()
+    if not run.dist.is_main:
+        return
     path = run.run_dir / "samples.jsonl"
     previous = read_jsonl(path) if path.is_file() else []
     previous = [p for p in previous if p["step"] < run.state.step]
@@ -266,7 +277,7 @@ def save_final(run: Run) -> None:
     """adapter/ or model/ (the shell's); a QAT model is saved as plain float weights."""
     # `export --format quantized` makes the integers from the float weights.
     strip = qat.strip_fake_quant if run.recipe.quantization_aware is not None and run.recipe.method == "full" else None
-    shell.save_final(run, run.tokenizer, before_save=strip)
+    shell.save_final(run, run.tokenizer, before_save=strip)  # every rank (see shell.save_final)
 
 
 def write_summary(run: Run) -> dict:

@@ -16,8 +16,11 @@ step and its held-out evaluation. The shell supplies the rest, once:
 6. the final weights: ``adapter/`` or ``model/`` (the best checkpoint's under early stopping),
    written to a temporary directory and renamed into place.
 
-Data parallelism: a method shares each step's work among the processes (see ``train.distributed``);
-only rank 0 writes files.
+Data parallelism: a method shares each step's work among the processes and runs its model through
+the engine (DDP or FSDP2, see ``train.distributed``); :func:`wrap_model` builds it, before the
+optimizer, since FSDP2 replaces the parameters by their shards. Only rank 0 writes files; under
+FSDP2 saving is a collective (sharded checkpoints, weights gathered for ``best/`` and the final save),
+so those functions are called on every rank.
 
 A *job* is the object both engines hand to :func:`run_steps`; it has the attributes ``recipe``,
 ``dist``, ``run_dir``, ``model``, ``optimizer``, ``state``, ``total_steps``, ``keep_best``,
@@ -43,7 +46,7 @@ from tuneloop.errors import UserError
 from tuneloop.paths import make_dir, write_json_atomic, write_text_atomic
 from tuneloop.train import checkpoint as ckpt
 from tuneloop.train import optimizers
-from tuneloop.train.distributed import DistInfo, all_reduce_sum
+from tuneloop.train.distributed import DistInfo, Engine, all_reduce_sum
 from tuneloop.train.tracking import MetricsLog, Tracker
 
 # on_evaluate(step, metrics) -> True to stop the run (final outputs are still written)
@@ -91,6 +94,29 @@ def set_threads(dist: DistInfo, model_parameters: int) -> None:
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
     threads = max(1, cores // max(1, local_world))
     torch.set_num_threads(1 if model_parameters < 20_000_000 else threads)
+
+
+# What FSDP2 does not run yet: they generate answers per rank (a different number of forwards on each,
+# where FSDP2 gathers weights in every forward), or change the model's weights outside the optimizer.
+FSDP_UNSUPPORTED = {"grpo": "samples answers during training", "ppo": "samples answers during training",
+                    "qlora": "keeps 4-bit weights FSDP2 cannot shard"}
+
+
+def check_strategy(recipe, dist: DistInfo) -> None:
+    """Refuse, before the model loads, what the chosen engine cannot run."""
+    if not dist.sharded:
+        return
+    why = FSDP_UNSUPPORTED.get(recipe.method)
+    if why is None and recipe.quantization_aware is not None:
+        why = "fake-quantizes weights outside the optimizer"
+    if why:
+        raise UserError(f"distributed.strategy fsdp: method {recipe.method} {why}; not supported under fsdp yet",
+                        hint="use distributed.strategy: ddp")
+
+
+def wrap_model(inner: torch.nn.Module, dist: DistInfo, recipe) -> Engine:
+    """The engine this process runs ``inner`` through (plain, DDP or FSDP2), per ``distributed:``."""
+    return Engine(inner, dist, recipe.distributed)
 
 
 def make_optimizer(model, t) -> torch.optim.Optimizer:
@@ -147,25 +173,42 @@ def open_run_dir(recipe, resume: bool, step: int, params: dict) -> tuple[Metrics
 
 
 def save_step_checkpoint(job) -> None:
+    """``checkpoints/step-N/`` (rank 0 writes it; under FSDP2 every rank calls this and writes shards)."""
     directory = job.run_dir / "checkpoints" / f"step-{job.state.step}"
-    ckpt.save_checkpoint(directory, job.model, job.optimizer, job.state, job.recipe, recipe_yaml(job.recipe))
-    ckpt.prune_checkpoints(job.run_dir / "checkpoints", job.recipe.train.keep_checkpoints)
+    if job.dist.sharded:
+        ckpt.save_sharded_checkpoint(directory, job.model, job.optimizer, job.state, job.recipe,
+                                     recipe_yaml(job.recipe), job.dist)
+    elif job.dist.is_main:
+        ckpt.save_checkpoint(directory, job.model, job.optimizer, job.state, job.recipe, recipe_yaml(job.recipe))
+    if job.dist.is_main:
+        ckpt.prune_checkpoints(job.run_dir / "checkpoints", job.recipe.train.keep_checkpoints)
 
 
-def save_final(job, tokenizer, before_save: Callable | None = None) -> Path:
+def save_final(job, tokenizer, before_save: Callable | None = None) -> Path | None:
     """``adapter/`` or ``model/`` with the tokenizer, written to a temp dir and renamed into place.
 
-    With early stopping, the best checkpoint's weights are the ones saved.
+    With early stopping, the best checkpoint's weights are the ones saved. Called on every rank:
+    under FSDP2 the weights are first gathered to rank 0 (a collective), so the saved model is one
+    ordinary consolidated checkpoint that export and serve read as they would any other; only rank
+    0 writes. Returns the directory on rank 0.
     """
     best = job.run_dir / "checkpoints" / "best"
-    if job.recipe.train.early_stopping and (best / "trainable.safetensors").is_file():
+    use_best = job.recipe.train.early_stopping and (best / "trainable.safetensors").is_file()
+    weights = ckpt.full_model_state(job.model) if job.dist.sharded else None
+    if not job.dist.is_main:
+        return None
+    if use_best and weights is None:
         ckpt.load_weights(best, job.model)
+    elif use_best:
+        from safetensors.torch import load_file
+
+        weights.update(load_file(str(best / "trainable.safetensors")))
     name = "adapter" if trains_adapter(job.recipe) else "model"
     target, tmp = job.run_dir / name, job.run_dir / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     if before_save is not None:
         before_save(job.model)
-    job.model.save_pretrained(tmp)
+    job.model.save_pretrained(tmp, **({"state_dict": weights} if weights is not None else {}))
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
@@ -200,7 +243,7 @@ def run_steps(job, step: Callable[[], dict], evaluate: Callable[[], tuple[dict, 
                 record.update(metrics)
                 stop = after_evaluation(job, metrics, watched)
         log_record(job, record, bar)
-        if job.dist.is_main and state.step % t.save_every == 0 and state.step < job.total_steps:
+        if state.step % t.save_every == 0 and state.step < job.total_steps:
             save_step_checkpoint(job)
         if stop:
             break
@@ -224,6 +267,15 @@ def log_record(job, record: dict, bar=None) -> None:
     bar.update(1)
 
 
+def save_best(job) -> None:
+    """``checkpoints/best/``: the trainable weights (gathered from every rank under FSDP2)."""
+    sharded = job.dist.sharded
+    weights = ckpt.trainable_state(job.model, sharded) if sharded or job.dist.is_main else None
+    if job.dist.is_main:
+        ckpt.save_checkpoint(job.run_dir / "checkpoints" / "best", job.model, None, job.state,
+                             job.recipe, recipe_yaml(job.recipe), weights_only=True, weights=weights)
+
+
 def lower_is_better(metric: str) -> bool:
     """Losses and divergences fall as a run improves; rewards and accuracies rise."""
     return "loss" in metric or metric.endswith("kl") or metric.endswith("perplexity")
@@ -243,9 +295,8 @@ def after_evaluation(job, metrics: dict, watched: float | None) -> bool:
         pass
     elif state.best_metric is None or sign * watched < sign * state.best_metric - min_delta:
         state.best_metric, state.best_step, state.evals_without_improvement = watched, state.step, 0
-        if job.dist.is_main and job.keep_best:
-            ckpt.save_checkpoint(job.run_dir / "checkpoints" / "best", job.model, None, state,
-                                 job.recipe, recipe_yaml(job.recipe), weights_only=True)
+        if job.keep_best:
+            save_best(job)
     else:
         state.evals_without_improvement += 1
         if t.early_stopping and state.evals_without_improvement >= t.early_stopping.patience:

@@ -7,8 +7,11 @@ its data, the loss of one micro-batch and its held-out evaluation. :func:`run` s
 resume, optimizer and schedule, checkpoints, early stopping, tracking, progress, final weights.
 
 Data parallelism: each of a step's ``gradient_accumulation x world_size`` micro-batches goes to one
-process; gradients are summed across processes (``train.distributed``) and every process evaluates
-the same held-out set, so all agree on metrics and on when to stop.
+process; the model runs through the engine (DDP or FSDP2, ``train.distributed``), which synchronises
+gradients on a step's last micro-batch, and every process evaluates the same held-out set, so all
+agree on metrics and on when to stop. A method computes with its model through
+:meth:`Session.forward` and :meth:`Session.reference_forward`, so that this happens inside the
+engine's forward whatever parts of the model it calls.
 
 Reference model: for LoRA it is the same network with the adapter switched off (no second copy in
 memory); for full fine-tuning a frozen copy of the starting weights is kept.
@@ -36,7 +39,7 @@ from tuneloop.models.loading import load_tokenizer, resolve_model
 from tuneloop.paths import read_jsonl, write_json_atomic
 from tuneloop.train import checkpoint as ckpt
 from tuneloop.train import loop, shell
-from tuneloop.train.distributed import DistInfo, all_reduce_gradients, all_reduce_sum, barrier, init_distributed, shutdown
+from tuneloop.train.distributed import DistInfo, Engine, all_reduce_sum, barrier, init_distributed, shutdown
 from tuneloop.train.methods import resolve_precision, setup_model
 
 
@@ -70,6 +73,20 @@ class Session:
     # batch this step is (0 = the step that first sees the batch; see Method.passes).
     micro: int = 0
     pass_index: int = 0
+    engine: Engine | None = None  # set once the method's data is prepared; None: call the model as is
+
+    def forward(self, fn: Callable, *args):
+        """``fn(model, *args)`` through the data-parallel engine, so that its gradients synchronise."""
+        return self.engine(fn, *args) if self.engine is not None else fn(self.model, *args)
+
+    def reference_forward(self, fn: Callable, *args):
+        """``fn(reference model, *args)`` without gradients: the frozen copy, or this model with its
+        adapter off (through the engine: under FSDP2 its weights are sharded)."""
+        with torch.no_grad(), self.autocast():
+            if self.reference_model is not None:
+                return fn(self.reference_model, *args)
+            with self.model.disable_adapter():
+                return self.forward(fn, *args)
 
     @property
     def pad_id(self) -> int:
@@ -82,16 +99,6 @@ class Session:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
-    @contextlib.contextmanager
-    def reference(self):
-        """Yields the reference model: the frozen copy, or this model with its adapter off."""
-        with torch.no_grad(), self.autocast():
-            if self.reference_model is not None:
-                yield self.reference_model
-            else:
-                with self.model.disable_adapter():
-                    yield self.model
 
 
 # ---------------------------------------------------------------- model helpers
@@ -141,9 +148,8 @@ def sequence_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 def answer_kl(session: Session, batch: dict) -> float:
     """Mean per-token KL(policy || reference) over the answer tokens of ``batch`` (full vocabulary)."""
     with torch.no_grad(), session.autocast():
-        policy, _, _ = answer_logits(session.model, batch)
-    with session.reference() as reference:
-        ref, _, _ = answer_logits(reference, batch)
+        policy, _, _ = session.forward(answer_logits, batch)
+    ref, _, _ = session.reference_forward(answer_logits, batch)
     logp, ref_logp = policy.log_softmax(-1), ref.log_softmax(-1)
     return float((logp.exp() * (logp - ref_logp)).sum(-1).mean()) if len(logp) else 0.0
 
@@ -266,8 +272,8 @@ def run(recipe, method: Method, resume: bool = False, on_evaluate: shell.Evaluat
             return metrics, _watched(recipe, metrics)
 
         shell.run_steps(job, lambda: _train_step(job), evaluate, desc=f"{method.name} {recipe.name}")
+        shell.save_final(job, job.session.tokenizer, method.before_save)  # every rank (FSDP2 gathers)
         if job.dist.is_main:
-            shell.save_final(job, job.session.tokenizer, method.before_save)
             summary = _summary(job, initial, last["metrics"])
             write_json_atomic(job.run_dir / "summary.json", summary)
             job.tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))},
@@ -286,7 +292,8 @@ def run(recipe, method: Method, resume: bool = False, on_evaluate: shell.Evaluat
 
 def setup(recipe, method: Method, resume: bool = False) -> PreferenceRun:
     """Model, session (with the method's encoded data), optimizer and, resuming, the restored state."""
-    dist = init_distributed()
+    dist = init_distributed(recipe.distributed)
+    shell.check_strategy(recipe, dist)
     # Refuse an incompatible checkpoint, and a typo in the data, before a model loads.
     resume_from = shell.checkpoint_to_resume(recipe) if resume else None
     if method.check is not None:
@@ -299,8 +306,10 @@ def setup(recipe, method: Method, resume: bool = False) -> PreferenceRun:
         session.reference_model = copy.deepcopy(model).eval().requires_grad_(False)
     shell.set_threads(dist, sum(p.numel() for p in model.parameters()))
     n_items = method.prepare(session)  # bad data or reward settings stop here, before any file
+    # After prepare (PPO adds its value head there), before the optimizer (FSDP2 swaps in shards).
+    session.engine = shell.wrap_model(model, dist, recipe)
     optimizer = shell.make_optimizer(model, recipe.train)
-    state = ckpt.restore_checkpoint(resume_from, model, optimizer) if resume_from else ckpt.TrainState()
+    state = ckpt.restore_checkpoint(resume_from, model, optimizer, dist) if resume_from else ckpt.TrainState()
     params = [p for p in model.parameters() if p.requires_grad]
     return PreferenceRun(recipe, dist, recipe.run_dir(), session, method, optimizer, params, state,
                          total_steps(recipe, n_items, dist.world_size, passes_per_batch(method, recipe)), n_items)
@@ -327,23 +336,24 @@ def _train_step(job: PreferenceRun) -> dict:
     accumulation = recipe.train.gradient_accumulation
     share = accumulation * dist.world_size  # micro-batches in the whole step
     batch, session.pass_index = divmod(state.step, passes_per_batch(job.method, recipe))
+    engine = session.engine
     for micro in range(accumulation):
         session.micro = dist.rank * accumulation + micro
         indices = micro_batch_indices(batch, session.micro, job.n_items, recipe, dist.world_size)
-        with session.autocast():
-            loss, metrics, n_tokens = job.method.loss(session, indices)
-        (loss / share).backward()
+        with engine.synchronising(last=micro == accumulation - 1):  # DDP: forward and backward inside
+            with session.autocast():
+                loss, metrics, n_tokens = job.method.loss(session, indices)
+            (loss * (engine.gradient_scale / share)).backward()
         tokens += n_tokens
         for key, value in {"loss": float(loss.detach()), **metrics}.items():
             sums[key] = sums.get(key, 0.0) + value / share
-    all_reduce_gradients(job.params, dist)
     if dist.enabled:
         keys = sorted(sums)
         totals = all_reduce_sum(torch.tensor([sums[k] for k in keys] + [tokens], dtype=torch.float64), dist)
         sums, tokens = dict(zip(keys, totals[:-1].tolist())), int(totals[-1])
     grad_norm = None
     if recipe.train.max_grad_norm:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(job.params, recipe.train.max_grad_norm))
+        grad_norm = engine.clip_grad_norm(job.params, recipe.train.max_grad_norm)
     job.optimizer.step()
     job.optimizer.zero_grad(set_to_none=True)
     state.step += 1

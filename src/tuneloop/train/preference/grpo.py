@@ -147,11 +147,10 @@ def roll_out(session: Session, indices: list[int]) -> dict:
     rewards = session.data["rewards"]([p for p in prompts for _ in range(config.num_generations)], texts)
     rollout = {"indices": indices, "batch": batch, "rewards": rewards, "completions": completions,
                "advantages": group_advantages(rewards, config.num_generations).to(session.device)}
-    with session.reference() as reference:
-        rollout["ref_logp"], _ = token_logps(reference, batch, config.temperature)
+    rollout["ref_logp"], _ = session.reference_forward(token_logps, batch, config.temperature)
     if config.num_iterations > 1:
         with torch.no_grad(), session.autocast():
-            rollout["old_logp"], _ = token_logps(session.model, batch, config.temperature)
+            rollout["old_logp"], _ = session.forward(token_logps, batch, config.temperature)
     return rollout
 
 
@@ -168,7 +167,7 @@ def loss(session: Session, indices: list[int]):
     config = session.recipe.grpo
     rollout = current_rollout(session, indices, roll_out)
     session.model.train()
-    logp, rows = token_logps(session.model, rollout["batch"], config.temperature)
+    logp, rows = session.forward(token_logps, rollout["batch"], config.temperature)
     value, metrics = grpo_loss(logp, rollout["ref_logp"], rows, rollout["advantages"], config.beta,
                                rollout.get("old_logp"), config.epsilon, config.epsilon_high)
     rewards, completions = rollout["rewards"], rollout["completions"]

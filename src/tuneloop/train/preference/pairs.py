@@ -55,11 +55,10 @@ def pair_batch(session: Session, pairs: list[pref_data.EncodedPair]) -> dict:
 def reference_logps(session: Session, pairs, batch_size: int) -> torch.Tensor:
     """``[n_pairs, 2]`` summed reference log-probs of (chosen, rejected)."""
     out = []
-    with session.reference() as reference:
-        for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start : start + batch_size]
-            logps, _ = sequence_logps(reference, pair_batch(session, chunk))
-            out.append(logps.view(2, -1).T.float().cpu())
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        logps, _ = session.reference_forward(sequence_logps, pair_batch(session, chunk))
+        out.append(logps.view(2, -1).T.float().cpu())
     return torch.cat(out) if out else torch.zeros(0, 2)
 
 
@@ -79,7 +78,7 @@ def prepare(session: Session) -> int:
 
 def score(session: Session, pairs, reference: torch.Tensor) -> tuple[PairScores, dict, int]:
     batch = pair_batch(session, pairs)
-    logps, lengths = sequence_logps(session.model, batch)
+    logps, lengths = session.forward(sequence_logps, batch)
     n = len(pairs)
     reference = reference.to(logps.device)
     scores = PairScores(logps[:n], logps[n:], reference[:, 0], reference[:, 1], lengths[:n], lengths[n:])

@@ -72,9 +72,9 @@ def roll_out(session: Session, indices: list[int]) -> dict:
     completions, texts, batch = grpo.sample(session, prompts, 1, config.temperature, config.max_completion_length)
     scores = session.data["rewards"](prompts, texts).to(session.device)
     with torch.no_grad(), session.autocast():
-        old_logp, old_values, rows = states(session, session.model, batch, config.temperature)
-    with session.reference() as reference:
-        ref_logp, _, _ = states(session, reference, batch, config.temperature, with_values=False)
+        old_logp, old_values, rows = session.forward(lambda model: states(session, model, batch, config.temperature))
+    ref_logp, _, _ = session.reference_forward(
+        lambda model: states(session, model, batch, config.temperature, with_values=False))
     log_ratio = old_logp - ref_logp
     rewards, mask = as_grid(-config.kl_coef * log_ratio, rows, len(prompts))
     last = mask.sum(1).long() - 1  # every sampled answer has at least one token (EOS or text)
@@ -94,7 +94,7 @@ def loss(session: Session, indices: list[int]):
     config = session.recipe.ppo
     rollout = grpo.current_rollout(session, indices, roll_out)
     session.model.train()
-    logp, values, rows = states(session, session.model, rollout["batch"], config.temperature)
+    logp, values, rows = session.forward(lambda model: states(session, model, rollout["batch"], config.temperature))
     value, metrics = ppo_loss(logp, rollout["old_logp"], rollout["advantages"], values, rollout["old_values"],
                               rollout["returns"], rows, len(indices), config.cliprange, config.cliprange_value,
                               config.vf_coef)

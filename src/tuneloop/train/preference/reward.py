@@ -25,7 +25,8 @@ from tuneloop.train.preference.losses import reward_model_loss
 
 def pair_scores(session: Session, batch_pairs) -> tuple[torch.Tensor, torch.Tensor, int]:
     batch = pairs.pair_batch(session, batch_pairs)
-    scores = session.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    scores = session.forward(lambda model: model(input_ids=batch["input_ids"],
+                                                 attention_mask=batch["attention_mask"]).logits)
     scores = scores.squeeze(-1).float()
     n = len(batch_pairs)
     return scores[:n], scores[n:], int(batch["attention_mask"].sum())
