@@ -272,10 +272,11 @@ def _restore_sharded(checkpoint: Path, model, optimizer, dist) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-    options = StateDictOptions(ignore_frozen_params=True)
-    weights, optimizer_state = get_state_dict(model, optimizer, options=options)
+    weights, optimizer_state = get_state_dict(model, optimizer, options=StateDictOptions(ignore_frozen_params=True))
     loaded = {"model": weights, "optimizer": optimizer_state}
+    # dcp.load fails on any trainable weight the checkpoint lacks; the frozen ones were never saved,
+    # hence strict=False when setting them back.
     dcp.load(loaded, checkpoint_id=str(checkpoint / "sharded"))
     set_state_dict(model, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optimizer"],
-                   options=options)
+                   options=StateDictOptions(ignore_frozen_params=True, strict=False))
     set_rng_state(torch.load(checkpoint / f"rng-{dist.rank}.pt", weights_only=True))
