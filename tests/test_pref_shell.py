@@ -133,27 +133,34 @@ def test_on_evaluate_sees_held_out_metrics_and_can_stop_the_run(tmp_path, tiny_m
 
 
 @pytest.mark.slow
-def test_dpo_two_gloo_processes_match_one_process(tmp_path, tiny_model_dir, pref_data):
-    # One process with micro-batches of 4 pairs = two processes with 2 pairs each (fp32: see
-    # test_train_distributed for why bf16 rounding would differ with the split).
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_dpo_two_gloo_processes_match_one_process(tmp_path, tiny_model_dir, pref_data, strategy):
+    # One process with micro-batches of 4 pairs = two processes with 1 pair per micro-batch,
+    # accumulated twice (fp32: see test_train_distributed for why bf16 rounding would differ with the
+    # split). DDP (DistributedDataParallel) or FSDP2 (fully_shard), through the one training shell.
     single = run_training(make_recipe(tmp_path, tiny_model_dir, pref_data, "dpo", name="one",
                                       train={"max_steps": 3, "batch_size": 4, "precision": "fp32"}))
-    raw = make_recipe(tmp_path, tiny_model_dir, pref_data, "dpo", name="two",
-                      train={"max_steps": 3, "batch_size": 2, "precision": "fp32"}).model_dump(mode="json")
+    raw = make_recipe(tmp_path, tiny_model_dir, pref_data, "dpo", name="two", distributed={"strategy": strategy},
+                      train={"max_steps": 3, "batch_size": 1, "gradient_accumulation": 2,
+                             "precision": "fp32"}).model_dump(mode="json")
     recipe_path = tmp_path / "two.yaml"
     recipe_path.write_text(yaml.safe_dump(raw))
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "tuneloop.cli.main", "train", str(recipe_path)],
-        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, OMP_NUM_THREADS="1", TUNELOOP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = read_jsonl(single / "metrics.jsonl"), read_jsonl(tmp_path / "two" / "metrics.jsonl")
     assert [r["step"] for r in two] == [0, 1, 2, 3]  # only rank 0 wrote
     for a, b in zip(one, two):
-        for key in ("loss", "validation_loss", "validation_reward_margin"):
+        for key in ("loss", "validation_loss", "validation_reward_margin", "validation_kl"):
             if key in a:
                 assert abs(a[key] - b[key]) < 1e-4, (key, a, b)
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
+    expected, got = _weights(single), _weights(tmp_path / "two")  # fsdp: gathered from the shards
+    for name in expected:
+        assert (expected[name] - got[name]).abs().max() < 1e-4, name
 
 
 def test_recipe_hash_does_not_depend_on_where_the_recipe_came_from(tmp_path, tiny_model_dir, pref_data):
