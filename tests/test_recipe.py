@@ -59,3 +59,17 @@ def test_readme_train_reference_matches_the_schema():
     shown = readme.split(start, 1)[1].split(end, 1)[0]
     assert shown == train_reference_markdown(), (
         "README's train: table is stale; regenerate it with tuneloop.config.recipe.train_reference_markdown()")
+
+
+def test_readme_distributed_reference_matches_the_schema():
+    from pathlib import Path
+
+    from tuneloop.config.recipe import distributed_reference_markdown
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start, end = "<!-- distributed-reference -->\n", "\n<!-- /distributed-reference -->"
+    assert start in readme, "README lost its distributed reference section"
+    shown = readme.split(start, 1)[1].split(end, 1)[0]
+    assert shown == distributed_reference_markdown(), (
+        "README's distributed: table is stale; regenerate it with "
+        "tuneloop.config.recipe.distributed_reference_markdown()")

@@ -368,9 +368,12 @@ class DistributedConfig(Strict):
                                     "reserved for strategy deepspeed (not supported yet).")
 
     @model_validator(mode="after")
-    def _fsdp_only_options(self):
+    def _options_of_their_strategy(self):
         if self.strategy != "fsdp" and (self.cpu_offload or self.mixed_precision != "none"):
             raise ValueError("cpu_offload and mixed_precision are FSDP2 settings: set strategy: fsdp")
+        if self.config_file and self.strategy != "deepspeed":
+            raise ValueError("config_file is for strategy deepspeed; for ddp or fsdp hand an accelerate "
+                             "config to the launcher instead (accelerate launch --config_file FILE)")
         return self
 
 

@@ -144,7 +144,8 @@ class LocalTrainer:
             per_micro = examples_per_micro_batch(t.batch_size, t.batch_tokens)
             batches = [collate_micro_batch(units, self.tokenizer.pad_token_id, t.packing)
                        for units in loop.micro_batches(step_units, 0, 1, per_micro)]
-            result = loop.train_step(Engine(loss_model, self.dist), batches, optimizer, params, lr, t.max_grad_norm, self.dist,
+            result = loop.train_step(Engine(loss_model, self.dist), batches, optimizer, params, lr,
+                                     t.max_grad_norm, self.dist,
                                      loop.step_real_tokens(step_units))
             proximal = getattr(loss_model, "last_term", 0.0)
             losses.append(result.loss - proximal)

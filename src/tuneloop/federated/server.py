@@ -78,7 +78,8 @@ class GlobalModel:
         t = self.recipe.train
         per_micro = examples_per_micro_batch(t.batch_size, t.batch_tokens)
         pad = self.tokenizer.pad_token_id
-        loss = loop.evaluate(Engine(self.loss_model, DistInfo()), self.validation, per_micro, pad, DistInfo(), t.packing)
+        one = DistInfo()
+        loss = loop.evaluate(Engine(self.loss_model, one), self.validation, per_micro, pad, one, t.packing)
         accuracy = token_accuracy(self.model, self.validation, per_micro, pad, t.packing, self.precision.autocast)
         return {"validation_loss": round(loss, 6), "validation_token_accuracy": round(accuracy, 6)}
 

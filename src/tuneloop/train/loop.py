@@ -71,18 +71,20 @@ def count_targets(batch: dict) -> int:
 
 
 def train_step(engine, batches: list[dict], optimizer, params: list, lr: float,
-               max_grad_norm: float | None, dist: DistInfo, real_tokens: int) -> StepResult:
+               max_grad_norm: float | None, dist: DistInfo, real_tokens: int,
+               filler: dict | None = None) -> StepResult:
     """Forward/backward over this process's micro-batches through the engine (DDP, FSDP2 or plain), step.
 
     Each micro-batch's summed loss is divided by the supervised-token count of the whole global step,
     so accumulated (and synchronised) gradients are exactly those of one big batch. Every process runs
     the same number of micro-steps (FSDP2 gathers weights in each forward, DDP syncs on the last):
-    a process with fewer rows repeats one of them at weight 0.
+    a process with fewer rows repeats one of them at weight 0 (``filler``, one of the step's rows,
+    where it has none at all: an epoch's last step with fewer rows than processes).
     """
     optimizer.zero_grad(set_to_none=True)
     counts = torch.tensor([sum(count_targets(b) for b in batches), real_tokens], dtype=torch.float64)
     global_supervised, global_tokens = all_reduce_sum(counts, dist).tolist()
-    weighted = padded_micro_batches(batches, dist)
+    weighted = padded_micro_batches(batches, dist, filler)
     scale = engine.gradient_scale / max(1.0, global_supervised)
     loss_total = torch.zeros((), dtype=torch.float64)
     for i, (batch, weight) in enumerate(weighted):

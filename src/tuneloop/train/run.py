@@ -178,8 +178,9 @@ def _train_step(run: Run, guard: dict) -> dict:
                for rows in loop.micro_batches(step_rows, run.dist.rank, run.dist.world_size, per_micro)]
     lr = loop.learning_rate(state.step, run.total_steps, t.learning_rate, run.warmup_steps, t.lr_scheduler)
     mine = loop.step_real_tokens(step_rows[run.dist.rank :: run.dist.world_size])
+    filler = None if batches else collate_micro_batch(step_rows[:1], run.tokenizer.pad_token_id, t.packing)
     result = loop.train_step(run.engine, batches, run.optimizer, run.params, lr,
-                             t.max_grad_norm, run.dist, mine)
+                             t.max_grad_norm, run.dist, mine, filler)
     if guard["lora_b"] is not None:  # first optimizer step of a fresh run: did anything train?
         loop.check_gradients(run.prepared.model, run.dist)
         loop.check_moved(run.prepared.model, guard["lora_b"], run.dist)
