@@ -192,3 +192,7 @@ def test_fsdp_refuses_methods_it_cannot_run_before_the_model_loads(tiny_model_di
     with pytest.raises(UserError, match="method qlora keeps 4-bit weights"):
         shell.check_strategy(recipe_from_dict(raw), DistInfo(world_size=2, strategy="fsdp"))
     shell.check_strategy(recipe_from_dict(raw), DistInfo(world_size=2, strategy="ddp"))  # fine
+    raw = tiny_recipe(tiny_model_dir, tmp_path)
+    raw["distributed"] = {"strategy": "fsdp", "cpu_offload": True}
+    with pytest.raises(UserError, match="cpu_offload: this run is on the CPU already"):
+        shell.check_strategy(recipe_from_dict(raw), DistInfo(world_size=2, strategy="fsdp"))

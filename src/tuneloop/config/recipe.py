@@ -360,7 +360,7 @@ class DistributedConfig(Strict):
         "sharded; checkpoints sharded with torch.distributed.checkpoint); deepspeed: not supported yet "
         "(the run stops with a message).")
     cpu_offload: bool = Field(False, description="fsdp: keep sharded weights, gradients and optimizer "
-                              "state in CPU memory (FSDP2 CPUOffloadPolicy); for GPU runs.")
+                              "state in CPU memory (FSDP2 CPUOffloadPolicy); GPU runs only.")
     mixed_precision: Literal["none", "bf16", "fp16"] = Field(
         "none", description="fsdp: dtype of the gathered weights in forward/backward (MixedPrecisionPolicy "
         "param_dtype); gradients are reduced in fp32 and the sharded master weights stay fp32.")

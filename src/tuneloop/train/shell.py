@@ -106,6 +106,10 @@ def check_strategy(recipe, dist: DistInfo) -> None:
     """Refuse, before the model loads, what the chosen engine cannot run."""
     if not dist.sharded:
         return
+    if recipe.distributed.cpu_offload and dist.device.type == "cpu":
+        # FSDP2's CPUOffloadPolicy moves shards from accelerator memory to pinned host memory.
+        raise UserError("distributed.cpu_offload: this run is on the CPU already; offloading moves shards "
+                        "out of GPU memory", hint="set cpu_offload: false on CPU machines")
     why = FSDP_UNSUPPORTED.get(recipe.method)
     if why is None and recipe.quantization_aware is not None:
         why = "fake-quantizes weights outside the optimizer"
