@@ -45,3 +45,29 @@ def test_without_a_repeated_topic_a_plain_share_is_held_out():
     noise = [_chat(f"question {i}", f"zq{i} vok{i * 7} pell{i * 13}") for i in range(10)]
     train, held = split_corrections(noise, 0.3, seed=0)
     assert (len(train), len(held)) == (7, 3)
+
+
+def test_replay_leaves_out_what_the_corrections_supersede(tmp_path):
+    from tuneloop.improve.data import replay_split
+    from tuneloop.paths import write_jsonl_atomic
+
+    stale = [_chat(q, a.replace("60", "45")) for q, a in zip(QUESTIONS, RETURNS * 2)]
+    write_jsonl_atomic(tmp_path / "train.jsonl", stale + ONCE)
+    corrections = [_chat(q, a) for q, a in zip(QUESTIONS, RETURNS)]  # an answer is superseded by a correction like it
+    replayed, held_back, superseded = replay_split(str(tmp_path / "train.jsonl"), 100, 0, 0, corrections)
+    assert superseded == len(stale) and sorted(map(str, replayed)) == sorted(map(str, ONCE))
+    assert replay_split(str(tmp_path / "train.jsonl"), 100, 0, 0)[2] == 0  # no corrections: all replayable
+
+
+def test_held_out_corrections_are_scored_on_the_figures_they_changed():
+    from tuneloop.improve.data import corrected_figures, with_corrected_facts
+
+    assert corrected_figures(RETURNS[1], RETURNS[1].replace("60", "45")) == ["60 days"]
+    assert corrected_figures("A label costs $3.95; refunds take 8 business days.", "I am not sure.") == \
+        ["$3.95", "8 business"]
+    held = [dict(_chat(q, a), id=str(i)) for i, (q, a) in enumerate(zip(QUESTIONS, RETURNS))]
+    stale = {str(i): "Returns are accepted up to 45 days after delivery." for i in range(3)}
+    assert [r["facts"] for r in with_corrected_facts(held, stale)] == [["60 days"]] * 3
+    # one correction that changes no figure: nobody's facts, so the gate falls back to ROUGE-L
+    mixed = held + [dict(_chat("Can I pay by invoice?", "Only business accounts can."), id="3")]
+    assert not any("facts" in r for r in with_corrected_facts(mixed, stale))

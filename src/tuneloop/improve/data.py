@@ -12,7 +12,8 @@ Order and why:
    trained on, since a round cannot be expected to answer what it never saw.
 3. Training = the train split repeated ``repeat`` times (a correction seen once barely moves a
    model) + a replay sample of the production version's own training data, so that the candidate
-   does not forget what production knew. Records of production's data that are not replayed are
+   does not forget what production knew, leaving out what the corrections supersede (records on a
+   corrected topic). Records of production's data that are not replayed are
    the fallback regression set when production has none registered.
 
 Preference pairs (ratings, A/B choices, correction > original) are counted and written to
@@ -52,16 +53,22 @@ def new_feedback(store, after_id: int) -> tuple[list[dict], list[dict], int]:
     return requests, feedback, max((f["id"] for f in feedback), default=after_id)
 
 
-def replay_split(train_data: str | None, replay: int, regression: int, seed: int) -> tuple[list, list]:
-    """(replay sample, regression sample) from production's training data, disjoint, seeded."""
+def replay_split(train_data: str | None, replay: int, regression: int, seed: int,
+                 corrections: list[dict] = ()) -> tuple[list, list, int]:
+    """(replay sample, regression sample, records superseded) from production's training data:
+    disjoint, seeded, and without the records that this round's corrections supersede (an answer on
+    the same topic as a correction, e.g. the old return window: replaying it would teach the
+    candidate the stale answer again, and a regression set holding it would punish the fix)."""
     if not train_data or not Path(train_data).is_file():
-        return [], []
+        return [], [], 0
     # Only records of production's own data: earlier rounds' corrections are replayed as well.
     records = read_jsonl(train_data)
     unique = list({_key(r): r for r in records}.values())
-    random.Random(seed).shuffle(unique)
-    held_back = unique[:min(regression, len(unique) // 4)]  # first, so replay can never take them all
-    return unique[len(held_back):len(held_back) + replay], held_back
+    corrected = [_content_words(_answer(c)) for c in corrections]
+    current = [r for r in unique if not any(_same_topic(_content_words(_answer(r)), c) for c in corrected)]
+    random.Random(seed).shuffle(current)
+    held_back = current[:min(regression, len(current) // 4)]  # first, so replay can never take them all
+    return current[len(held_back):len(held_back) + replay], held_back, len(unique) - len(current)
 
 
 HELDOUT_SHARE = 0.3
@@ -80,6 +87,11 @@ def _answer(record: dict) -> str:
 
 def _prompt(record: dict) -> str:
     return " ".join(m["content"] for m in record["messages"] if m["role"] == "user").strip().lower()
+
+
+def _same_topic(a: frozenset[str], b: frozenset[str], similar: float = 0.3) -> bool:
+    union = a | b
+    return bool(union) and len(a & b) / len(union) >= similar
 
 
 def split_corrections(records: list[dict], share: float, seed: int,
@@ -105,9 +117,7 @@ def split_corrections(records: list[dict], share: float, seed: int,
 
     for i in range(len(records)):
         for j in range(i):
-            union = words[i] | words[j]
-            if _prompt(records[i]) == _prompt(records[j]) or \
-                    (union and len(words[i] & words[j]) / len(union) >= similar):
+            if _prompt(records[i]) == _prompt(records[j]) or _same_topic(words[i], words[j], similar):
                 parent[root(i)] = root(j)
     topics: dict[int, dict[str, list[int]]] = {}
     for i, record in enumerate(records):
@@ -127,6 +137,41 @@ def split_corrections(records: list[dict], share: float, seed: int,
         for unit in units[:round(share * len(units))]:
             held.update(unit)
     return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+
+
+_FIGURE = re.compile(r"[$€£]?\d[\d.,:]*\d|[$€£]?\d")
+_UNIT = re.compile(r"\s*(%|[A-Za-z]+)")
+
+
+def corrected_figures(correction: str, original: str) -> list[str]:
+    """The figures a correction states that the corrected answer did not: "60 days" for "... within
+    60 days" correcting "... within 45 days" (a number with its unit word, as ``facts`` are matched:
+    case-insensitive containment)."""
+    found = []
+    for match in _FIGURE.finditer(correction):
+        unit = _UNIT.match(correction, match.end())
+        figure = match.group() + (unit.group() if unit else "")
+        if " ".join(figure.lower().split()) not in " ".join(original.lower().split()):
+            found.append(figure.strip())
+    return list(dict.fromkeys(found))
+
+
+def with_corrected_facts(heldout: list[dict], originals: dict[str, str]) -> list[dict]:
+    """Held-out corrections with ``facts``: the figures each correction changed, when *every* one
+    changed a figure (a policy's number, a price, a time). Lexical overlap alone would score the stale
+    answer "within 45 days" closer to "within 60 days" than a correct answer in other words; with
+    facts the gate asks whether the candidate now states the corrected figures (``fact_accuracy``).
+    Otherwise the records stay as they are and the gate falls back to ROUGE-L."""
+    facts = [corrected_figures(_answer(r), originals.get(r.get("id"), "")) for r in heldout]
+    if not heldout or not all(facts):
+        return heldout
+    return [{**r, "facts": f} for r, f in zip(heldout, facts)]
+
+
+def _original_answers(sft: list[dict], requests: list[dict]) -> dict[str, str]:
+    """SFT record id -> the served answer its correction replaced."""
+    responses = {r["id"]: r.get("response") or "" for r in requests}
+    return {r["id"]: responses.get(r["source"].removeprefix("feedback:"), "") for r in sft}
 
 
 def _key(record: dict) -> str:
@@ -156,6 +201,7 @@ def build_round_data(requests: list[dict], feedback: list[dict], out_dir: Path, 
     report = prepare([raw / "sft.jsonl"], out_dir / "prepared", options)
     prepared = out_dir / "prepared"
     train, heldout = split_corrections(read_jsonl(prepared / "train.jsonl"), HELDOUT_SHARE, seed)
+    heldout = with_corrected_facts(heldout, _original_answers(built.sft, requests))
     heldout_path = prepared / "heldout.jsonl"
     write_jsonl_atomic(heldout_path, heldout)
     if not train or not heldout:
@@ -165,7 +211,8 @@ def build_round_data(requests: list[dict], feedback: list[dict], out_dir: Path, 
                          skip_reason=f"{len(built.sft)} corrections give {len(train)} to train on and "
                                      f"{len(heldout)} held out; both must be at least 1 (wait for more)")
     n_replay = replay if replay >= 0 else 3 * len(train) * repeat
-    replayed, held_back = replay_split(train_data, n_replay, 32 if not regression_data else 0, seed)
+    replayed, held_back, superseded = replay_split(train_data, n_replay, 32 if not regression_data else 0, seed,
+                                                   train + heldout)
     mixed = [_chat_only(r) for r in train] * repeat + [_chat_only(r) for r in replayed]
     random.Random(seed).shuffle(mixed)
     data_dir = out_dir / "data"
@@ -176,7 +223,7 @@ def build_round_data(requests: list[dict], feedback: list[dict], out_dir: Path, 
         write_jsonl_atomic(regression, held_back)
     counts = {"feedback": len(feedback), "corrections": len(built.sft),
               "preference_pairs": len(built.preference), "train_corrections": len(train),
-              "repeat": repeat, "replayed": len(replayed), "train_records": len(mixed),
+              "repeat": repeat, "replayed": len(replayed), "superseded": superseded, "train_records": len(mixed),
               "heldout": len(heldout),
               "regression": len(read_jsonl(regression)) if regression else 0}
     return RoundData(data_dir / "train.jsonl", None, heldout_path, regression, counts,
