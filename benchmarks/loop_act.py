@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import sys
 import tempfile
 from pathlib import Path
 
-from tuneloop.quickstart.loop_act import run_loop_act
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402
+
+from tuneloop.quickstart.loop_act import run_loop_act  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "loop_act.json"
 
@@ -38,7 +41,7 @@ def main() -> None:
         improve = ImproveSettings(name="brightcart", **json.loads(args.improve)) if args.improve else None
         summary = run_loop_act(Path(tmp) / "loop", production, improve=improve, repeats=args.repeats)
     summary["production_model"] = args.production or "smollm2-135m-instruct (base)"
-    summary["machine"] = {"processor": platform.processor() or platform.machine(), "cpus": __import__("os").cpu_count()}
+    summary["machine"] = machine()
     summary["improve_settings"] = json.loads(args.improve) if args.improve else "the act's defaults"
     args.out.parent.mkdir(exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2, default=str) + "\n")
