@@ -228,3 +228,10 @@ def test_auto_exports_a_winning_classifier_for_serving(trained):
     assert report["winner"]["export"] == str(exported) and is_classifier_export(exported)
     assert "/v1/classify" in report["decisions"]["export"][0]
     assert json.loads((exported / "tuneloop_classifier.json").read_text())["labels"] == LABELS
+
+
+def test_the_exported_card_describes_a_classifier(trained):
+    card = (trained.export / "README.md").read_text()
+    assert "pipeline_tag: text-classification" in card and "AutoModelForSequenceClassification" in card
+    assert f"**Base model:** {trained.summary['settings']['model']}" in card
+    assert "classification head over 3 labels" in card and "/v1/classify" in card

@@ -192,6 +192,9 @@ def _classification(profile, model, budget_minutes, deadline, out_dir, report) -
     summary = train_classifier(paths["train"], paths["validation"], head_dir, final)
     tuned = evaluate_classifier(head_dir, paths["test"], head_dir)
     untrained = evaluate_classifier(head_dir, paths["test"], head_dir, untrained=True, settings=final)
+    # eval.json in the SPEC's shape, so the exported model's card reports the test scores
+    write_json_atomic(head_dir / "eval.json", tuned | {"task": "classification (head)", "gate": None, "baseline": {
+        "model": untrained["model"], "metrics": untrained["metrics"]}})
     report["results"]["classifier"] = {"run_dir": str(head_dir), "train": summary, "test": tuned["metrics"],
                                        "base_test": untrained["metrics"]}
     generative_s = min(budget_s * SHARES["generative"], max(60.0, deadline - time.time() - 120))
