@@ -13,7 +13,7 @@ FLOWER_DEPS := "ray==2.55.1" "grpcio>=1.70,<2" "grpcio-health-checking>=1.70,<2"
 	"alembic>=1.18.1,<2" "dm-tree~=0.1.8" "absl-py>=1,<3" "mpmath~=1.2"
 FLOWER_NODEPS := flwr==1.42.0 dp-accounting==0.6.0
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast test-long bench clean
 
 install: $(STAMP)
 
@@ -36,10 +36,15 @@ demo: install
 # Two workers (pytest-xdist), one per core, a test file per worker: most tests wait on processes,
 # servers and browsers, so the suite takes ~9 min instead of ~14 on 2 cores.
 test: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not long" --durations=10
+
+# Tests over 5 minutes each (the closed loop end to end on the embedded model): `make test` would
+# pass its 10 minutes with them.
+test-long: install
+	$(BIN)/python -m pytest -q -m long
 
 test-fast: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow and not long"
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py --quick

@@ -1,6 +1,6 @@
 """How long the dashboard's pages take with 1,000 runs and 100,000 stored requests (goal: < 1 s each).
 
-    python benchmarks/ui_load.py [--runs 1000] [--requests 100000] [--evals 200] [--repeats 5]
+    python benchmarks/ui_load.py [--runs 1000] [--requests 100000] [--evals 200] [--trials 500] [--repeats 5]
 
 Builds the data with ``tuneloop.dashboard.sample`` (run directories as training writes them, rows
 in the serving store's real tables, registry versions), serves the dashboard on a loopback port and
@@ -20,6 +20,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 from tqdm import tqdm
@@ -41,7 +42,8 @@ def pages(n_runs: int, n_requests: int) -> list[str]:
     return ["/runs", f"/runs?page={last_page}", "/runs?q=run-09", "/runs/run-0000", f"/runs/run-{n_runs - 1:04d}",
             "/api/runs/run-0000/metrics", "/runs/compare?run=run-0000&run=run-0001&run=run-0002",
             "/evals", "/evals/view?eval=0:evals/eval-0000/eval.json", "/serving", f"/serving?page={max(1, n_requests // 100)}",
-            "/serving?since=7d&model=support", "/registry", "/registry/support", "/playground", "/annotate"]
+            "/serving?since=7d&model=support", "/registry", "/registry/support", "/playground", "/annotate",
+            "/tune", "/runs/new"]
 
 
 def http_times(base: str, paths: list[str], repeats: int) -> dict:
@@ -75,8 +77,11 @@ def browser_times(base: str, paths: list[str]) -> dict:
             started = time.perf_counter()
             page.goto(base + path, wait_until="load")
             row = {"load_ms": round((time.perf_counter() - started) * 1000, 1)}
-            if path.startswith("/runs/"):
+            if path.startswith("/runs/") and path != "/runs/new":
                 page.wait_for_function("Number(document.getElementById('loss-chart').dataset.points) > 0")
+                row["curve_drawn_ms"] = round((time.perf_counter() - started) * 1000, 1)
+            elif path.startswith("/tune/view"):
+                page.locator("svg#history").wait_for()
                 row["curve_drawn_ms"] = round((time.perf_counter() - started) * 1000, 1)
             out[path] = row
         browser.close()
@@ -89,16 +94,21 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--evals", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--trials", type=int, default=500, help="trials of the tuning study shown on /tune")
     args = parser.parse_args()
     root = ensure_workdir() / "ui_load"
     shutil.rmtree(root, ignore_errors=True)
     started = time.perf_counter()
     with tqdm(total=args.runs, desc="runs") as bar:
         site = sample.build_site(root, args.runs, args.requests, args.evals, steps=200, progress=bar.update)
+    sample.write_study(site["eval_dir"] / "tuning" / "support-tune", n_trials=args.trials)
     build_s = time.perf_counter() - started
     settings = DashboardSettings(token="bench", runs_dir=site["runs"], eval_dirs=[site["eval_dir"]],
                                  db_url=site["db"], serve_url="http://127.0.0.1:9")
     paths = pages(args.runs, args.requests)
+    # the study's key as the tuning page links it (folder 1 = the evaluations folder), built here
+    # rather than looked up, so that the first views below also pay for opening the study
+    paths.append("/tune/view?" + urlencode({"study": "1:tuning/support-tune/study.db:support-tune"}))
     with ServerThread(create_app(settings)) as server:
         http = http_times(server.url, paths, args.repeats)
         browser = browser_times(server.url, paths) if Path(CHROMIUM).exists() else {}
@@ -106,6 +116,7 @@ def main() -> None:
     worst_browser = max((v.get("curve_drawn_ms", v["load_ms"]) for v in browser.values()), default=None)
     path = write_result("ui_load", {
         "data": {"runs": args.runs, "metrics_lines_per_run": 200, "stored_requests": args.requests,
+                 "study_trials": args.trials,
                  "evals": args.evals, "build_s": round(build_s, 1)},
         "goal_ms": GOAL_MS, "http": http, "browser": browser,
         "worst_http_ms": worst_http, "worst_browser_ms": worst_browser,

@@ -83,20 +83,6 @@ def shoot(base: str, labels_queue_done) -> list[Path]:
     return saved
 
 
-def _study(out: Path) -> None:
-    """A small real Optuna study where `tuneloop tune` keeps one (OUT/study.db): lr and rank vs a loss."""
-    import math
-
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    out.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(study_name="support-tune", storage=f"sqlite:///{out / 'study.db'}",
-                                direction="minimize", sampler=optuna.samplers.TPESampler(seed=0))
-    study.optimize(lambda t: 1.2 + (math.log10(t.suggest_float("learning_rate", 1e-5, 1e-2, log=True)) + 3) ** 2 / 4
-                   + 0.3 / t.suggest_int("lora_r", 4, 64, log=True), n_trials=24)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct", help="the model the playground talks to")
@@ -104,7 +90,7 @@ def main() -> None:
     root = ensure_workdir() / "ui_screenshots"
     shutil.rmtree(root, ignore_errors=True)
     site = sample.build_site(root, n_runs=12, n_requests=3000, n_evals=3, steps=180)
-    _study(site["eval_dir"] / "tuning" / "support-tune")  # found under the --evals folder
+    sample.write_study(site["eval_dir"] / "tuning" / "support-tune")  # found under the --evals folder
     queue = root / "queue.jsonl"
     queue.write_text("".join(json.dumps(r) + "\n" for r in [
         {"id": "q1", "text": "My card was declined at the shop", "label": "card"},

@@ -199,6 +199,12 @@ def test_tuning_study_page_lists_trials_and_draws_history_and_parallel_coordinat
     assert ys[1] == ys[2] and ys[3] == ys[4] and ys[0] < ys[1] < ys[3]  # flat, then lower objective = lower on page
     assert page.locator("svg#parallel").get_attribute("data-axes") == "3"  # lr, rank, objective
     assert page.locator("svg#parallel polyline.trial-line").count() == 5
+    study.enqueue_trial({"lr": 0.0009, "rank": 2})  # a study still running: the next view shows its new best
+    study.optimize(lambda t: t.suggest_float("lr", 1e-4, 1e-2, log=True) * 1000 + 0 * t.suggest_int("rank", 1, 16),
+                   n_trials=1)
+    page.reload()
+    assert page.locator("#trials-table tbody tr").count() == 6
+    assert float(page.locator("svg#history").get_attribute("data-best")) == pytest.approx(0.9)
     page.goto(site["url"] + "/tune/view?study=0:nope/study.db:demo")
     assert "study: no study" in page.locator("main").inner_text()
 

@@ -9,6 +9,7 @@ answers /health (skipped without one)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -128,16 +129,34 @@ def test_dashboard_queries_name_metrics_the_server_exports():
 
 
 def _container_runtime() -> str | None:
+    """docker or podman whose `info` reaches a daemon (a CLI alone, as in CI, is not a runtime)."""
     for runtime in ("docker", "podman"):
-        if shutil.which(runtime) and _run(runtime, "info").returncode == 0:
-            return runtime
+        if shutil.which(runtime):
+            try:
+                if _run(runtime, "info").returncode == 0:
+                    return runtime
+            except subprocess.TimeoutExpired:
+                pass
     return None
 
 
 RUNTIME = _container_runtime()
 
 
+def _build_args() -> list[str]:
+    """Where the build gets its base image and packages, for machines without Docker Hub or PyPI in the
+    container (README, Deploy): TUNELOOP_TEST_BASE_IMAGE (deploy/build-offline-base.sh's image) and
+    TUNELOOP_TEST_WHEEL_INDEX (deploy/local-wheel-index.sh's URL, reached over the host's network)."""
+    args = []
+    if base := os.environ.get("TUNELOOP_TEST_BASE_IMAGE"):
+        args += ["--build-arg", f"PYTHON_IMAGE={base}"]
+    if index := os.environ.get("TUNELOOP_TEST_WHEEL_INDEX"):
+        args += ["--network", "host", "--build-arg", f"TORCH_INDEX={index}", "--build-arg", f"PIP_INDEX_URL={index}"]
+    return args
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # a cold build installs torch and tuneloop's dependencies
 @pytest.mark.skipif(RUNTIME is None, reason="no container runtime here (docker/podman with a running daemon)")
 def test_image_builds_and_answers_health(tiny_model_dir, tmp_path):
     import time
@@ -145,21 +164,38 @@ def test_image_builds_and_answers_health(tiny_model_dir, tmp_path):
     import httpx
 
     runtime = RUNTIME
-    build = _run(runtime, "build", "-f", DEPLOY / "Dockerfile", "-t", "tuneloop:test", REPO)
-    assert build.returncode == 0, build.stderr[-3000:]
-    shutil.copytree(tiny_model_dir, tmp_path / "model")
-    run = _run(runtime, "run", "-d", "--rm", "-p", "127.0.0.1::8000", "-v", f"{tmp_path}:/models:ro", "tuneloop:test")
+    build = _run(runtime, "build", *_build_args(), "-f", DEPLOY / "Dockerfile", "-t", "tuneloop:test", REPO)
+    assert build.returncode == 0, (build.stdout + build.stderr)[-3000:]
+    models = tmp_path / "models"
+    shutil.copytree(tiny_model_dir, models / "model")
+    for path in [models, *models.rglob("*")]:  # the image's user (uid 10001) reads the mounted model
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    run = _run(runtime, "run", "-d", "-p", "127.0.0.1::8000", "-v", f"{models}:/models:ro", "tuneloop:test")
+    assert run.returncode == 0, run.stderr
     container = run.stdout.strip()
     try:
-        port = _run(runtime, "port", container, "8000").stdout.strip().rsplit(":", 1)[1]
+        port = _run(runtime, "port", container, "8000").stdout.strip().splitlines()[0].rsplit(":", 1)[1]
         deadline = time.monotonic() + 300
+        health = None
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                if health.status_code == 200:
                     break
             except httpx.HTTPError:
-                time.sleep(1)
+                pass
+            time.sleep(1)
         else:
-            pytest.fail("the container did not answer /health in 300 s")
+            logs = _run(runtime, "logs", container)
+            pytest.fail(f"the container did not answer /health with 200 in 300 s (last: {health}); its log:\n"
+                        + (logs.stdout + logs.stderr)[-3000:])
+        assert health.json()["status"] == "ok", health.text
+        if runtime == "docker":  # the image's own HEALTHCHECK (as uid 10001, the venv's python) passes too
+            while time.monotonic() < deadline:
+                status = _run(runtime, "inspect", "--format", "{{.State.Health.Status}}", container).stdout.strip()
+                if status != "starting":
+                    break
+                time.sleep(2)
+            assert status == "healthy", _run(runtime, "inspect", "--format", "{{json .State.Health}}", container).stdout
     finally:
         _run(runtime, "rm", "-f", container)

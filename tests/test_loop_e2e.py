@@ -5,7 +5,8 @@ answer is rated against the store's fact table, which now says the return window
 was 45); wrong answers get the support team's correction. One ``improve`` round trains a candidate
 on the corrections plus replay, the gate compares it with production on held-out corrections and
 on the unchanged facts, the alias moves, and the server follows it while a client keeps sending
-requests. Slow (the embedded model trains and is evaluated twice): marked ``slow``.
+requests. Slow (the embedded model trains and is evaluated twice, ~6 min on 2 cores): marked ``slow``
+and ``long``, so ``make test-long`` runs it and ``make test`` does not.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from tuneloop.quickstart.loop_act import run_loop_act
 
 
 @pytest.mark.slow
-@pytest.mark.skip(reason="issue 18: the round learns the new window (both held-out return questions are answered '60 days') but 2 of its 4 held-out corrections are on unchanged policies asked once, with no training example; the gain CI is [-0.015, +0.322] (rougeL); needs a held-out set the round can learn from, not other step/lr defaults")
+@pytest.mark.long  # ~6 min: `make test-long`
 def test_after_a_round_the_served_model_answers_the_changed_policy(tmp_path):
     summary = run_loop_act(tmp_path / "loop", str(resolve_model("smollm2-135m-instruct").path))
     round_ = summary["round"]

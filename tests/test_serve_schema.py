@@ -1,7 +1,8 @@
 """Schemathesis against the server's own OpenAPI spec, on a tiny model over loopback: generated valid
 and invalid requests for every operation; every response must match the spec (status documented,
 content type, body schema) and none may be a 5xx. Bounded: 15 generated cases per operation and mode, plus
-pinned feedback cases; the 200 answers of feedback and of one model are reached with real ids."""
+pinned feedback cases; the 200 answers of feedback, of one model and of /v1/classify (a random-head
+classifier served beside the tiny model) are reached with real ids."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,  # noqa: E402
                                                status_code_conformance)
+from serve_support import make_classifier_dir  # noqa: E402
 
 from tuneloop.serve.app import build  # noqa: E402
 from tuneloop.serve.runner import ServerThread  # noqa: E402
@@ -33,7 +35,9 @@ CASES_PER_OPERATION = 15
 def server(tiny_model_dir, tmp_path_factory):
     settings_ = ServeSettings(db_url=f"sqlite:///{tmp_path_factory.mktemp('schema') / 'serve.db'}",
                               max_tokens_limit=16, default_max_tokens=8, request_timeout_s=30)
-    served = build([str(tiny_model_dir)], settings_)
+    classifier = make_classifier_dir(tiny_model_dir, tmp_path_factory.mktemp("schema-cls") / "cls",
+                                     ("alpha", "beta", "gamma"))
+    served = build([str(tiny_model_dir), f"cls={classifier}"], settings_)
     with ServerThread(served.app) as thread:
         yield thread, served
     served.close()
@@ -45,7 +49,7 @@ def test_every_response_matches_the_spec_and_none_is_a_5xx(server):
     schema = schemathesis.openapi.from_asgi("/openapi.json", served.app)
     operations = [op.ok() for op in schema.get_all_operations()]
     assert {op.path for op in operations} >= {"/v1/models", "/v1/chat/completions", "/v1/completions",
-                                              "/v1/feedback", "/health"}
+                                              "/v1/feedback", "/v1/classify", "/health"}
     counter: list[tuple[str, int]] = []  # (path, status) of every case sent
     failures: list[str] = []
     known = _known_ids(thread.url)
@@ -62,7 +66,7 @@ def test_every_response_matches_the_spec_and_none_is_a_5xx(server):
     assert cases >= len(operations) * 5
     assert not failures, "\n".join(failures[:10])
     answered = {path for path, status in counter if status == 200}
-    assert {"/v1/models/{model_id}", "/v1/feedback"} <= answered
+    assert {"/v1/models/{model_id}", "/v1/feedback", "/v1/classify"} <= answered
 
 
 def _known_ids(base_url: str) -> dict:
@@ -70,14 +74,14 @@ def _known_ids(base_url: str) -> dict:
     never found, so without these the 200 answers of feedback and of one model would go unchecked."""
     import httpx
 
-    model = httpx.get(f"{base_url}/v1/models", timeout=60).json()["data"][0]["id"]
+    model = httpx.get(f"{base_url}/v1/models", timeout=60).json()["data"][0]["id"]  # the generative base
     ids = []
     for n in (1, 2):
         answer = httpx.post(f"{base_url}/v1/chat/completions", timeout=120, json={
             "model": model, "n": n, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
         assert answer.status_code == 200, answer.text
         ids.append(answer.json()["id"])
-    return {"model": model, "completions": ids}
+    return {"model": model, "completions": ids, "classifier": "cls"}
 
 
 def _with_known_ids(case, known: dict, pick: int) -> None:
@@ -88,6 +92,8 @@ def _with_known_ids(case, known: dict, pick: int) -> None:
         case.path_parameters = {"model_id": known["model"]}
     elif case.path == "/v1/feedback" and isinstance(case.body, dict):
         case.body["completion_id"] = known["completions"][pick // 2 % 2]
+    elif case.path == "/v1/classify" and isinstance(case.body, dict):
+        case.body["model"] = known["classifier"]
 
 
 # Feedback whose answer carries no thumbs (a 3 of 5, or only the preferred choice): rare among generated

@@ -28,4 +28,7 @@ def auto(data, budget_minutes, memory_gb, out_dir, model):
             if tuned is not None:
                 click.echo(f"{name}: test accuracy {tuned:.1%} (base {base:.1%})")
     click.echo(f"winner: {report.get('winner')}")
+    if (report.get("winner") or {}).get("export"):
+        click.echo(f"classifier exported to {report['winner']['export']}: "
+                   f"tuneloop serve --model NAME={report['winner']['export']} answers POST /v1/classify")
     click.echo(f"report: {out_dir}/report.html")

@@ -13,7 +13,8 @@ import click
 @click.option("--model", "models", multiple=True, required=True, metavar="[NAME=]M",
               help="Base model (first) and adapters, each served as its own model id (NAME, or the "
                    "model's own name). M: catalog name, hub id, local dir, .gguf, run dir, or "
-                   "registry:NAME@ALIAS (followed as the alias moves).")
+                   "registry:NAME@ALIAS (followed as the alias moves). A sequence classifier directory "
+                   "is served on /v1/classify.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--api-key", envvar="TUNELOOP_API_KEY", default=None,
@@ -45,7 +46,9 @@ import click
 def serve(models, host, port, api_key, db_url, engine, max_batch_size, batch_wait_ms, max_tokens_limit,
           max_concurrency, request_timeout, rate_limit, max_body_bytes, threads, registry_poll):
     """OpenAI-compatible server: /v1/models, /v1/chat/completions, /v1/completions, /v1/feedback,
-    /metrics, /health. Every request and feedback is stored (see `tuneloop monitor`)."""
+    /metrics, /health. A classifier (`tuneloop export` of a `tuneloop auto` classifier run, or the
+    run itself) given as --model NAME=DIR answers POST /v1/classify. Every request and feedback is
+    stored (see `tuneloop monitor`)."""
     from tuneloop.serve.access import active_principals
     from tuneloop.serve.app import build
     from tuneloop.serve.runner import bind_socket, run_foreground
@@ -60,7 +63,7 @@ def serve(models, host, port, api_key, db_url, engine, max_batch_size, batch_wai
     sock = bind_socket(host, port)  # before loading weights: a busy port fails in a second
     served = build(list(models), settings)
     shown_host = f"[{host}]" if ":" in host else host
-    ids = ", ".join(served.service.table.models)
+    ids = ", ".join(served.model_ids)
     stored = len(active_principals(served.store.engine))
     auth = " + ".join(([] if not api_key else ["--api-key"]) + ([] if not stored else [f"{stored} stored keys"]))
     click.echo(f"serving {ids} at http://{shown_host}:{sock.getsockname()[1]}/v1"

@@ -114,6 +114,21 @@ def fill_registry(db_url: str, name: str, paths: list[Path]) -> None:
         registry.close()
 
 
+def write_study(out: Path, n_trials: int = 24, name: str = "support-tune") -> Path:
+    """A real Optuna study where ``tuneloop tune`` keeps one (``OUT/study.db``): lr and rank vs a loss."""
+    import math
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    out.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}",
+                                direction="minimize", sampler=optuna.samplers.TPESampler(seed=0))
+    study.optimize(lambda t: 1.2 + (math.log10(t.suggest_float("learning_rate", 1e-5, 1e-2, log=True)) + 3) ** 2 / 4
+                   + 0.3 / t.suggest_int("lora_r", 4, 64, log=True), n_trials=n_trials)
+    return out / "study.db"
+
+
 def build_site(root: Path, n_runs: int = 3, n_requests: int = 200, n_evals: int = 1, steps: int = 60,
                progress=None) -> dict:
     """A folder the dashboard can show: ``runs/`` (the last one still training), evals, a store, a registry.

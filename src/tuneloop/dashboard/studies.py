@@ -53,39 +53,71 @@ def study_files(roots: list[Path]):
                 yield index, root, Path(folder) / STUDY_FILE
 
 
+_STORAGES: dict[Path, object] = {}
+_TRIALS: dict[tuple[Path, int], tuple[tuple, list]] = {}
+
+
 def _storage(path: Path):
+    """One Optuna storage per study file for the dashboard's life: opening one costs ~0.5 s (engine,
+    schema check)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.storages.RDBStorage(f"sqlite:///{path.resolve()}")
+    path = path.resolve()
+    if path not in _STORAGES:
+        _STORAGES[path] = optuna.storages.RDBStorage(f"sqlite:///{path}")
+    return _STORAGES[path]
+
+
+def _stamp(path: Path) -> tuple:
+    """Changes whenever SQLite writes the study (the file or its write-ahead log)."""
+    files = [path, path.with_name(path.name + "-wal")]
+    return tuple((f.stat().st_mtime_ns, f.stat().st_size) if f.exists() else None for f in files)
+
+
+def _trials(path: Path, study_id: int) -> list:
+    """The study's trials, read again only when the file changed: reading 500 trials through
+    Optuna takes ~0.15 s, and /tune plus a study page would otherwise pay it on every view."""
+    key, stamp = (path.resolve(), study_id), _stamp(path)
+    cached = _TRIALS.get(key)
+    if cached is None or cached[0] != stamp:
+        cached = _TRIALS[key] = (stamp, _storage(path).get_all_trials(study_id, deepcopy=False))
+    return cached[1]
+
+
+def _best(trials: list, direction: str):
+    import optuna
+
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
+    if not done:
+        return None
+    return (min if direction == "minimize" else max)(done, key=lambda t: t.value)
 
 
 def list_studies(roots: list[Path]) -> list[StudyEntry]:
-    import optuna
-
     found, seen = [], set()
     for index, root, path in study_files([Path(r) for r in roots]):
         if path.resolve() in seen:  # runs/ is usually under the evaluations' folder too
             continue
         seen.add(path.resolve())
         relative = path.relative_to(root).as_posix()
-        for s in optuna.get_all_study_summaries(_storage(path), include_best_trial=True):
-            best = s.best_trial
-            found.append(StudyEntry(f"{index}:{relative}:{s.study_name}", path, s.study_name,
-                                    s.direction.name.lower(), s.n_trials, best.value if best else None,
-                                    dict(best.params) if best else {}))
+        storage = _storage(path)
+        for study in storage.get_all_studies():
+            direction = study.directions[0].name.lower()
+            trials = _trials(path, study._study_id)
+            best = _best(trials, direction)
+            found.append(StudyEntry(f"{index}:{relative}:{study.study_name}", path, study.study_name, direction,
+                                    len(trials), best.value if best else None, dict(best.params) if best else {}))
     return found
 
 
 def get_study(roots: list[Path], key: str):
     """(entry, trials) of the study ``key``; only studies in found files can be opened."""
-    import optuna
-
     for entry in list_studies(roots):
         if entry.key == key:
-            study = optuna.load_study(study_name=entry.name, storage=_storage(entry.path))
+            study_id = _storage(entry.path).get_study_id_from_name(entry.name)
             trials = [Trial(t.number, t.state.name, t.value, dict(t.params), t.user_attrs.get("run_dir"))
-                      for t in study.get_trials(deepcopy=False)]
+                      for t in _trials(entry.path, study_id)]
             return entry, trials
     raise UserError(f"no study {key!r}", where="study", hint="pick one from the tuning page")
 

@@ -7,22 +7,26 @@ Steps: load the base in full precision, merge the adapter and check the merge ag
 model (:mod:`tuneloop.export.merge`), write the format into a temporary directory, check that what was
 written reads back as the same model, then rename the directory into place and add ``export.json``.
 Formats are a table (:data:`FORMATS`): a new one is a function ``(merged, out_dir, **options) -> dict``
-registered there. CLI: ``tuneloop export RUN_DIR --format safetensors|gguf --out DIR``.
+registered there. A classifier run (``labels.json`` + ``adapter/``, from ``tuneloop auto``) exports
+as a plain transformers sequence classifier instead (:mod:`tuneloop.export.classifier`). CLI: ``tuneloop export RUN_DIR --format safetensors|gguf --out DIR``.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
 from pathlib import Path
 
 from tuneloop.errors import UserError
+from tuneloop.export.classifier import merge_classifier, write_classifier_dir
 from tuneloop.export.model_card import write_model_card
 from tuneloop.export.gguf_file import write_gguf
 from tuneloop.export.hf_dir import write_hf_dir
 from tuneloop.export.merge import load_merged
 from tuneloop.export.quantized import write_quantized
+from tuneloop.models.classifier import RUN_LABELS, is_classifier_run
 from tuneloop.paths import check_output_dir, write_json_atomic
 
 
@@ -67,6 +71,16 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
     return tmp
 
 
+def _export_classifier(run_dir, tmp: Path, log) -> tuple[str, str, float, dict]:
+    """A classifier run: merged into a plain ``*ForSequenceClassification`` directory (export/classifier.py)."""
+    merged, diff = merge_classifier(run_dir)
+    log(f"export: classifier merge check passed (max |logit difference| {diff:.1e})")
+    log("export: writing the classifier (safetensors) and reading it back...")
+    base = json.loads((Path(run_dir) / RUN_LABELS).read_text())["base_model"]
+    checks = write_classifier_dir(merged, tmp, base)
+    return base, str(Path(run_dir) / "adapter"), diff, checks
+
+
 def export_model(run_dir, fmt: str, out_dir, overwrite: bool = False, log=None, **options) -> dict:
     """Export ``run_dir`` (a run directory or any model reference) to ``out_dir`` in format ``fmt``.
 
@@ -77,20 +91,28 @@ def export_model(run_dir, fmt: str, out_dir, overwrite: bool = False, log=None, 
     log = log or (lambda text: print(text, file=sys.stderr))
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}", hint=f"choose one of: {', '.join(FORMATS)}")
+    classifier = is_classifier_run(run_dir)
+    if classifier and fmt != "safetensors":
+        raise UserError(f"{run_dir} is a classifier (LoRA + a label head): it exports as safetensors only, "
+                        f"not {fmt}", where="--format", hint="use --format safetensors (the default)")
     out_dir = Path(out_dir)
     started = time.perf_counter()
     tmp = _prepare_out_dir(out_dir, overwrite)
     try:
         log(f"export: loading {run_dir} in float32 (and merging its adapter, if it has one)...")
-        merged = load_merged(run_dir)
-        if merged.merge_max_abs_diff is not None:
-            log(f"export: merge check passed (max |logit difference| {merged.merge_max_abs_diff:.1e})")
-        log(f"export: writing {fmt} and reading it back...")
-        checks = FORMATS[fmt](merged, tmp, **options)
+        if classifier:
+            base, adapter, diff, checks = _export_classifier(run_dir, tmp, log)
+        else:
+            merged = load_merged(run_dir)
+            base, adapter, diff = merged.base_path, merged.adapter_path, merged.merge_max_abs_diff
+            if diff is not None:
+                log(f"export: merge check passed (max |logit difference| {diff:.1e})")
+            log(f"export: writing {fmt} and reading it back...")
+            checks = FORMATS[fmt](merged, tmp, **options)
         write_model_card(tmp, run_dir, fmt)  # README.md: base, licence, data provenance, recipe, eval, bias
         record = {
-            "source": str(run_dir), "base_model": merged.base_path, "adapter": merged.adapter_path,
-            "format": fmt, "merge_max_abs_diff": merged.merge_max_abs_diff, **checks,
+            "source": str(run_dir), "base_model": base, "adapter": adapter,
+            "format": fmt, "merge_max_abs_diff": diff, **checks,
             "files": sorted(p.name for p in tmp.iterdir()), "seconds": round(time.perf_counter() - started, 1),
         }
         write_json_atomic(tmp / "export.json", record)

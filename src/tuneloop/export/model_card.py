@@ -86,7 +86,8 @@ def card_facts(source, export_format: str | None = None) -> dict:
     run_dir = Path(str(source))
     recipe_file = run_dir / "recipe.resolved.yaml"
     recipe = yaml.safe_load(recipe_file.read_text(encoding="utf-8")) if recipe_file.is_file() else None
-    base = _base_model(run_dir, recipe) if recipe else str(source)
+    head = _read_json(run_dir / "labels.json") if run_dir.is_dir() else None  # a classifier run (tune/classifier.py)
+    base = _base_model(run_dir, recipe) if recipe else (str(head["base_model"]) if head else str(source))
     card = catalog.find_card(base) if base else None
     evaluation = find_results(run_dir, "eval.json") if run_dir.is_dir() else None
     audit = find_results(run_dir, "audit.json") if run_dir.is_dir() else None
@@ -97,6 +98,7 @@ def card_facts(source, export_format: str | None = None) -> dict:
         "recipe": recipe, "summary": _read_json(run_dir / "summary.json"), "data": _data_provenance(recipe),
         "eval": {"path": str(evaluation[0]), **evaluation[1]} if evaluation else None,
         "audit": {"path": str(audit[0]), **audit[1]} if audit else None,
+        "labels": head["labels"] if head else None,  # set: a sequence classifier, not a generator
     }
 
 
@@ -107,15 +109,16 @@ def _metadata(facts: dict) -> dict:
         meta["license_name"] = facts["license"]
     if facts["base_hub_id"] or facts["base_model"]:
         meta["base_model"] = facts["base_hub_id"] or facts["base_model"]
-    method = (facts["recipe"] or {}).get("method")
-    meta.update({"library_name": "transformers", "pipeline_tag": "text-generation",
+    method = (facts["recipe"] or {}).get("method") or ("lora" if facts["labels"] else None)
+    task = "text-classification" if facts["labels"] else "text-generation"
+    meta.update({"library_name": "transformers", "pipeline_tag": task,
                  "tags": ["tuneloop", *([method] if method else []), "fine-tuned"]})
     evaluation = facts["eval"]
     if evaluation:
         metrics = [{"type": name, "name": name, "value": round(float(v), 4)}
                    for name, v in evaluation["metrics"].items() if name in QUALITY_METRICS]
         meta["model-index"] = [{"name": facts["name"], "results": [{
-            "task": {"type": "text-generation"},
+            "task": {"type": task},
             "dataset": {"name": Path(evaluation["data"]).name, "type": "custom"}, "metrics": metrics}]}]
     return meta
 
@@ -126,10 +129,15 @@ def _model_section(facts: dict) -> str:
              f"- **Base model:** {facts['base_model'] or 'unknown'}" + (f" (`{facts['base_hub_id']}`)" if facts["base_hub_id"] else ""),
              f"- **Licence:** {facts['license'] or 'unknown: see the base model licence'}"
              + ("" if facts["commercial"] is None else f" (commercial use: {'yes' if facts['commercial'] else 'no'})"),
-             f"- **Fine-tuning method:** {recipe.get('method', 'unknown')}",
+             f"- **Fine-tuning method:** {recipe.get('method') or _head_method(facts)}",
              f"- **Exported as:** {facts['export_format'] or 'n/a'} (adapter merged into the base weights)",
              f"- **Source run:** `{facts['source']}`", ""]
     return "\n".join(lines)
+
+
+def _head_method(facts: dict) -> str:
+    labels = facts["labels"]
+    return f"LoRA + a linear classification head over {len(labels)} labels" if labels else "unknown"
 
 
 def _data_section(facts: dict) -> str:
@@ -162,7 +170,8 @@ def _training_section(facts: dict) -> str:
     lines = ["## Training procedure", ""]
     if summary:
         figures = [f"{k.replace('_', ' ')} {summary[k]:.4g}" if isinstance(summary[k], float) else f"{k.replace('_', ' ')} {summary[k]}"
-                   for k in ("steps", "trained_tokens", "final_loss", "best_validation_loss", "wall_seconds", "precision")
+                   for k in ("steps", "trained_tokens", "final_loss", "best_validation_loss", "best_validation_accuracy",
+                             "wall_seconds", "seconds", "precision")
                    if summary.get(k) is not None]
         lines += ["Run: " + "; ".join(figures) + ".", ""]
     if recipe:
@@ -182,7 +191,8 @@ def _eval_section(facts: dict) -> str:
     lines = ["## Evaluation", ""]
     if not evaluation:
         return "\n".join(lines + ["Not evaluated yet: run `tuneloop eval --model RUN_DIR --data FILE` and export again.", ""])
-    lines.append(f"On {evaluation['n']} samples of `{evaluation['data']}` ({evaluation.get('task', '')}, greedy decoding; "
+    how = "one forward pass per text" if facts["labels"] else "greedy decoding"
+    lines.append(f"On {evaluation['n']} samples of `{evaluation['data']}` ({evaluation.get('task', '')}, {how}; "
                  f"`{evaluation['path']}`).")
     comparison = evaluation.get("comparison")
     lines.append("")
@@ -245,6 +255,14 @@ def _use_section(facts: dict) -> str:
 
 
 def _usage_section(facts: dict) -> str:
+    if facts["labels"]:
+        return "\n".join(["## How to use", "", "```python",
+                          "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+                          'model = AutoModelForSequenceClassification.from_pretrained("PATH_TO_THIS_DIRECTORY")',
+                          'tokenizer = AutoTokenizer.from_pretrained("PATH_TO_THIS_DIRECTORY")',
+                          'probs = model(**tokenizer(["some text"], return_tensors="pt")).logits.softmax(-1)',
+                          "print(model.config.id2label[int(probs.argmax())])", "```", "",
+                          "Or `tuneloop serve --model NAME=PATH_TO_THIS_DIRECTORY` and `POST /v1/classify`.", ""])
     return "\n".join(["## How to use", "", "```python",
                       "from transformers import AutoModelForCausalLM, AutoTokenizer",
                       'model = AutoModelForCausalLM.from_pretrained("PATH_TO_THIS_DIRECTORY")',

@@ -43,6 +43,18 @@ FEEDBACK = {"type": "object", "required": ["object", "completion_id", "model", "
     "rating": {"enum": [-1, 1, None]}, "score": {"type": ["integer", "null"], "minimum": 1, "maximum": 5},
     "choice": {"type": ["integer", "null"], "minimum": 0, "maximum": 1}, "stored": {"const": True},
     "replayed": {"type": "boolean", "description": "true: an earlier request with this Idempotency-Key stored it"}}}
+LABEL_SCORE = {"type": "object", "required": ["label", "score"],
+               "properties": {"label": {"type": "string"}, "score": {"type": "number", "minimum": 0, "maximum": 1}}}
+CLASSIFY = {"type": "object", "required": ["object", "model", "data", "usage"], "properties": {
+    "object": {"const": "list"}, "model": {"type": "string"},
+    "usage": {"type": "object", "required": ["prompt_tokens", "total_tokens"],
+              "properties": {k: {"type": "integer", "minimum": 0} for k in ("prompt_tokens", "total_tokens")}},
+    "data": {"type": "array", "minItems": 1, "items": {
+        "type": "object", "required": ["index", "label", "score", "top", "truncated"],
+        "properties": {"index": {"type": "integer", "minimum": 0}, "label": {"type": "string"},
+                       "score": {"type": "number", "minimum": 0, "maximum": 1},
+                       "truncated": {"type": "boolean", "description": "the text was cut to the training max length"},
+                       "top": {"type": "array", "minItems": 1, "items": LABEL_SCORE}}}}}}
 EVENTS = {"type": "string", "description": "server-sent events: `data: {chunk}` lines, then `data: [DONE]`"}
 
 # path -> (200 JSON schema, streams?, error statuses it can answer)
@@ -53,6 +65,7 @@ ROUTES = {
     "/v1/models/{model_id}": (MODEL, False, (400, 401, 403, 404, 429)),
     "/v1/chat/completions": (CHAT, True, (400, 401, 403, 404, 413, 429, 504)),
     "/v1/completions": (COMPLETION, True, (400, 401, 403, 404, 413, 429, 504)),
+    "/v1/classify": (CLASSIFY, False, (400, 401, 403, 404, 413, 429, 504)),
     "/v1/feedback": (FEEDBACK, False, (400, 401, 403, 404, 409, 413, 429)),
     "/metrics": ({"type": "string"}, False, ()),
     "/health": ({"type": "object", "required": ["status", "models", "in_flight"]}, False, ()),
@@ -61,7 +74,7 @@ REASONS = {400: "Invalid request (the field is in error.param)", 401: "Missing o
            403: "The key lacks the scope this endpoint needs", 404: "No such model or completion",
            409: "The Idempotency-Key was used for feedback on another completion",
            413: "Request body over the server's limit", 429: "Rate limit or concurrency limit (see Retry-After)",
-           504: "Generation took longer than the server's request timeout"}
+           504: "Generation (or classification) took longer than the server's request timeout"}
 
 
 def _responses(schema: dict, streams: bool, errors: tuple, path: str) -> dict:

@@ -112,3 +112,31 @@ class FeedbackRequest(BaseModel):
         if self.score is not None:
             return 1 if self.score >= 4 else (-1 if self.score <= 2 else None)
         return -1 if self.correction and self.choice is None else None
+
+
+MAX_CLASSIFY_INPUTS = 256  # texts per /v1/classify request; more: send several requests
+
+
+class ClassifyRequest(BaseModel):
+    """``POST /v1/classify``: one text or a list of texts, scored by a served sequence classifier."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str = Field(min_length=1, max_length=256)
+    input: str | list[str] = Field(description=f"a text, or a list of 1-{MAX_CLASSIFY_INPUTS} texts")
+    top_k: int | None = Field(None, ge=1, description="labels in each result's `top` (default 1; at most the "
+                                                      "number of labels)")
+
+    @field_validator("input")
+    @classmethod
+    def _texts(cls, value):
+        texts = [value] if isinstance(value, str) else value
+        if not texts:
+            raise ValueError("give at least one text")
+        if len(texts) > MAX_CLASSIFY_INPUTS:
+            raise ValueError(f"{len(texts)} texts; send at most {MAX_CLASSIFY_INPUTS} per request")
+        if any(not t.strip() for t in texts):
+            raise ValueError("texts must not be empty")
+        return value
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)

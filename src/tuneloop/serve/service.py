@@ -29,11 +29,12 @@ from tuneloop.serve.settings import ServeSettings
 from tuneloop.serve.store import FeedbackRow, RequestRow, Store
 
 log = logging.getLogger("tuneloop.serve")
-ENDPOINTS = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
+ENDPOINTS = {"chat": "/v1/chat/completions", "completion": "/v1/completions", "classify": "/v1/classify"}
+_ID_PREFIX = {"chat": "chatcmpl-", "completion": "cmpl-", "classify": "classify-"}
 
 
 def new_completion_id(kind: str) -> str:
-    return ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
+    return _ID_PREFIX[kind] + uuid.uuid4().hex
 
 
 class CompletionService:
@@ -46,15 +47,21 @@ class CompletionService:
         self.settings = settings
         self.limiter = ConcurrencyLimiter(settings.max_concurrency)
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuneloop-store")
+        self.classifier_ids: set[str] = set()  # served by /v1/classify (serve/classify.py), not here
 
     # -- checks ---------------------------------------------------------------------------------
     def served(self, name: str) -> ServedModel:
         if looks_like_path(name):
             raise APIError(400, f"model {name!r} is not a model id: paths are not accepted here",
                            param="model", code="invalid_model")
+        if name in self.classifier_ids:
+            raise APIError(400, f"model {name!r} is a sequence classifier: it answers POST /v1/classify, "
+                                "not completions; name a generative model here", param="model",
+                           code="model_not_generative")
         if name not in self.table.models:
+            ids = [*self.table.models, *sorted(self.classifier_ids)]
             raise APIError(404, f"model {name!r} is not served here; GET /v1/models lists the ids "
-                                f"({', '.join(self.table.models)})", param="model", code="model_not_found")
+                                f"({', '.join(ids)})", param="model", code="model_not_found")
         return self.table.models[name]
 
     def sampling(self, body: ChatCompletionRequest | CompletionRequest) -> SamplingParams:

@@ -10,7 +10,9 @@ The steps, each recorded with its reason in ``auto_report.json`` / ``report.html
 4. formulation, for classification data both: a classifier head (LoRA + linear head,
    :mod:`tuneloop.tune.classifier`) after a short learning-rate study, and the generative one
    (the label as the assistant's answer, ordinary SFT); otherwise a ``tuneloop tune`` study;
-5. evaluate each against its base on the held-out test split, pick the winner.
+5. evaluate each against its base on the held-out test split, pick the winner;
+6. a winning classifier head is exported (``OUT/classifier-model``: a plain transformers sequence
+   classifier, ``tuneloop serve --model NAME=OUT/classifier-model`` answers ``POST /v1/classify``).
 
 Budget shares (of ``--budget-minutes``) are in :data:`SHARES`; each phase stops at its share.
 """
@@ -27,6 +29,7 @@ from tuneloop.config.recipe import recipe_from_dict
 from tuneloop.data.prepare import PrepareOptions, prepare
 from tuneloop.errors import UserError
 from tuneloop.evaluate import run_eval
+from tuneloop.export import export_model
 from tuneloop.models.catalog import CATALOG, EMBEDDED
 from tuneloop.models.estimate import estimate
 from tuneloop.models.store import is_hf_dir
@@ -40,6 +43,7 @@ from tuneloop.tune.study import machine_memory_gb
 SHARES = {"classifier_study": 0.2, "classifier_final": 0.45, "generative": 0.2}
 STUDY_LEARNING_RATES = (3e-4, 1e-3, 3e-3)
 GENERATIVE_TEST_SAMPLES = 200  # generation is slow on a CPU: the generative side scores a fixed slice
+CLASSIFIER_EXPORT = "classifier-model"  # under --out: the exported winning classifier
 TEXT_COLUMNS = ("text", "query", "sentence", "utterance", "question", "input")
 LABEL_COLUMNS = ("label", "category", "intent", "class", "target")
 
@@ -188,11 +192,27 @@ def _classification(profile, model, budget_minutes, deadline, out_dir, report) -
     summary = train_classifier(paths["train"], paths["validation"], head_dir, final)
     tuned = evaluate_classifier(head_dir, paths["test"], head_dir)
     untrained = evaluate_classifier(head_dir, paths["test"], head_dir, untrained=True, settings=final)
+    # eval.json in the SPEC's shape, so the exported model's card reports the test scores
+    write_json_atomic(head_dir / "eval.json", tuned | {"task": "classification (head)", "gate": None, "baseline": {
+        "model": untrained["model"], "metrics": untrained["metrics"]}})
     report["results"]["classifier"] = {"run_dir": str(head_dir), "train": summary, "test": tuned["metrics"],
                                        "base_test": untrained["metrics"]}
     generative_s = min(budget_s * SHARES["generative"], max(60.0, deadline - time.time() - 120))
     report["results"]["generative"] = _generative(paths, model, generative_s, out_dir)
     _pick_winner(report)
+    if report["winner"]["formulation"] == "classifier":
+        _export_classifier(report, out_dir / CLASSIFIER_EXPORT)
+
+
+def _export_classifier(report: dict, target: Path) -> None:
+    """The winning head, merged into a plain transformers classifier that ``serve`` answers /v1/classify with."""
+    record = export_model(report["winner"]["run_dir"], "safetensors", target, overwrite=True)
+    report["winner"]["export"] = str(target)
+    report["decisions"]["export"] = [
+        f"the classifier head was merged into its base and written to {target} (a transformers "
+        f"AutoModelForSequenceClassification directory; reload check max |logit difference| "
+        f"{record['reload_max_abs_diff']:.1e}); serve it with `tuneloop serve --model NAME={target}` "
+        f"and POST /v1/classify"]
 
 
 def _classifier_study(paths, base: ClassifierSettings, seconds: float, out_dir: Path) -> list[dict]:

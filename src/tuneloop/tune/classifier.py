@@ -9,7 +9,9 @@ is the query text alone (no chat template: shorter rows, same signal).
              eval.json  predictions.jsonl
 
 ``train_classifier`` stops at ``max_seconds`` if given (the budget), keeping the best checkpoint by
-validation accuracy; ``load_classifier`` / ``predict`` serve it.
+validation accuracy; ``load_classifier`` loads it back (:mod:`tuneloop.models.classifier`: the run or its export);
+``tuneloop export RUN_DIR`` merges it into a plain transformers classifier that ``serve`` answers
+``POST /v1/classify`` with.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from tuneloop.errors import UserError
 from tuneloop.evaluate.metrics import classification_scores
+from tuneloop.models.classifier import load_classifier as load_any_classifier
 from tuneloop.models.estimate import bf16_supported
 from tuneloop.models.loading import load_tokenizer, resolve_model
 from tuneloop.paths import make_dir, read_jsonl, write_json_atomic, write_jsonl_atomic
@@ -201,27 +204,9 @@ def _schedule(step: int, total: int, warmup: int = 10) -> float:
 
 
 def load_classifier(run_dir: str | Path):
-    """(model, tokenizer, labels, max_len) of a trained classifier run directory."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification
-
-    run_dir = Path(run_dir)
-    info_path = run_dir / "labels.json"
-    if not info_path.is_file():
-        raise UserError(f"{run_dir} is not a classifier run (no labels.json)",
-                        hint="train one with `tuneloop auto` on classification data")
-    info = json.loads(info_path.read_text())
-    labels = info["labels"]
-    resolved = resolve_model(info["base_model"])
-    base = AutoModelForSequenceClassification.from_pretrained(
-        resolved.path, num_labels=len(labels), id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)}, dtype=torch.float32)
-    tokenizer = load_tokenizer(resolved)
-    base.config.pad_token_id = tokenizer.pad_token_id
-    model = PeftModel.from_pretrained(base, run_dir / "adapter")
-    model.eval()
-    return model, tokenizer, labels, info["max_len"]
+    """(model, tokenizer, labels, max_len) of a trained classifier run directory or its export."""
+    loaded = load_any_classifier(run_dir)
+    return loaded.model, loaded.tokenizer, loaded.labels, loaded.max_len
 
 
 def evaluate_classifier(run_dir, test_path, out_dir=None, untrained: bool = False,
