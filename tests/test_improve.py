@@ -154,3 +154,21 @@ def test_a_round_on_poisoned_corrections_is_rejected_and_production_stays(loop):
     assert aliases["production"] == 2 and aliases["candidate"] == 3 and versions == 3 and rounds == 2
     again = run_round(_settings(tmp, db))
     assert again["status"] == "waiting"  # the poisoned feedback was consumed, not retried forever
+
+
+def test_a_dpo_round_trains_on_the_preference_pairs_and_is_gated_like_sft(loop):
+    tmp, db = loop
+    add_feedback(db, "d", lambda i: NEW_ANSWER)  # each correction is also a pair: correction > served answer
+    result = run_round(_settings(tmp, db, method="dpo", steps=24, learning_rate=1e-2))
+    counts = result["counts"]
+    assert counts["train_pairs"] == counts["train_corrections"] and counts["heldout"] >= 1, counts
+    assert counts["train_records"] == counts["train_pairs"] * 4  # repeat 4, no replay in a DPO round
+    round_dir = Path(result["round_dir"])
+    recipe = (round_dir / "runs" / "candidate" / "recipe.resolved.yaml").read_text()
+    assert "method: dpo" in recipe
+    pairs = [line for line in (round_dir / "data" / "train.jsonl").read_text().splitlines()]
+    assert all('"chosen"' in p and '"rejected"' in p for p in pairs)
+    gain = result["gate"]["checks"][0]
+    assert gain["metric"] == "fact_accuracy"  # the held-out corrections changed "45 days" to "60 days"
+    assert result["status"] == ("promoted" if result["gate"]["passed"] else "rejected")
+    assert (result["status"] == "promoted") == (gain["ci95"][0] > 0)

@@ -33,11 +33,16 @@ import click
 @click.option("--learning-rate", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--repeat", default=4, show_default=True, type=click.IntRange(1),
               help="Times each correction appears in the round's training data.")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1), help="Examples per optimizer step.")
+@click.option("--lora-r", default=8, show_default=True, type=click.IntRange(1), help="LoRA rank of the candidate.")
+@click.option("--method", type=click.Choice(["sft", "dpo"]), default="sft", show_default=True,
+              help="sft: corrections as chats + replay; dpo: the round's preference pairs (correction over the "
+                   "answer it replaced, +1 over -1 answers, A/B choices) against production as reference.")
 @click.option("--regression-data", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Regression set [default: the production version's, else a held-back sample of its data].")
 @click.option("--out", "out_dir", default=None, help="Where round directories go [default: TUNELOOP_HOME/improve/NAME].")
 def improve(name, db_url, gates, margin, once, every, min_feedback, satisfaction_below, steps, learning_rate,
-            repeat, regression_data, out_dir):
+            repeat, batch_size, lora_r, method, regression_data, out_dir):
     """Feedback since the last round -> prepare -> train a candidate from production -> evaluate both
     on held-out feedback and a regression set -> register; promote when the gate passes."""
     from tuneloop.improve import ImproveSettings, describe, run_round
@@ -47,7 +52,8 @@ def improve(name, db_url, gates, margin, once, every, min_feedback, satisfaction
 
     settings = ImproveSettings(name=name, db_url=db_url, out_dir=out_dir, gates=list(gates), margin=margin,
                                min_feedback=min_feedback, satisfaction_below=satisfaction_below, steps=steps,
-                               learning_rate=learning_rate, repeat=repeat, regression_data=regression_data)
+                               learning_rate=learning_rate, repeat=repeat, batch_size=batch_size, lora_r=lora_r,
+                               method=method, regression_data=regression_data)
     if every is None:
         click.echo(describe(run_round(settings)))
         return

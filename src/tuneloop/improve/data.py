@@ -139,6 +139,33 @@ def split_corrections(records: list[dict], share: float, seed: int,
     return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
 
 
+def _preference_round(built, train: list[dict], heldout: list[dict], heldout_path: Path, out_dir: Path,
+                      feedback: list[dict], regression_data: str | None, train_data: str | None, repeat: int,
+                      seed: int, report) -> RoundData:
+    """A DPO round's data: the preference pairs whose prompt is not held out, ``repeat`` times. No
+    replay: DPO's pull to the reference model (production) is what keeps the rest in place."""
+    held_prompts = {_prompt(r) for r in heldout}
+    pairs = [p for p in built.preference if "messages" in p and _prompt(p) not in held_prompts]
+    counts = {"feedback": len(feedback), "corrections": len(built.sft), "preference_pairs": len(built.preference),
+              "train_corrections": len(train), "train_pairs": len(pairs), "repeat": repeat, "heldout": len(heldout)}
+    if not pairs:
+        return RoundData(out_dir / "data" / "train.jsonl", None, heldout_path, None, counts, built.report,
+                         report.to_json(), skip_reason=f"no preference pairs outside the {len(heldout)} held-out "
+                                                       "prompts to train a DPO candidate on (wait for more)")
+    mixed = pairs * repeat
+    random.Random(seed).shuffle(mixed)
+    write_jsonl_atomic(out_dir / "data" / "train.jsonl", mixed)
+    _, held_back, superseded = replay_split(train_data, 0, 32 if not regression_data else 0, seed, train + heldout)
+    regression = Path(regression_data) if regression_data else None
+    if regression is None and held_back:
+        regression = out_dir / "data" / "regression.jsonl"
+        write_jsonl_atomic(regression, held_back)
+    counts.update(train_records=len(mixed), superseded=superseded,
+                  regression=len(read_jsonl(regression)) if regression else 0)
+    return RoundData(out_dir / "data" / "train.jsonl", None, heldout_path, regression, counts, built.report,
+                     report.to_json())
+
+
 _FIGURE = re.compile(r"[$€£]?\d[\d.,:]*\d|[$€£]?\d")
 _UNIT = re.compile(r"\s*(%|[A-Za-z]+)")
 
@@ -186,7 +213,7 @@ def _chat_only(record: dict) -> dict:
 
 def build_round_data(requests: list[dict], feedback: list[dict], out_dir: Path, *, train_data: str | None,
                      regression_data: str | None, tokenizer_model: str | None, repeat: int, replay: int,
-                     seed: int) -> RoundData:
+                     seed: int, method: str = "sft") -> RoundData:
     """Write the round's files under ``out_dir``; ``skip_reason`` says when the round cannot train."""
     built = build_feedback_data(requests, feedback)
     raw = out_dir / "feedback"
@@ -210,6 +237,9 @@ def build_round_data(requests: list[dict], feedback: list[dict], out_dir: Path, 
                          built.report, report.to_json(),
                          skip_reason=f"{len(built.sft)} corrections give {len(train)} to train on and "
                                      f"{len(heldout)} held out; both must be at least 1 (wait for more)")
+    if method == "dpo":
+        return _preference_round(built, train, heldout, heldout_path, out_dir, feedback, regression_data,
+                                 train_data, repeat, seed, report)
     n_replay = replay if replay >= 0 else 3 * len(train) * repeat
     replayed, held_back, superseded = replay_split(train_data, n_replay, 32 if not regression_data else 0, seed,
                                                    train + heldout)

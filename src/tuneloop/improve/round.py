@@ -51,7 +51,8 @@ class ImproveSettings:
     learning_rate: float = 1e-3
     lora_r: int = 8
     batch_size: int = 4  # examples per optimizer step
-    repeat: int = 4  # each correction appears this many times per round
+    repeat: int = 4  # each correction (or, with dpo, each pair) appears this many times per round
+    method: str = "sft"  # sft: corrections + replay; dpo: the round's preference pairs, production as reference
     replay: int = -1  # records of production's training data replayed (-1: 3x the corrections)
     regression_data: str | None = None  # overrides the production version's regression set
     max_new_tokens: int = 48
@@ -103,15 +104,20 @@ def _round(settings: ImproveSettings, registry: Registry, store: Store) -> dict:
     data = build_round_data(requests, feedback, round_dir, train_data=production.train_data,
                             regression_data=settings.regression_data or production.regression_data,
                             tokenizer_model=resolve_model(production.path).path.as_posix(),
-                            repeat=settings.repeat, replay=settings.replay, seed=settings.seed)
+                            repeat=settings.repeat, replay=settings.replay, seed=settings.seed,
+                            method=settings.method)
     if data.skip_reason:
         result = {"status": "skipped", "production": production.version, "reason": data.skip_reason,
                   "counts": data.counts, "round_dir": str(round_dir)}
         write_json_atomic(round_dir / "round.json", result)
         return result
     parent = _parent_model(production, round_dir)
-    _log(f"   training a candidate on {data.counts['train_records']} records "
-         f"({data.counts['train_corrections']} corrections x{settings.repeat}, {data.counts['replayed']} replayed)")
+    if settings.method == "dpo":
+        _log(f"   training a DPO candidate on {data.counts['train_records']} records "
+             f"({data.counts['train_pairs']} preference pairs x{settings.repeat}; production is the reference)")
+    else:
+        _log(f"   training a candidate on {data.counts['train_records']} records "
+             f"({data.counts['train_corrections']} corrections x{settings.repeat}, {data.counts['replayed']} replayed)")
     candidate_dir = Path(_train(settings, data, parent, round_dir))
     heldout, regression = _evaluate(settings, data, candidate_dir, production, round_dir)
     decision = decide(heldout, regression, settings.margin)
@@ -154,7 +160,7 @@ def _parent_model(production: ModelVersion, round_dir: Path) -> Path:
 
 def _train(settings: ImproveSettings, data: RoundData, parent: Path, round_dir: Path) -> Path:
     recipe = recipe_from_dict({
-        "name": "candidate", "model": str(parent.resolve()), "method": "lora",
+        "name": "candidate", "model": str(parent.resolve()), "method": "dpo" if settings.method == "dpo" else "lora",
         "output_dir": str(round_dir / "runs"),
         "data": {"train": str(data.train), "validation": str(data.validation) if data.validation else None},
         "lora": {"r": settings.lora_r, "alpha": 2 * settings.lora_r, "dropout": 0.0, "target_modules": "all-linear"},
@@ -162,6 +168,7 @@ def _train(settings: ImproveSettings, data: RoundData, parent: Path, round_dir: 
                   "warmup_ratio": 0.05, "batch_size": settings.batch_size, "max_seq_len": 256,
                   "seed": settings.seed, "eval_every": max(1, settings.steps), "save_every": 100000},
         "tracking": {"backend": "none"},
+        **({"preference": {"holdout": 0.0}} if settings.method == "dpo" else {}),
     }, source=f"improve round {round_dir.name}")
     return run_training(recipe)
 
