@@ -77,13 +77,21 @@ def place_augmented(augmented: list[tuple], by_split: dict[str, list],
     split_of = {c.origin: name for name, members in by_split.items() for c in members}
     placed = []
     for candidate, length in augmented:
-        source = _augmented_from(candidate)
-        if isinstance(source, str) and split_of.get(source) != "train":
-            drop("filtered", candidate.source, "augmented_from_held_out", _held_out_reason(source, split_of))
+        reason = held_out_reason(_augmented_from(candidate), split_of)
+        if reason is not None:
+            drop("filtered", candidate.source, "augmented_from_held_out", reason)
             continue
         by_split["train"].append(candidate)
         placed.append(length)
     return placed
+
+
+def held_out_reason(source, split_of: dict[str, str]) -> str | None:
+    """Why a record derived from ``source`` cannot join train (None: it can); ``split_of`` maps
+    the origin ids of the output's originals to their split."""
+    if not isinstance(source, str) or split_of.get(source) == "train":
+        return None
+    return _held_out_reason(source, split_of)
 
 
 def _held_out_reason(source: str, split_of: dict[str, str]) -> str:
