@@ -17,7 +17,7 @@ How it scales: the per-record stages (parse, validate, clean, redact, count toke
 chunks of records (prepare_chunks) in worker processes or on Ray (prepare_engines, ``--workers``,
 ``--engine ray``); the global stages (exact and near dedup, split) run on compact per-record
 summaries in input order (prepare_global), and the output is streamed from a spool file. Memory is
-~70 bytes per record plus a few chunks, and the output is the same for any engine and worker count.
+~90 bytes per record plus a few chunks, and the output is the same for any engine and worker count.
 """
 
 from __future__ import annotations
@@ -183,10 +183,9 @@ def prepare(paths, out_dir, options: PrepareOptions | None = None, progress: boo
         shapes, pii_counts, cleaned = spool.shapes, spool.pii, spool.cleaned
         summary = spool.finish()
         clock.lap("validate_clean_pii")
-        decision = decide(summary, options, books, "estimated tokens" if counter.estimated else "tokens",
-                          clock.lap)
+        decision = decide(summary, options, books, counter, clock.lap)
         token_stats = stats.length_statistics(decision.output_lengths, options.max_seq_len, counter)
-        token_stats["counted"] = {"exact": decision.exact_counted, "estimated_from_bytes": 0}
+        token_stats["counted"] = decision.counting
         # Sequences are about as long as the records (p95), not max_seq_len: that is what the estimate needs.
         seq_len = min(options.max_seq_len, max(16, token_stats.get("p95", options.max_seq_len)))
         token_stats.update(training_estimate(options.model, token_stats["total"], seq_len))

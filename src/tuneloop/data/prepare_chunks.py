@@ -49,9 +49,10 @@ class Chunk:
         return len(self.records if self.records is not None else self.lines)
 
 
-def read_chunks(files: list[Path], columns: ingest.ColumnMap, size: int = CHUNK_RECORDS) -> Iterator[Chunk]:
-    """Chunks of every input in order. JSONL lines are parsed by the chunk's worker, not here, so
-    the one reading process does little more than read."""
+def read_chunks(files: list[Path], columns: ingest.ColumnMap, size: int | None = None) -> Iterator[Chunk]:
+    """Chunks of every input in order (``size`` records, default CHUNK_RECORDS). JSONL lines are
+    parsed by the chunk's worker, not here, so the one reading process does little more than read."""
+    size = size or CHUNK_RECORDS
     for path in files:
         if ingest.is_plain_jsonl(path):
             lines = ingest.read_jsonl_lines(path)
@@ -115,10 +116,14 @@ class ChunkResult:
     lines: np.ndarray  # int64 line of each survivor
     key_hash: np.ndarray  # (m, 2) uint64: 128-bit hash of the exact-dedup key
     labels: list
-    lengths: np.ndarray  # int64 tokens
+    lengths: np.ndarray  # int64 tokens where counted here (-1: left to the sample, see _token_summary)
+    content_bytes: np.ndarray  # stats.byte_profile of each survivor
+    upper_bound: np.ndarray
+    messages: np.ndarray
     origin: np.ndarray  # uint64 hash of augment_provenance.origin_id (what augmented records name)
     augmented_from: dict = field(default_factory=dict)  # survivor index -> its augmented_from
     output: bytes = b""  # the survivors' output JSON lines
+    output_bytes: np.ndarray | None = None  # each output line's size
     near_keys: bytes = b""  # the near-dup keys, one a line (no key holds a newline)
     near_key_bytes: np.ndarray | None = None  # each key line's size
     signatures: np.ndarray | None = None  # (m, NUM_PERM) uint32 MinHash of the near-dup keys
@@ -141,15 +146,33 @@ def process_chunk(chunk: Chunk, task: str, options) -> ChunkResult:
         detected=Counter(detect_shape(r.obj) for r in raw if r.error is None), pii=pii_counts, cleaned=cleaned,
         path=chunk.path, lines=np.fromiter((c.line for c in survivors), dtype=np.int64, count=len(survivors)),
         key_hash=np.frombuffer(digests, dtype="<u8").reshape(-1, 2).copy(), labels=[c.label for c in survivors],
-        lengths=stats.record_lengths(stats.load_token_counter(options.model), [c.record for c in survivors]),
+        **_token_summary([c.record for c in survivors], options),
         origin=np.fromiter((hash64(c.origin) for c in survivors), dtype=np.uint64, count=len(survivors)),
         augmented_from={i: c.record["augmented_from"] for i, c in enumerate(survivors)
                         if c.record.get("augmented_from") is not None},
-        output="".join(json.dumps(output_record(c), ensure_ascii=False, default=str) + "\n"
-                       for c in survivors).encode("utf-8"))
+    )
+    lines = [(json.dumps(output_record(c), ensure_ascii=False, default=str) + "\n").encode("utf-8")
+             for c in survivors]
+    result.output = b"".join(lines)
+    result.output_bytes = np.fromiter((len(line) for line in lines), dtype=np.int64, count=len(lines))
     if options.near_dup_threshold > 0:
         _near_dup_summary(result, [near_key(c) for c in survivors], options.near_dup_threshold)
     return result
+
+
+def _token_summary(records: list[dict], options) -> dict:
+    """Byte profile of each record, and its exact tokens where they will be needed whatever the rest
+    of the corpus is: every record when the counter is the estimate or a length filter is on, else
+    only records that could exceed max_seq_len (stats.corpus_lengths; the sample is drawn later)."""
+    counter = stats.load_token_counter(options.model)
+    content_bytes, upper_bound, messages = stats.byte_profile(counter, records)
+    lengths = np.full(len(records), -1, dtype=np.int64)
+    if counter.estimated or options.min_tokens > 1 or options.max_tokens is not None:
+        lengths[:] = stats.record_lengths(counter, records)
+    else:
+        long = np.flatnonzero(upper_bound > options.max_seq_len)
+        lengths[long] = stats.record_lengths(counter, [records[i] for i in long])
+    return {"lengths": lengths, "content_bytes": content_bytes, "upper_bound": upper_bound, "messages": messages}
 
 
 def _near_dup_summary(result: ChunkResult, texts: list[str], threshold: float) -> None:

@@ -2,8 +2,8 @@
 
 :class:`Spool` collects the :class:`~tuneloop.data.prepare_chunks.ChunkResult` of every chunk in
 input order: output lines, near-dup keys, MinHash signatures and LSH band hashes go to temporary
-files; what stays in memory is ~70 bytes per record (128-bit key hash, file and line, label code,
-token count, origin hash, offset). :func:`decide` then runs exact dedup, the length filter,
+files; what stays in memory is ~90 bytes per record (128-bit key hash, file and line, label code,
+token count and byte profile, origin hash, spool offsets). :func:`decide` then runs exact dedup, the length filter,
 near-dup clustering and the split on those arrays, reading back from the files only what it needs
 (one band at a time; the signatures and keys of candidate pairs), and says for each record where
 it goes. The order of every decision and issue is the one the records had in the input, so the
@@ -12,13 +12,14 @@ result is the one a single process computing everything in memory would reach.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from tuneloop.data import augment_provenance, dedup, split
+from tuneloop.data import augment_provenance, dedup, split, stats
 from tuneloop.data.prepare_chunks import NUM_PERM, Accounting, ChunkResult, hash64
 
 DROPPED, AUGMENTED_TRAIN = -1, 3  # fates besides the split indices 0, 1, 2
@@ -34,8 +35,9 @@ class Spool:
         self.signatures = open(self.folder / "signatures.u32", "wb") if near_dup else None
         self.band_files: list = []
         self.paths: list[str] = []
-        self.parts: dict[str, list] = {k: [] for k in ("file", "line", "key_hash", "label", "length", "origin",
-                                                       "near_bytes")}
+        self.parts: dict[str, list] = {k: [] for k in ("file", "line", "key_hash", "label", "lengths", "origin",
+                                                       "content_bytes", "upper_bound", "messages",
+                                                       "output_bytes", "near_bytes")}
         self.label_code: dict = {}
         self.augmented_from: dict[int, object] = {}
         self.n_input = self.n = self.cleaned = 0
@@ -58,7 +60,8 @@ class Spool:
         self.parts["line"].append(r.lines)
         self.parts["key_hash"].append(r.key_hash)
         self.parts["label"].append(np.fromiter((self._code(v) for v in r.labels), dtype=np.int32, count=m))
-        self.parts["length"].append(r.lengths.astype(np.int64))
+        for name in ("lengths", "content_bytes", "upper_bound", "messages", "output_bytes"):
+            self.parts[name].append(getattr(r, name))
         self.parts["origin"].append(r.origin)
         self.augmented_from.update({self.n + i: v for i, v in r.augmented_from.items()})
         self.output.write(r.output)
@@ -87,12 +90,13 @@ class Spool:
         for (_, value), code in self.label_code.items():
             values[code] = value
         self.parts = {}
-        near_offsets = np.concatenate(([0], np.cumsum(joined["near_bytes"]))).astype(np.int64) \
-            if self.near_dup else None
-        return Summary(self.folder, self.paths, joined["file"].astype(np.int32), joined["line"].astype(np.int64),
+        offsets = lambda sizes: np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)  # noqa: E731
+        ints = {k: joined[k].astype(np.int64) for k in ("line", "lengths", "content_bytes", "upper_bound", "messages")}
+        return Summary(self.folder, self.paths, joined["file"].astype(np.int32), ints["line"],
                        joined["key_hash"].reshape(-1, 2), joined["label"].astype(np.int32), values,
-                       joined["length"].astype(np.int64), joined["origin"].astype(np.uint64), self.augmented_from,
-                       near_offsets, len(self.band_files))
+                       ints["lengths"], ints["content_bytes"], ints["upper_bound"], ints["messages"],
+                       joined["origin"].astype(np.uint64), self.augmented_from, offsets(joined["output_bytes"]),
+                       offsets(joined["near_bytes"]) if self.near_dup else None, len(self.band_files))
 
 
 @dataclass
@@ -106,9 +110,13 @@ class Summary:
     key_hash: np.ndarray
     label: np.ndarray  # code into label_values; -1: no label
     label_values: list
-    length: np.ndarray
+    length: np.ndarray  # tokens where the per-record pass counted them, else -1 (see token_lengths)
+    content_bytes: np.ndarray
+    upper_bound: np.ndarray
+    messages: np.ndarray
     origin: np.ndarray
     augmented_from: dict
+    output_offsets: np.ndarray
     near_offsets: np.ndarray | None
     bands: int
 
@@ -130,22 +138,24 @@ class Decision:
     fate: np.ndarray
     output_lengths: np.ndarray
     near_summary: dict
-    exact_counted: int
+    counting: dict  # report.json tokens.counted
     splits: dict = field(default_factory=dict)
     labels: dict = field(default_factory=dict)
 
 
-def decide(summary: Summary, options, books: Accounting, unit: str, lap=lambda stage: None) -> Decision:
-    """Exact dedup, length filter, near-dup clusters and split (prepare.py's docstring says why in this
-    order); ``unit`` names the token counts in messages ("tokens" or "estimated tokens"); ``lap(stage)``
-    is called after each stage (report.json's stage_seconds)."""
+def decide(summary: Summary, options, books: Accounting, counter: stats.TokenCounter,
+           lap=lambda stage: None) -> Decision:
+    """Exact dedup, token counts and length filter, near-dup clusters and split (prepare.py's
+    docstring says why in this order); ``lap(stage)`` is called after each stage (stage_seconds)."""
     augmented = np.zeros(len(summary), dtype=bool)
     augmented[list(summary.augmented_from)] = True
     order = np.concatenate([np.flatnonzero(~augmented), np.flatnonzero(augmented)])  # originals first
     kept = drop_exact_duplicates(summary, order, books)
-    exact_counted = len(kept)
     lap("exact_dedup")
-    kept = filter_lengths(summary, kept, options, books, unit)
+    lengths = np.full(len(summary), -1, dtype=np.int64)
+    lengths[kept], counting = token_lengths(summary, kept, options, counter)
+    kept = filter_lengths(summary, kept, lengths[kept], options, books,
+                          "estimated tokens" if counter.estimated else "tokens")
     originals, extra = kept[~augmented[kept]], kept[augmented[kept]]
     lap("tokens")
     groups, near_summary = cluster_near_duplicates(summary, originals, options, books)
@@ -159,13 +169,44 @@ def decide(summary: Summary, options, books: Accounting, unit: str, lap=lambda s
     fate[originals[keep]] = split_index
     placed = place_augmented(summary, originals[keep], split_index, extra, books)
     fate[placed] = AUGMENTED_TRAIN
-    decision = Decision(fate, np.concatenate([summary.length[originals[keep]], summary.length[placed]]),
-                        near_summary, exact_counted)
+    decision = Decision(fate, np.concatenate([lengths[originals[keep]], lengths[placed]]), near_summary, counting)
     decision.splits = {name: int((split_index == s).sum()) + (len(placed) if s == 0 else 0)
                        for s, name in enumerate(split.SPLITS)}
     decision.labels = _label_distribution(summary, originals[keep], split_index, placed)
     books.counts["output"] = len(decision.output_lengths)
     return decision
+
+
+def token_lengths(summary: Summary, kept: np.ndarray, options, counter: stats.TokenCounter
+                  ) -> tuple[np.ndarray, dict]:
+    """stats.corpus_lengths over the records at ``kept``: the sample is drawn from the survivors of
+    exact dedup, and its records are read back from the output spool and tokenized here."""
+    n = len(kept)
+    if counter.estimated or options.min_tokens > 1 or options.max_tokens is not None:
+        return summary.length[kept], {"exact": n, "estimated_from_bytes": 0}  # all counted per record
+
+    def exact_of(index: np.ndarray) -> np.ndarray:
+        return _exact_lengths(summary, kept[index], counter)
+
+    if n <= stats.EXACT_TOKEN_LIMIT:
+        return exact_of(np.arange(n)), {"exact": n, "estimated_from_bytes": 0}
+    return stats.lengths_from_sample(counter, summary.content_bytes[kept], summary.upper_bound[kept],
+                                     summary.messages[kept], options.max_seq_len, exact_of, stats.EXACT_TOKEN_LIMIT)
+
+
+def _exact_lengths(summary: Summary, members: np.ndarray, counter: stats.TokenCounter) -> np.ndarray:
+    out = summary.length[members].copy()
+    missing = np.flatnonzero(out < 0)
+    if len(missing):
+        missing = missing[np.argsort(members[missing], kind="stable")]  # read the spool front to back
+        offsets = summary.output_offsets
+        records = []
+        with open(summary.folder / "output.jsonl", "rb") as f:
+            for i in members[missing].tolist():
+                f.seek(int(offsets[i]))
+                records.append(json.loads(f.read(int(offsets[i + 1] - offsets[i]))))
+        out[missing] = stats.record_lengths(counter, records)
+    return out
 
 
 def drop_exact_duplicates(summary: Summary, order: np.ndarray, books: Accounting) -> np.ndarray:
@@ -191,8 +232,8 @@ def drop_exact_duplicates(summary: Summary, order: np.ndarray, books: Accounting
     return order[first == np.arange(len(order))]
 
 
-def filter_lengths(summary: Summary, kept: np.ndarray, options, books: Accounting, unit: str) -> np.ndarray:
-    lengths = summary.length[kept]
+def filter_lengths(summary: Summary, kept: np.ndarray, lengths: np.ndarray, options, books: Accounting,
+                   unit: str) -> np.ndarray:
     short = lengths < options.min_tokens
     long = (lengths > options.max_tokens) if options.max_tokens is not None else np.zeros(len(kept), dtype=bool)
     for position in np.flatnonzero(short | long).tolist():
