@@ -113,7 +113,8 @@ def test_auto_task_guessed_from_the_first_chunk_is_corrected(tmp_path, small_chu
     report = prepare([path], tmp_path / "out", PrepareOptions(model=None, workers=1))
     assert report.task == "sft"
     one_chunk = tmp_path / "one_chunk"
-    monkeypatch.setattr(prepare_chunks, "CHUNK_RECORDS", 10_000)  # the whole file in the first chunk: the guess is right at once
+    # The whole file in the first chunk: the first guess is right at once.
+    monkeypatch.setattr(prepare_chunks, "CHUNK_RECORDS", 10_000)
     prepare([path], one_chunk, PrepareOptions(model=None, workers=1))
     assert _data_hashes(tmp_path / "out") == _data_hashes(one_chunk)
 
