@@ -177,6 +177,11 @@ def prepare(paths, out_dir, options: PrepareOptions | None = None, progress: boo
             spool = _per_record_pass(files, task, options, Path(folder), progress)
         if not spool.n_input:
             raise UserError(f"no records found in {', '.join(map(str, paths))}", hint="are the files empty?")
+        if spool.tokenizers - {counter.description}:  # a Ray node without the model counts differently
+            raise UserError(f"--model {options.model}: token counts differ between machines "
+                            f"(here: {counter.description}; on workers: {', '.join(sorted(spool.tokenizers))})",
+                            hint="make the model available on every Ray node (tuneloop models import), "
+                                 "or pass --model none to estimate everywhere")
         books = Accounting(spool.n_input)
         books.counts.update(spool.counts)
         books.issues = spool.issues

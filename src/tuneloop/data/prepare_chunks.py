@@ -112,6 +112,7 @@ class ChunkResult:
     detected: Counter  # detect_shape of every parsed record (what ``--task auto`` decides on)
     pii: Counter
     cleaned: int
+    tokenizer: str  # TokenCounter.description where the chunk ran (must be the driver's)
     path: str
     lines: np.ndarray  # int64 line of each survivor
     key_hash: np.ndarray  # (m, 2) uint64: 128-bit hash of the exact-dedup key
@@ -144,7 +145,7 @@ def process_chunk(chunk: Chunk, task: str, options) -> ChunkResult:
     result = ChunkResult(
         n_input=len(raw), counts=books.counts, issues=books.issues, shapes=shapes,
         detected=Counter(detect_shape(r.obj) for r in raw if r.error is None), pii=pii_counts, cleaned=cleaned,
-        path=chunk.path, lines=np.fromiter((c.line for c in survivors), dtype=np.int64, count=len(survivors)),
+        tokenizer=stats.load_token_counter(options.model).description, path=chunk.path, lines=np.fromiter((c.line for c in survivors), dtype=np.int64, count=len(survivors)),
         key_hash=np.frombuffer(digests, dtype="<u8").reshape(-1, 2).copy(), labels=[c.label for c in survivors],
         **_token_summary([c.record for c in survivors], options),
         origin=np.fromiter((hash64(c.origin) for c in survivors), dtype=np.uint64, count=len(survivors)),

@@ -44,6 +44,7 @@ class Spool:
         self.counts = Counter()
         self.issues: list[dict] = []
         self.shapes, self.detected, self.pii = Counter(), Counter(), Counter()
+        self.tokenizers: set[str] = set()
 
     def add(self, r: ChunkResult) -> None:
         m = len(r.lines)
@@ -54,6 +55,7 @@ class Spool:
         self.detected.update(r.detected)
         self.pii.update(r.pii)
         self.cleaned += r.cleaned
+        self.tokenizers.add(r.tokenizer)
         if not self.paths or self.paths[-1] != r.path:
             self.paths.append(r.path)
         self.parts["file"].append(np.full(m, len(self.paths) - 1, dtype=np.int32))
@@ -278,11 +280,7 @@ def _near_duplicates(summary: Summary, members: np.ndarray, threshold: float) ->
     folder = summary.folder
     bands = (np.fromfile(folder / f"band{b}.u64", dtype=np.uint64)[members] for b in range(summary.bands))
     pairs = dedup.candidate_pairs(bands, n)
-    needed = np.unique(pairs)
-    signatures = _read_rows(folder / "signatures.u32", members[needed], NUM_PERM)
-    agreement = dedup.signature_agreement(signatures, np.searchsorted(needed, pairs),
-                                          floor=threshold - dedup.SURE_MARGIN)
-    del signatures
+    agreement = _agreement_from_file(folder / "signatures.u32", members, pairs, threshold - dedup.SURE_MARGIN)
     with open(folder / "near_keys.txt", "rb") as keys:
         def exact(x: int, y: int) -> float:
             texts = [_read_key(keys, summary.near_offsets, members[i]) for i in (x, y)]
@@ -292,19 +290,20 @@ def _near_duplicates(summary: Summary, members: np.ndarray, threshold: float) ->
         return dedup.clusters_from_candidates(n, pairs, agreement, threshold, exact)
 
 
-def _read_rows(path: Path, rows: np.ndarray, width: int, block: int = 1 << 15) -> np.ndarray:
-    """``rows`` (sorted) of a (n, width) uint32 file, read block by block (never the whole file)."""
-    out = np.empty((len(rows), width), dtype=np.uint32)
-    done = 0
-    with open(path, "rb") as f:
-        while done < len(rows):
-            start = int(rows[done])
-            stop = min(start + block, int(rows[-1]) + 1)
-            f.seek(start * width * 4)
-            chunk = np.frombuffer(f.read((stop - start) * width * 4), dtype=np.uint32).reshape(-1, width)
-            upto = int(np.searchsorted(rows, stop))
-            out[done:upto] = chunk[rows[done:upto] - start]
-            done = upto
+def _agreement_from_file(path: Path, members: np.ndarray, pairs: np.ndarray, floor: float,
+                         block: int = 8192) -> np.ndarray:
+    """dedup.signature_agreement of ``pairs`` (positions in ``members``), with the signatures read
+    from the spool a block of pairs at a time: the file is mapped afresh for each block and
+    unmapped after it, so what is resident stays the pages of one block (<= 2 x block x 4 KiB),
+    however many records and pairs there are."""
+    out = np.zeros(len(pairs), dtype=np.float64)
+    for start in range(0, len(pairs), block):
+        part = pairs[start:start + block]
+        rows = np.unique(part)
+        mapped = np.memmap(path, dtype=np.uint32, mode="r").reshape(-1, NUM_PERM)
+        signatures = np.array(mapped[members[rows]])  # a copy; the mapping goes with ``mapped``
+        del mapped
+        out[start:start + block] = dedup.signature_agreement(signatures, np.searchsorted(rows, part), floor=floor)
     return out
 
 
