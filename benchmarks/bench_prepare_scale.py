@@ -122,6 +122,17 @@ def run_config(source: Path, out: Path, engine: str, workers: int, model: str) -
             "command": " ".join(["tuneloop"] + command[3:])}
 
 
+def _write_results(args, runs: list[dict], info: dict) -> dict:
+    identical = {size: len({json.dumps(r["sha256"], sort_keys=True) for r in runs if r["records"] == size}) == 1
+                 for size in {r["records"] for r in runs}}
+    result = {"benchmark": "data prepare at scale", "model": args.model, "runs": runs,
+              "identical_outputs_per_size": identical, "machine": info,
+              "load_average_1m_at_end": round(os.getloadavg()[0], 2)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return identical
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000)
@@ -145,13 +156,7 @@ def main() -> None:
                 print(f"{size:,} records, {engine} x{workers}: {run['seconds']} s = {run['records_per_s']:,} rec/s, "
                       f"peak RSS (tree) {run['peak_rss_tree_mib']:,} MiB, load {run['load_average_1m_before']}",
                       flush=True)
-    identical = {size: len({json.dumps(r["sha256"], sort_keys=True) for r in runs if r["records"] == size}) == 1
-                 for size in {r["records"] for r in runs}}
-    result = {"benchmark": "data prepare at scale", "model": args.model, "runs": runs,
-              "identical_outputs_per_size": identical, "machine": info,
-              "load_average_1m_at_end": round(os.getloadavg()[0], 2)}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+                identical = _write_results(args, runs, info)  # after every run: a long benchmark keeps what it did
     print("identical outputs across configs:", identical)
     print(f"wrote {args.out}")
 

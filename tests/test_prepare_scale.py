@@ -149,8 +149,8 @@ _PEAK_RSS = textwrap.dedent("""
     from pathlib import Path
     n, tmp = int(sys.argv[1]), Path(sys.argv[2])
     with open(tmp / "in.jsonl", "w") as f:  # written in pieces: the generator must not be what grows
-        for start in range(0, n, 20_000):
-            f.write("\\n".join(corpus_lines(min(20_000, n - start), seed=start)) + "\\n")
+        for start in range(0, n, 4_000):
+            f.write("\\n".join(corpus_lines(min(4_000, n - start), seed=start)) + "\\n")
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     report = prepare([tmp / "in.jsonl"], tmp / "out", PrepareOptions(model=None, workers=1))
     print(json.dumps({"before_kib": before, "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
@@ -163,12 +163,13 @@ def test_peak_memory_does_not_grow_with_the_input(tmp_path):
     """Peak RSS (one process, workers=1) for N and 4N records: the extra 3N records may cost ~90
     bytes each of summaries plus their issues, far below the ~5 KB each that holding records costs."""
     peaks = {}
-    for n in (15_000, 60_000):
+    for n in (8_000, 32_000):
         folder = tmp_path / str(n)
         folder.mkdir()
         done = subprocess.run([sys.executable, "-c", _PEAK_RSS, str(n), str(folder), str(Path(__file__).parent)],
                               capture_output=True, text=True, timeout=600, check=True)
         peaks[n] = json.loads(done.stdout.strip().splitlines()[-1])
-    growth_bytes_per_record = (peaks[60_000]["peak_kib"] - peaks[15_000]["peak_kib"]) * 1024 / 45_000
-    assert peaks[60_000]["output"] > 3.5 * peaks[15_000]["output"]
+    growth_bytes_per_record = (peaks[32_000]["peak_kib"] - peaks[8_000]["peak_kib"]) * 1024 / 24_000
+    assert peaks[32_000]["output"] > 3.5 * peaks[8_000]["output"]
+    print(f"peak RSS {peaks}; growth {growth_bytes_per_record:.0f} bytes per extra record")
     assert growth_bytes_per_record < 600, peaks
