@@ -17,7 +17,8 @@ How it scales: the per-record stages (parse, validate, clean, redact, count toke
 chunks of records (prepare_chunks) in worker processes or on Ray (prepare_engines, ``--workers``,
 ``--engine ray``); the global stages (exact and near dedup, split) run on compact per-record
 summaries in input order (prepare_global), and the output is streamed from a spool file. Memory is
-~90 bytes per record plus a few chunks, and the output is the same for any engine and worker count.
+~90 bytes per record, near-dup's candidate pairs (16 bytes each) and a few chunks, and the output
+is the same for any engine and worker count.
 """
 
 from __future__ import annotations
