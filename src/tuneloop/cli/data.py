@@ -88,14 +88,23 @@ def validate(files, task, text_column, label_column):
 @click.option("--max-seq-len", default=1024, show_default=True, help="Report records longer than this.")
 @click.option("--min-tokens", default=1, show_default=True, help="Drop records shorter than this.")
 @click.option("--max-tokens", type=int, default=None, help="Drop records longer than this.")
-@click.option("--workers", type=click.IntRange(1, 64), default=None,
-              help="Processes for validation, cleaning and PII on inputs over 20,000 records [default: cores, up to 4].")
+@click.option("--workers", type=click.IntRange(1, 1024), default=None,
+              help="Processes for the per-record stages (validation, cleaning, PII, tokens) on inputs over "
+                   "20,000 records [default: cores, up to 4]; with --engine ray, the local cluster's CPUs "
+                   "[default: all cores].")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where the per-record stages run: local processes, or Ray Data (pip install 'tuneloop[scale]'). "
+                   "The output is the same.")
+@click.option("--ray-address", metavar="ADDR", default=None,
+              help="With --engine ray: an existing cluster (auto, HOST:6379 or ray://HOST:10001) "
+                   "[default: start a local one].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 def prepare(files, out_dir, task, split_text, seed, text_column, label_column, no_pii, near_dup_threshold,
-            keep_near_duplicates, model, max_seq_len, min_tokens, max_tokens, workers, quiet):
+            keep_near_duplicates, model, max_seq_len, min_tokens, max_tokens, workers, engine, ray_address, quiet):
     """Ingest, validate, clean, deduplicate, redact PII and split FILE... into --out.
 
-    Writes train/validation/test.jsonl, report.json, report.html and manifest.json.
+    Writes train/validation/test.jsonl, report.json, report.html and manifest.json. Records stream
+    through in chunks (memory stays bounded), so inputs larger than memory are fine.
     """
     from tuneloop.data.prepare import PrepareOptions
     from tuneloop.data.prepare import prepare as run_prepare
@@ -104,7 +113,8 @@ def prepare(files, out_dir, task, split_text, seed, text_column, label_column, n
     options = PrepareOptions(task=task, split=parse_fractions(split_text), seed=seed, text_column=text_column,
                              label_column=label_column, pii=not no_pii, near_dup_threshold=near_dup_threshold,
                              keep_near_duplicates=keep_near_duplicates, model=model, max_seq_len=max_seq_len,
-                             min_tokens=min_tokens, max_tokens=max_tokens, workers=workers)
+                             min_tokens=min_tokens, max_tokens=max_tokens, workers=workers, engine=engine,
+                             ray_address=ray_address)
     report = run_prepare(files, out_dir, options, progress=not quiet)
     if not quiet:
         _print_summary(report, out_dir)

@@ -31,7 +31,7 @@ import numpy as np
 SHINGLE = 5
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # odd multiplier (2^64 / golden ratio) for multiply-shift hashing
 _BLOCK_SHINGLES = 1 << 18  # documents are processed in blocks of about this many shingles (cache-sized)
-_SURE = 0.1  # signature agreement this far from the threshold decides without an exact check
+SURE_MARGIN = 0.1  # signature agreement this far from the threshold decides without an exact check
 
 
 def exact_duplicate_of(keys: list[str]) -> list[int]:
@@ -121,19 +121,30 @@ def lsh_parameters(threshold: float, num_perm: int, recall_at_threshold: float =
     return best
 
 
-def _candidate_pairs(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
+def band_hashes(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """``(documents, bands)`` uint64: a 64-bit hash of each band of each signature (LSH buckets).
+
+    A document's band hashes depend on its signature alone, so they can be computed chunk by chunk.
+    """
+    mixers = np.random.default_rng(7).integers(1, 2**63, rows, dtype=np.uint64) | np.uint64(1)
+    keys = np.empty((len(signatures), bands), dtype=np.uint64)
+    for band in range(bands):
+        columns = signatures[:, band * rows:(band + 1) * rows].astype(np.uint64)
+        keys[:, band] = (columns * mixers).sum(axis=1)  # wraps mod 2^64
+    return keys
+
+
+def candidate_pairs(band_keys, n: int) -> np.ndarray:
     """``(pairs, 2)`` array of documents sharing a band (smaller index first), without repeats.
 
+    ``band_keys`` yields, band by band, the ``n`` documents' hashes of that band (see
+    :func:`band_hashes`), so only one band needs to be in memory at a time.
     In each bucket every member is paired with the bucket's first member and with its neighbour in
     the bucket: linear in the bucket size (a bucket of 1,000 boilerplate texts gives ~2,000 pairs,
     not 500,000), and with many bands a cluster's members still meet each other.
     """
-    n = len(signatures)
     found = []
-    mixers = np.random.default_rng(7).integers(1, 2**63, rows, dtype=np.uint64) | np.uint64(1)
-    for band in range(bands):
-        columns = signatures[:, band * rows:(band + 1) * rows].astype(np.uint64)
-        keys = (columns * mixers).sum(axis=1)  # wraps mod 2^64: a 64-bit hash of the band
+    for keys in band_keys:
         order = np.argsort(keys, kind="stable")
         same = np.concatenate(([False], np.diff(keys[order]) == 0))
         if not same.any():
@@ -177,18 +188,29 @@ def near_duplicate_clusters(texts: list[str], threshold: float = 0.8, num_perm: 
     hashes, offsets = shingle_hashes(texts)
     signatures = minhash_signatures(hashes, offsets, num_perm, seed)
     bands, rows = lsh_parameters(threshold, num_perm)
-    candidates = _candidate_pairs(signatures, bands, rows)
-    agreement = _agreement(signatures, candidates, floor=threshold - _SURE)
-    # Signature agreement estimates Jaccard with sd <= 0.045 at 128 perms. Pairs more than _SURE
-    # below the threshold are dropped and pairs _SURE above it accepted (a 2-3 sd margin), all
-    # vectorised; only pairs in the band between, and not already joined, get the exact check.
-    sure = agreement >= threshold + _SURE
+    keys = band_hashes(signatures, bands, rows)
+    candidates = candidate_pairs((keys[:, band] for band in range(bands)), n)
+    agreement = signature_agreement(signatures, candidates, floor=threshold - SURE_MARGIN)
+    return clusters_from_candidates(n, candidates, agreement, threshold,
+                                    lambda x, y: exact_jaccard(hashes, offsets, x, y))
+
+
+def clusters_from_candidates(n: int, candidates: np.ndarray, agreement: np.ndarray, threshold: float,
+                             exact_jaccard) -> NearDuplicates:
+    """Clusters from candidate pairs and their signature agreement; ``exact_jaccard(x, y)`` decides
+    the pairs too close to the threshold to trust the signatures.
+
+    Signature agreement estimates Jaccard with sd <= 0.045 at 128 perms. Pairs more than SURE_MARGIN
+    below the threshold are dropped and pairs SURE_MARGIN above it accepted (a 2-3 sd margin), all
+    vectorised; only pairs in the band between, and not already joined, get the exact check.
+    """
+    sure = agreement >= threshold + SURE_MARGIN
     edges, similarity = candidates[sure], agreement[sure]
-    band = (agreement >= threshold - _SURE) & ~sure
+    band = (agreement >= threshold - SURE_MARGIN) & ~sure
     if band.any():
         joined = _components(n, edges)
         checked = [(x, y, j) for x, y in candidates[band].tolist() if joined[x] != joined[y]
-                   for j in [_exact_jaccard(hashes, offsets, x, y)] if j >= threshold]
+                   for j in [exact_jaccard(x, y)] if j >= threshold]
         if checked:
             extra = np.asarray(checked)
             edges = np.concatenate([edges, extra[:, :2].astype(np.int64)])
@@ -204,8 +226,8 @@ def near_duplicate_clusters(texts: list[str], threshold: float = 0.8, num_perm: 
     return result
 
 
-def _agreement(signatures: np.ndarray, pairs: np.ndarray, floor: float = 0.0,
-               block: int = 1 << 16) -> np.ndarray:
+def signature_agreement(signatures: np.ndarray, pairs: np.ndarray, floor: float = 0.0,
+                        block: int = 1 << 16) -> np.ndarray:
     """Fraction of equal MinHash values for each pair; pairs that clearly fall below ``floor`` get 0.
 
     A first look at 32 of the values (sd <= 0.09) drops pairs more than 0.35 below ``floor``, so
@@ -222,7 +244,7 @@ def _agreement(signatures: np.ndarray, pairs: np.ndarray, floor: float = 0.0,
     return out
 
 
-def _exact_jaccard(hashes: np.ndarray, offsets: np.ndarray, x: int, y: int) -> float:
+def exact_jaccard(hashes: np.ndarray, offsets: np.ndarray, x: int, y: int) -> float:
     a = set(hashes[offsets[x]:offsets[x + 1]].tolist())
     b = set(hashes[offsets[y]:offsets[y + 1]].tolist())
     inter = len(a & b)

@@ -157,7 +157,7 @@ def read_records(path: str | Path, columns: ColumnMap = ColumnMap()) -> Iterator
     path = Path(path)
     if is_datasets_dir(path) or is_hub_dataset(path):
         rows = _read_datasets(path)
-        yield from ((_rename_columns(r, columns) if columns else r) for r in rows)
+        yield from ((rename_columns(r, columns) if columns else r) for r in rows)
         return
     suffix = path.suffix.lower()
     if suffix != ".parquet":
@@ -181,7 +181,7 @@ def read_records(path: str | Path, columns: ColumnMap = ColumnMap()) -> Iterator
         raise UserError(f"{path}: unsupported file type '{suffix}'",
                         hint=f"use one of {', '.join(SUPPORTED_SUFFIXES)}")
     if columns and suffix not in TABLE_SUFFIXES:
-        records = (_rename_columns(r, columns) for r in records)
+        records = (rename_columns(r, columns) for r in records)
     yield from records
 
 
@@ -241,17 +241,35 @@ def _json_error(e: json.JSONDecodeError) -> str:
 
 
 def _read_jsonl(path: Path) -> Iterator[RawRecord]:
-    loads = json.loads
+    return (parse_jsonl_line(str(path), number, line) for number, line in _jsonl_lines(path))
+
+
+def is_plain_jsonl(path: Path) -> bool:
+    """A ``.jsonl`` file, whose lines can be parsed anywhere (see :func:`read_jsonl_lines`)."""
+    return path.suffix.lower() == ".jsonl" and path.is_file()
+
+
+def read_jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of each non-blank line of a JSONL file, unparsed; with
+    :func:`parse_jsonl_line` the same records as :func:`read_records`, parsed where convenient."""
+    check_encoding(path)
+    return _jsonl_lines(path)
+
+
+def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
     with open(path, encoding="utf-8-sig", errors="replace") as f:
         for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield RawRecord(str(path), number, loads(line.rstrip("\r\n")))  # error columns on this line
-            except json.JSONDecodeError as e:
-                yield RawRecord(str(path), number, error=_json_error(e))
-            except RecursionError:
-                yield RawRecord(str(path), number, error="invalid JSON: nested too deeply")
+            if line.strip():
+                yield number, line
+
+
+def parse_jsonl_line(path: str, number: int, line: str) -> RawRecord:
+    try:
+        return RawRecord(path, number, json.loads(line.rstrip("\r\n")))  # error columns on this line
+    except json.JSONDecodeError as e:
+        return RawRecord(path, number, error=_json_error(e))
+    except RecursionError:
+        return RawRecord(path, number, error="invalid JSON: nested too deeply")
 
 
 def _read_json(path: Path) -> Iterator[RawRecord]:
@@ -372,7 +390,7 @@ def _read_parquet(path: Path, columns: ColumnMap) -> Iterator[RawRecord]:
             yield RawRecord(str(path), row, _project(record, columns) if columns else record)
 
 
-def _rename_columns(record: RawRecord, columns: ColumnMap) -> RawRecord:
+def rename_columns(record: RawRecord, columns: ColumnMap) -> RawRecord:
     """For JSON records: rename the mapped keys to ``text``/``label`` (the rest stays)."""
     obj = record.obj
     if not isinstance(obj, dict):

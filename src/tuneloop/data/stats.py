@@ -132,21 +132,37 @@ def corpus_lengths(counter: TokenCounter, records: list[dict], max_seq_len: int,
     is tokenized. Beyond that, a seeded sample of ``exact_limit`` records is tokenized, and so is
     every record whose byte length says it could exceed ``max_seq_len`` (a byte-level BPE token
     covers at least one byte), so ``over_max_seq_len`` stays exact; the rest are estimated as bytes x
-    the sample's tokens per byte.
+    the sample's tokens per byte (:func:`lengths_from_sample`).
     """
     n = len(records)
     if counter.estimated or exact_all or n <= exact_limit:
         return record_lengths(counter, records), {"exact": n, "estimated_from_bytes": 0}
+    content_bytes, upper_bound, messages = byte_profile(counter, records)
+    return lengths_from_sample(counter, content_bytes, upper_bound, messages, max_seq_len,
+                               lambda index: record_lengths(counter, [records[i] for i in index]), exact_limit, seed)
+
+
+def byte_profile(counter: TokenCounter, records: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per record: content bytes, an upper bound of its tokens, and its message count (0: plain text)."""
     pieces, owners, messages = _pieces(records)
+    n = len(records)
     piece_bytes = np.fromiter((len(p) if p.isascii() else len(p.encode("utf-8")) for p in pieces),
                               dtype=np.int64, count=len(pieces))
     content_bytes = np.bincount(owners, weights=piece_bytes, minlength=n).astype(np.int64)
     upper_bound = _add_overhead(counter, content_bytes + 2 * np.bincount(owners, minlength=n), messages)
+    return content_bytes, upper_bound, messages
+
+
+def lengths_from_sample(counter: TokenCounter, content_bytes: np.ndarray, upper_bound: np.ndarray,
+                        messages: np.ndarray, max_seq_len: int, exact_of, exact_limit: int = EXACT_TOKEN_LIMIT,
+                        seed: int = 0) -> tuple[np.ndarray, dict]:
+    """:func:`corpus_lengths` for more than ``exact_limit`` records, given their :func:`byte_profile`
+    and ``exact_of(index)``, the exact lengths of the records at ``index``."""
+    n = len(content_bytes)
     sample = np.random.default_rng(seed).choice(n, exact_limit, replace=False)
     exact_index = np.union1d(sample, np.flatnonzero(upper_bound > max_seq_len))
-    exact = record_lengths(counter, [records[i] for i in exact_index])
-    sample_exact = record_lengths(counter, [records[i] for i in sample]) if len(exact_index) > len(sample) \
-        else exact
+    exact = exact_of(exact_index)
+    sample_exact = exact_of(sample) if len(exact_index) > len(sample) else exact
     sample_content = sample_exact - _add_overhead(counter, np.zeros(len(sample), np.int64), messages[sample])
     ratio = float(sample_content.sum()) / max(1, int(content_bytes[sample].sum()))
     lengths = _add_overhead(counter, np.round(content_bytes * ratio).astype(np.int64), messages.copy())
