@@ -15,7 +15,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from fixtures_train.helpers import tiny_recipe
+from fixtures_train.helpers import KILLED_RUN, tiny_recipe
 from fixtures_train.preference import make_recipe, pref_data  # noqa: F401  (pref_data: a fixture)
 from tuneloop.config.recipe import recipe_from_dict
 from tuneloop.errors import UserError
@@ -27,20 +27,7 @@ GRPO = {"reward_function": "tuneloop.train.preference.rewards:short", "num_gener
         "max_completion_length": 4, "temperature": 1.0}
 KILL_AT = 5  # killed while evaluating step 5: steps 1-4 logged, checkpoints step-2 and step-4 on disk
 STEPS = 6
-
-# Started as its own process so that SIGKILL takes the whole run down mid-step, with no clean-up.
-KILLED_RUN = """
-import json, os, signal, sys
-from tuneloop.config.recipe import recipe_from_dict
-from tuneloop.train import run_training
-
-def kill_at(step, metrics):
-    if step == int(sys.argv[2]):
-        os.kill(os.getpid(), signal.SIGKILL)
-    return False
-
-run_training(recipe_from_dict(json.loads(open(sys.argv[1]).read())), on_evaluate=kill_at)
-"""
+# KILLED_RUN runs as its own process, so SIGKILL takes the whole run down mid-step.
 
 
 def _resume_recipe(tmp_path, model, data, method, name):

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from fixtures_train.helpers import tiny_recipe
+from fixtures_train.helpers import KILLED_RUN, tiny_recipe
 from tuneloop.config.recipe import DistributedConfig, recipe_from_dict
 from tuneloop.errors import UserError
 from tuneloop.paths import read_jsonl
@@ -31,20 +31,7 @@ from tuneloop.train.distributed import init_distributed
 ENV = dict(os.environ, OMP_NUM_THREADS="1", TUNELOOP_NUM_THREADS="1")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
-# Started under torchrun so that SIGKILL takes rank 0 down mid-run, with no clean-up; torchrun then
-# stops rank 1 too.
-KILLED_RUN = """
-import json, os, signal, sys
-from tuneloop.config.recipe import recipe_from_dict
-from tuneloop.train import run_training
-
-def kill_at(step, metrics):
-    if step == int(sys.argv[2]):
-        os.kill(os.getpid(), signal.SIGKILL)
-    return False
-
-run_training(recipe_from_dict(json.loads(open(sys.argv[1]).read())), on_evaluate=kill_at)
-"""
+# KILLED_RUN runs under torchrun, so SIGKILL takes rank 0 down mid-run; torchrun then stops rank 1 too.
 
 
 def _two_process_recipe(tiny_model_dir, tmp_path, name, strategy, **train) -> dict:

@@ -23,3 +23,19 @@ def tiny_recipe(model_dir: Path, out_dir: Path, name: str = "t", method: str = "
         "train": settings,
         "tracking": {"backend": "none"},
     }
+
+
+# A training run that SIGKILLs itself while evaluating step argv[2] (argv[1]: the recipe as JSON),
+# so that nothing is cleaned up: started as its own process, or as rank 0 under torchrun.
+KILLED_RUN = """
+import json, os, signal, sys
+from tuneloop.config.recipe import recipe_from_dict
+from tuneloop.train import run_training
+
+def kill_at(step, metrics):
+    if step == int(sys.argv[2]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return False
+
+run_training(recipe_from_dict(json.loads(open(sys.argv[1]).read())), on_evaluate=kill_at)
+"""
