@@ -38,8 +38,8 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not long" --durations=10
 
-# Tests over 5 minutes each (the closed loop end to end on the embedded model): `make test` would
-# pass its 10 minutes with them.
+# The closed loop end to end on the embedded model (~6 min) and train.compile (~1.5 min): `make test`
+# would pass its 10 minutes with them.
 test-long: install
 	$(BIN)/python -m pytest -q -m long
 

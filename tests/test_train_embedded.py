@@ -16,7 +16,7 @@ def test_lora_on_embedded_model_lowers_validation_loss(tmp_path, banking77_csv):
     import csv
 
     with open(banking77_csv, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))[::104][:96]  # the file is sorted by label
+        rows = list(csv.DictReader(f))[::104][:60]  # the file is sorted by label: 60 spread intents
     # Banking77 as chat: the customer's message in, the intent label out.
     chats = [{"messages": [{"role": "user", "content": r["text"]},
                            {"role": "assistant", "content": r["category"]}]} for r in rows]

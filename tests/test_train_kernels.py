@@ -123,7 +123,8 @@ def test_training_set_up_uses_the_fast_dropout_and_compiles_layers_when_asked(ti
     assert all(layer._compiled_call_impl is not None for layer in prepared(True).get_base_model().model.layers)
 
 
-@pytest.mark.slow  # compiling even the tiny model's layers takes ~40-100 s on 2 cores
+@pytest.mark.slow  # compiling even the tiny model's layers takes ~40-100 s on 2 cores,
+@pytest.mark.long  # so the opt-in train.compile is checked by `make test-long`
 def test_compiled_layers_train_like_eager_ones(tiny_model_dir, tmp_path):
     from fixtures_train.helpers import tiny_recipe
     from tuneloop.config.recipe import recipe_from_dict
