@@ -38,7 +38,8 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not long" --durations=10
 
-# The closed loop end to end on the embedded model (~6 min) and train.compile (~1.5 min): `make test`
+# The closed loop end to end on the embedded model (~6 min), train.compile (~1.5 min) and the Flower
+# deployment with a drop-out (~2.3 min): `make test`
 # would pass its 10 minutes with them.
 test-long: install
 	$(BIN)/python -m pytest -q -m long

@@ -85,6 +85,7 @@ def _kill_training_when_it_starts(node: subprocess.Popen, log: Path, timeout: fl
     return False
 
 
+@pytest.mark.long  # ~2.3 min in make test: `make test-long` runs it
 def test_deployment_on_loopback_survives_a_drop_out_and_excludes_bad_data(tiny_model_dir, tmp_path):
     recipe = _recipe(tiny_model_dir, tmp_path, "train.jsonl", min_fit_clients=3, min_available_clients=3, min_results=1,
                      round_timeout=600)
