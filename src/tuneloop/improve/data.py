@@ -23,6 +23,7 @@ SFT on corrections only.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from dataclasses import dataclass, field
@@ -65,7 +66,8 @@ def replay_split(train_data: str | None, replay: int, regression: int, seed: int
     records = read_jsonl(train_data)
     unique = list({_key(r): r for r in records}.values())
     corrected = [_content_words(_answer(c)) for c in corrections]
-    current = [r for r in unique if not any(_same_topic(_content_words(_answer(r)), c) for c in corrected)]
+    current = [r for r, words in ((r, _content_words(_answer(r))) for r in unique)
+               if not any(_same_topic(words, c) for c in corrected)]
     random.Random(seed).shuffle(current)
     held_back = current[:min(regression, len(current) // 4)]  # first, so replay can never take them all
     return current[len(held_back):len(held_back) + replay], held_back, len(unique) - len(current)
@@ -107,6 +109,7 @@ def split_corrections(records: list[dict], share: float, seed: int,
     once is always trained on. Only when no topic repeats is a plain seeded ``share`` held out.
     """
     words = [_content_words(_answer(r)) for r in records]
+    prompts = [_prompt(r) for r in records]
     parent = list(range(len(records)))
 
     def root(i: int) -> int:
@@ -117,17 +120,17 @@ def split_corrections(records: list[dict], share: float, seed: int,
 
     for i in range(len(records)):
         for j in range(i):
-            if _prompt(records[i]) == _prompt(records[j]) or _same_topic(words[i], words[j], similar):
+            if prompts[i] == prompts[j] or _same_topic(words[i], words[j], similar):
                 parent[root(i)] = root(j)
     topics: dict[int, dict[str, list[int]]] = {}
-    for i, record in enumerate(records):
-        topics.setdefault(root(i), {}).setdefault(_prompt(record), []).append(i)
+    for i, prompt in enumerate(prompts):
+        topics.setdefault(root(i), {}).setdefault(prompt, []).append(i)
     rng = random.Random(seed)
     held: set[int] = set()
     repeated = [t for t in topics.values() if len(t) >= 2]
     if repeated:
-        for prompts in repeated:
-            units = list(prompts.values())
+        for topic in repeated:
+            units = list(topic.values())
             rng.shuffle(units)
             for unit in units[:min(len(units) - 1, max(1, round(share * len(units))))]:
                 held.update(unit)
@@ -156,10 +159,7 @@ def _preference_round(built, train: list[dict], heldout: list[dict], heldout_pat
     random.Random(seed).shuffle(mixed)
     write_jsonl_atomic(out_dir / "data" / "train.jsonl", mixed)
     _, held_back, superseded = replay_split(train_data, 0, 32 if not regression_data else 0, seed, train + heldout)
-    regression = Path(regression_data) if regression_data else None
-    if regression is None and held_back:
-        regression = out_dir / "data" / "regression.jsonl"
-        write_jsonl_atomic(regression, held_back)
+    regression = _regression_set(regression_data, held_back, out_dir / "data")
     counts.update(train_records=len(mixed), superseded=superseded,
                   regression=len(read_jsonl(regression)) if regression else 0)
     return RoundData(out_dir / "data" / "train.jsonl", None, heldout_path, regression, counts, built.report,
@@ -201,9 +201,17 @@ def _original_answers(sft: list[dict], requests: list[dict]) -> dict[str, str]:
     return {r["id"]: responses.get(r["source"].removeprefix("feedback:"), "") for r in sft}
 
 
-def _key(record: dict) -> str:
-    import json
+def _regression_set(regression_data: str | None, held_back: list[dict], data_dir: Path) -> Path | None:
+    """The registered regression set, else the held-back sample of production's data (written here)."""
+    if regression_data:
+        return Path(regression_data)
+    if not held_back:
+        return None
+    write_jsonl_atomic(data_dir / "regression.jsonl", held_back)
+    return data_dir / "regression.jsonl"
 
+
+def _key(record: dict) -> str:
     return json.dumps(record.get("messages") or record, sort_keys=True, ensure_ascii=False)
 
 
@@ -247,10 +255,7 @@ def build_round_data(requests: list[dict], feedback: list[dict], out_dir: Path, 
     random.Random(seed).shuffle(mixed)
     data_dir = out_dir / "data"
     write_jsonl_atomic(data_dir / "train.jsonl", mixed)
-    regression = Path(regression_data) if regression_data else None
-    if regression is None and held_back:
-        regression = data_dir / "regression.jsonl"
-        write_jsonl_atomic(regression, held_back)
+    regression = _regression_set(regression_data, held_back, data_dir)
     counts = {"feedback": len(feedback), "corrections": len(built.sft),
               "preference_pairs": len(built.preference), "train_corrections": len(train),
               "repeat": repeat, "replayed": len(replayed), "superseded": superseded, "train_records": len(mixed),
