@@ -48,28 +48,16 @@ def test_invalid_yaml_names_the_line(tmp_path):
         load_recipe(path)
 
 
-def test_readme_train_reference_matches_the_schema():
+@pytest.mark.parametrize("section", ["train", "distributed"])
+def test_readme_reference_tables_match_the_schema(section):
     from pathlib import Path
 
-    from tuneloop.config.recipe import train_reference_markdown
+    from tuneloop.config import recipe
 
+    reference = getattr(recipe, f"{section}_reference_markdown")
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    start, end = "<!-- train-reference -->\n", "\n<!-- /train-reference -->"
-    assert start in readme, "README lost its train reference section"
+    start, end = f"<!-- {section}-reference -->\n", f"\n<!-- /{section}-reference -->"
+    assert start in readme, f"README lost its {section} reference section"
     shown = readme.split(start, 1)[1].split(end, 1)[0]
-    assert shown == train_reference_markdown(), (
-        "README's train: table is stale; regenerate it with tuneloop.config.recipe.train_reference_markdown()")
-
-
-def test_readme_distributed_reference_matches_the_schema():
-    from pathlib import Path
-
-    from tuneloop.config.recipe import distributed_reference_markdown
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    start, end = "<!-- distributed-reference -->\n", "\n<!-- /distributed-reference -->"
-    assert start in readme, "README lost its distributed reference section"
-    shown = readme.split(start, 1)[1].split(end, 1)[0]
-    assert shown == distributed_reference_markdown(), (
-        "README's distributed: table is stale; regenerate it with "
-        "tuneloop.config.recipe.distributed_reference_markdown()")
+    assert shown == reference(), (
+        f"README's {section}: table is stale; regenerate it with tuneloop.config.recipe.{section}_reference_markdown()")
