@@ -138,27 +138,40 @@ def candidate_pairs(band_keys, n: int) -> np.ndarray:
     """``(pairs, 2)`` array of documents sharing a band (smaller index first), without repeats.
 
     ``band_keys`` yields, band by band, the ``n`` documents' hashes of that band (see
-    :func:`band_hashes`), so only one band needs to be in memory at a time.
+    :func:`band_hashes`); :func:`band_pairs` says who is paired in a band.
+    """
+    return unique_pairs(np.concatenate([band_pairs(keys) for keys in band_keys] or [_NO_PAIRS]), n)
+
+
+def band_pairs(keys: np.ndarray) -> np.ndarray:
+    """``(pairs, 2)`` of the documents that share a bucket of one band (smaller index first, no repeats).
+
     In each bucket every member is paired with the bucket's first member and with its neighbour in
     the bucket: linear in the bucket size (a bucket of 1,000 boilerplate texts gives ~2,000 pairs,
     not 500,000), and with many bands a cluster's members still meet each other.
     """
-    found = []
-    for keys in band_keys:
-        order = np.argsort(keys, kind="stable")
-        same = np.concatenate(([False], np.diff(keys[order]) == 0))
-        if not same.any():
-            continue
-        run_first = order[np.maximum.accumulate(np.where(~same, np.arange(n), 0))]
-        found.append(np.stack([run_first[same], order[same]], axis=1))
-        prev = np.flatnonzero(same)
-        found.append(np.stack([order[prev - 1], order[prev]], axis=1))
-    if not found:
-        return np.empty((0, 2), dtype=np.int64)
-    pairs = np.sort(np.concatenate(found), axis=1).astype(np.int64)
+    n = len(keys)
+    order = np.argsort(keys, kind="stable")
+    same = np.concatenate(([False], np.diff(keys[order]) == 0))
+    if not same.any():
+        return _NO_PAIRS
+    run_first = order[np.maximum.accumulate(np.where(~same, np.arange(n), 0))]
+    prev = np.flatnonzero(same)
+    return unique_pairs(np.concatenate([np.stack([run_first[same], order[same]], axis=1),
+                                        np.stack([order[prev - 1], order[prev]], axis=1)]), n)
+
+
+def unique_pairs(pairs: np.ndarray, n: int) -> np.ndarray:
+    """``pairs`` of indices below ``n`` with each pair's smaller index first, sorted, without repeats."""
+    if not len(pairs):
+        return _NO_PAIRS
+    pairs = np.sort(pairs, axis=1).astype(np.int64)
     codes = np.sort(pairs[:, 0] * n + pairs[:, 1])  # one int64 per pair; sort + diff beats np.unique here
     codes = codes[np.concatenate(([True], codes[1:] != codes[:-1]))]
     return np.stack([codes // n, codes % n], axis=1)
+
+
+_NO_PAIRS = np.empty((0, 2), dtype=np.int64)
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:

@@ -274,13 +274,31 @@ def cluster_near_duplicates(summary: Summary, members: np.ndarray, options,
 
 
 def _near_duplicates(summary: Summary, members: np.ndarray, threshold: float) -> dedup.NearDuplicates:
+    """dedup.near_duplicate_clusters on the spool, in memory that does not grow with the candidates.
+
+    A band at a time: its candidate pairs get their signature agreement at once, and only the pairs
+    that could still be near duplicates (agreement within SURE_MARGIN of the threshold or above) are
+    kept. Templated data puts thousands of records in one bucket: the pairs of all bands together grow
+    faster than the records (3.9 million for 200,000 support chats), the kept ones with the duplicates.
+    Clusters are those of the all-pairs-then-filter order, since a pair's agreement is the same in
+    whichever band it is found; ``candidates`` counts the kept pairs.
+    """
     n = len(members)
     if n < 2:
         return dedup.NearDuplicates(list(range(n)))
-    folder = summary.folder
-    bands = (np.fromfile(folder / f"band{b}.u64", dtype=np.uint64)[members] for b in range(summary.bands))
-    pairs = dedup.candidate_pairs(bands, n)
-    agreement = _agreement_from_file(folder / "signatures.u32", members, pairs, threshold - dedup.SURE_MARGIN)
+    folder, floor = summary.folder, threshold - dedup.SURE_MARGIN
+    kept, agreements = [np.empty((0, 2), dtype=np.int64)], [np.zeros(0)]
+    for b in range(summary.bands):
+        pairs = dedup.band_pairs(np.fromfile(folder / f"band{b}.u64", dtype=np.uint64)[members])
+        agreement = _agreement_from_file(folder / "signatures.u32", members, pairs, floor)
+        close = agreement >= floor
+        kept.append(pairs[close])
+        agreements.append(agreement[close])
+    pairs, agreement = np.concatenate(kept), np.concatenate(agreements)
+    order = np.lexsort((pairs[:, 1], pairs[:, 0]))
+    pairs, agreement = pairs[order], agreement[order]
+    first = np.concatenate(([True], (pairs[1:] != pairs[:-1]).any(axis=1))) if len(pairs) else np.zeros(0, bool)
+    pairs, agreement = pairs[first], agreement[first]
     with open(folder / "near_keys.txt", "rb") as keys:
         def exact(x: int, y: int) -> float:
             texts = [_read_key(keys, summary.near_offsets, members[i]) for i in (x, y)]
