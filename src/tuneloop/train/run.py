@@ -74,6 +74,7 @@ class Run:
 def setup(recipe, resume: bool = False) -> Run:
     if recipe.method not in SFT_METHODS:
         raise UserError(f"method: {recipe.method} is not an SFT method; this trainer runs {', '.join(SFT_METHODS)}")
+    recipe = shell.with_launcher_settings(recipe)
     dist = init_distributed(recipe.distributed)
     shell.check_strategy(recipe, dist)
     # Refuse an incompatible checkpoint before spending time on data and model.

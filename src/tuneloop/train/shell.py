@@ -68,6 +68,13 @@ def checkpoint_to_resume(recipe) -> Path:
     return found[-1]
 
 
+def with_launcher_settings(recipe):
+    """The recipe with the DeepSpeed flags of ``accelerate launch --use_deepspeed`` (if that started
+    this process) in ``distributed:``; recipe.resolved.yaml then records what ran."""
+    distributed = zero.from_accelerate(recipe.distributed, os.environ)
+    return recipe if distributed is recipe.distributed else recipe.model_copy(update={"distributed": distributed})
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -156,3 +156,41 @@ def gathered_state(model: torch.nn.Module, trainable_only: bool) -> dict[str, to
                 if name not in module._non_persistent_buffers_set:
                     state[f"{prefix}.{name}" if prefix else name] = buffer.detach().cpu()
     return state
+
+
+# ---------------------------------------------------------------------------------------------
+# `accelerate launch --use_deepspeed ...`: accelerate's DeepSpeed flags reach the processes as
+# environment variables (accelerate/utils/launch.py); tuneloop reads the ones that map to its keys.
+
+
+def from_accelerate(distributed, env) -> object:
+    """``distributed`` with the DeepSpeed settings of an ``accelerate launch --use_deepspeed`` filled in.
+
+    Unset recipe keys take accelerate's values (--zero_stage, --offload_optimizer_device cpu,
+    --offload_param_device cpu, --deepspeed_config_file); a recipe that says otherwise is refused
+    rather than silently overruled. Without --use_deepspeed, ``distributed`` is returned as is.
+    """
+    if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true":
+        return distributed
+    if "strategy" in distributed.model_fields_set and distributed.strategy != "deepspeed":
+        raise UserError(f"accelerate launch --use_deepspeed, but the recipe says distributed.strategy: "
+                        f"{distributed.strategy}", hint="drop --use_deepspeed, or set strategy: deepspeed")
+    given = {"zero_stage": int(env["ACCELERATE_DEEPSPEED_ZERO_STAGE"]) if env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") else None,
+             "offload_optimizer": env.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE") == "cpu",
+             "offload_params": env.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE") == "cpu",
+             "deepspeed_config": env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE") or None}
+    if given["deepspeed_config"]:  # accelerate passes its other flags along with a file; the file rules
+        given = {"deepspeed_config": given["deepspeed_config"]}
+    update = {"strategy": "deepspeed"}
+    for key, value in given.items():
+        ours = getattr(distributed, key)
+        if key in distributed.model_fields_set and ours != value and value not in (None, False):
+            raise UserError(f"accelerate launch says {key} {value}, the recipe says distributed.{key}: {ours}",
+                            hint=f"drop the accelerate flag or the recipe's {key}")
+        if key not in distributed.model_fields_set and value not in (None, False):
+            update[key] = value
+    try:
+        return type(distributed).model_validate({**distributed.model_dump(exclude_unset=True), **update})
+    except ValueError as error:  # pydantic's ValidationError: the two together break a rule of distributed:
+        raise UserError(f"accelerate launch --use_deepspeed with this recipe's distributed: section: {error}",
+                        hint="set the DeepSpeed options in one place, the recipe or the launcher") from None

@@ -253,6 +253,7 @@ class PreferenceRun:
 def run(recipe, method: Method, resume: bool = False, on_evaluate: shell.EvaluateCallback | None = None) -> Path:
     """Train ``recipe`` with ``method``; returns the run directory."""
     job = setup(recipe, method, resume)
+    recipe = job.recipe  # with the launcher's settings (shell.with_launcher_settings)
     job.on_evaluate = on_evaluate
     try:
         if job.dist.is_main:
@@ -296,6 +297,7 @@ def run(recipe, method: Method, resume: bool = False, on_evaluate: shell.Evaluat
 
 def setup(recipe, method: Method, resume: bool = False) -> PreferenceRun:
     """Model, session (with the method's encoded data), optimizer and, resuming, the restored state."""
+    recipe = shell.with_launcher_settings(recipe)
     dist = init_distributed(recipe.distributed)
     shell.check_strategy(recipe, dist)
     # Refuse an incompatible checkpoint, and a typo in the data, before a model loads.
