@@ -127,7 +127,8 @@ NEEDS_DEEPSPEED = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is No
 @pytest.mark.slow
 @pytest.mark.parametrize("distributed", [
     {"strategy": "ddp"}, {"strategy": "fsdp"},
-    pytest.param({"strategy": "deepspeed", "zero_stage": 3}, marks=NEEDS_DEEPSPEED, id="deepspeed-zero3")])
+    pytest.param({"strategy": "deepspeed", "zero_stage": 3}, marks=[NEEDS_DEEPSPEED, pytest.mark.long],
+                 id="deepspeed-zero3")])
 def test_dpo_two_gloo_processes_match_one_process(tmp_path, tiny_model_dir, pref_data, distributed):
     # One process with micro-batches of 4 pairs = two processes with 1 pair per micro-batch,
     # accumulated twice (fp32: see test_train_distributed for why bf16 rounding would differ with the

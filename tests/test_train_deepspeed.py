@@ -5,7 +5,8 @@ refusals, and ``accelerate launch --use_deepspeed``'s flags; then, with two CPU 
 CPU accelerator, gloo): ZeRO-2 and ZeRO-3 SFT match one process step by step and in the final
 adapter, a ZeRO-3 run killed after a DeepSpeed checkpoint resumes exactly, DeepSpeed's own
 ``zero_to_fp32.py`` consolidates that checkpoint, and ``accelerate launch --use_deepspeed
---zero_stage 3 --num_processes 2`` trains. The slow tests skip where deepspeed is not installed.
+--zero_stage 3 --num_processes 2`` trains. The slow tests skip where deepspeed is not installed;
+all but the ZeRO-3 comparison are in the long tier (``make test-long``), to keep ``make test`` short.
 """
 
 from __future__ import annotations
@@ -137,7 +138,8 @@ def _adapter(run_dir) -> dict:
 
 @pytest.mark.slow
 @NEEDS_DEEPSPEED
-@pytest.mark.parametrize("stage", [2, 3], ids=["zero2-from-a-json-file", "zero3-from-the-recipe"])
+@pytest.mark.parametrize("stage", [pytest.param(2, marks=pytest.mark.long, id="zero2-from-a-json-file"),
+                                   pytest.param(3, id="zero3-from-the-recipe")])
 def test_two_processes_under_zero_match_one_process(tiny_model_dir, tmp_path, stage):
     # As test_train_distributed: 4 examples in one micro-batch vs 1 per micro-batch x 2 accumulated x 2 processes.
     single = run_training(recipe_from_dict(tiny_recipe(tiny_model_dir, tmp_path, name="one", batch_size=4,
@@ -164,6 +166,7 @@ def test_two_processes_under_zero_match_one_process(tiny_model_dir, tmp_path, st
 
 
 @pytest.mark.slow
+@pytest.mark.long  # ~7 min here: three 2-process runs, sample generations gathering ZeRO-3 weights per token
 @NEEDS_DEEPSPEED
 def test_zero3_killed_after_a_deepspeed_checkpoint_resumes_exactly(tiny_model_dir, tmp_path):
     # Dropout, accumulation and a validation set, as the fsdp resume test; killed evaluating step 3.
@@ -218,6 +221,7 @@ def test_zero3_killed_after_a_deepspeed_checkpoint_resumes_exactly(tiny_model_di
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @NEEDS_DEEPSPEED
 def test_accelerate_launch_use_deepspeed_trains_on_two_cpu_processes(tiny_model_dir, tmp_path):
     """accelerate's DeepSpeed launcher starts the processes through torchrun on one machine, also on
