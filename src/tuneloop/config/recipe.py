@@ -367,10 +367,12 @@ class DistributedConfig(Strict):
     zero_stage: Literal[1, 2, 3] | None = Field(
         None, description="deepspeed: ZeRO stage (1: optimizer state sharded, 2: and gradients, 3: and "
         "weights); null means 2.")
-    offload_optimizer: bool = Field(False, description="deepspeed: ZeRO-Offload, optimizer state and step "
-                                    "in CPU memory (zero_optimization.offload_optimizer.device cpu); GPU runs only.")
+    offload_optimizer: bool = Field(
+        False, description="deepspeed: ZeRO-Offload, optimizer state and step in CPU memory "
+        "(zero_optimization.offload_optimizer.device cpu); saves GPU memory (on a CPU machine it runs and "
+        "saves nothing).")
     offload_params: bool = Field(False, description="deepspeed, zero_stage 3: weights in CPU memory between "
-                                 "uses (zero_optimization.offload_param.device cpu); GPU runs only.")
+                                 "uses (zero_optimization.offload_param.device cpu); saves GPU memory.")
     deepspeed_config: str | None = Field(
         None, description="deepspeed: a DeepSpeed JSON config used as is instead of zero_stage and the "
         "offload keys; batch sizes and gradient_clipping may be \"auto\" (filled from train:), an "

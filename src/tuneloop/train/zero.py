@@ -175,7 +175,8 @@ def from_accelerate(distributed, env) -> object:
     if "strategy" in distributed.model_fields_set and distributed.strategy != "deepspeed":
         raise UserError(f"accelerate launch --use_deepspeed, but the recipe says distributed.strategy: "
                         f"{distributed.strategy}", hint="drop --use_deepspeed, or set strategy: deepspeed")
-    given = {"zero_stage": int(env["ACCELERATE_DEEPSPEED_ZERO_STAGE"]) if env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") else None,
+    stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    given = {"zero_stage": int(stage) if stage else None,
              "offload_optimizer": env.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE") == "cpu",
              "offload_params": env.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE") == "cpu",
              "deepspeed_config": env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE") or None}
