@@ -139,13 +139,16 @@ def start(module: torch.nn.Module, optimizer: torch.optim.Optimizer, config: dic
 def gathered_state(model: torch.nn.Module, trainable_only: bool) -> dict[str, torch.Tensor]:
     """ZeRO-3: ``model``'s weights gathered whole, one module at a time (a collective every rank
     joins); rank 0 gets the state dict (trainable weights as fp32, or every weight and persistent
-    buffer), the others an empty dict."""
+    buffer), the others an empty dict. A tied weight (e.g. the head sharing the embeddings) is kept
+    under its first name only, as ``save_pretrained`` writes it on one process."""
     import deepspeed
     import torch.distributed as dist
 
-    main, state = dist.get_rank() == 0, {}
+    main, state, seen = dist.get_rank() == 0, {}, set()
     for prefix, module in model.named_modules():
-        named = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad or not trainable_only]
+        named = [(n, p) for n, p in module.named_parameters(recurse=False)
+                 if (p.requires_grad or not trainable_only) and id(p) not in seen]
+        seen.update(id(p) for _, p in named)
         with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None):
             if main:
                 for name, param in named:
