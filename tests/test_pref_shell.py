@@ -4,6 +4,7 @@ data-parallel under ``torchrun`` (two gloo processes match one process)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -119,15 +120,23 @@ def test_on_evaluate_sees_held_out_metrics_and_can_stop_the_run(tmp_path, tiny_m
     assert base == {"base_model": str(tiny_model_dir.resolve()), "method": method, "finetuning": "lora"}
 
 
+NEEDS_DEEPSPEED = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                                     reason="deepspeed is not installed (pip install 'tuneloop[deepspeed]')")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_dpo_two_gloo_processes_match_one_process(tmp_path, tiny_model_dir, pref_data, strategy):
+@pytest.mark.parametrize("distributed", [
+    {"strategy": "ddp"}, {"strategy": "fsdp"},
+    pytest.param({"strategy": "deepspeed", "zero_stage": 3}, marks=[NEEDS_DEEPSPEED, pytest.mark.long],
+                 id="deepspeed-zero3")])
+def test_dpo_two_gloo_processes_match_one_process(tmp_path, tiny_model_dir, pref_data, distributed):
     # One process with micro-batches of 4 pairs = two processes with 1 pair per micro-batch,
     # accumulated twice (fp32: see test_train_distributed for why bf16 rounding would differ with the
-    # split). DDP (DistributedDataParallel) or FSDP2 (fully_shard), through the one training shell.
+    # split). DDP (DistributedDataParallel), FSDP2 (fully_shard) or DeepSpeed ZeRO-3 (weights
+    # partitioned, the reference pass too), through the one training shell.
     single = run_training(make_recipe(tmp_path, tiny_model_dir, pref_data, "dpo", name="one",
                                       train={"max_steps": 3, "batch_size": 4, "precision": "fp32"}))
-    raw = make_recipe(tmp_path, tiny_model_dir, pref_data, "dpo", name="two", distributed={"strategy": strategy},
+    raw = make_recipe(tmp_path, tiny_model_dir, pref_data, "dpo", name="two", distributed=distributed,
                       train={"max_steps": 3, "batch_size": 1, "gradient_accumulation": 2,
                              "precision": "fp32"}).model_dump(mode="json")
     recipe_path = tmp_path / "two.yaml"
@@ -145,7 +154,7 @@ def test_dpo_two_gloo_processes_match_one_process(tmp_path, tiny_model_dir, pref
             if key in a:
                 assert abs(a[key] - b[key]) < 1e-4, (key, a, b)
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
-    expected, got = _weights(single), _weights(tmp_path / "two")  # fsdp: gathered from the shards
+    expected, got = _weights(single), _weights(tmp_path / "two")  # fsdp, ZeRO-3: gathered from the shards
     for name in expected:
         assert (expected[name] - got[name]).abs().max() < 1e-4, name
 

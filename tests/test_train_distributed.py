@@ -149,13 +149,6 @@ def test_two_nodes_on_loopback_train_like_one_process(tiny_model_dir, tmp_path):
     assert json.loads((tmp_path / "nodes" / "summary.json").read_text())["world_size"] == 2
 
 
-def test_deepspeed_is_refused_with_a_clear_message(monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(UserError, match="distributed.strategy: deepspeed is not supported") as caught:
-        init_distributed(DistributedConfig(strategy="deepspeed"))
-    assert "strategy: fsdp" in str(caught.value)
-
-
 def test_one_process_runs_plain_whatever_the_strategy(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert init_distributed(DistributedConfig(strategy="fsdp")).strategy == "none"

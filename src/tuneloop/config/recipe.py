@@ -357,23 +357,41 @@ class DistributedConfig(Strict):
     strategy: Literal["ddp", "fsdp", "deepspeed"] = Field(
         "ddp", description="ddp: torch DistributedDataParallel (every process holds the whole model); "
         "fsdp: FSDP2 fully_shard per decoder layer and the root (weights, gradients and optimizer state "
-        "sharded; checkpoints sharded with torch.distributed.checkpoint); deepspeed: not supported yet "
-        "(the run stops with a message).")
+        "sharded; checkpoints sharded with torch.distributed.checkpoint); deepspeed: DeepSpeed ZeRO "
+        "(deepspeed.initialize; checkpoints with DeepSpeed's save_checkpoint; needs the deepspeed extra).")
     cpu_offload: bool = Field(False, description="fsdp: keep sharded weights, gradients and optimizer "
                               "state in CPU memory (FSDP2 CPUOffloadPolicy); GPU runs only.")
     mixed_precision: Literal["none", "bf16", "fp16"] = Field(
         "none", description="fsdp: dtype of the gathered weights in forward/backward (MixedPrecisionPolicy "
         "param_dtype); gradients are reduced in fp32 and the sharded master weights stay fp32.")
-    config_file: str | None = Field(None, description="An accelerate or DeepSpeed config file, "
-                                    "reserved for strategy deepspeed (not supported yet).")
+    zero_stage: Literal[1, 2, 3] | None = Field(
+        None, description="deepspeed: ZeRO stage (1: optimizer state sharded, 2: and gradients, 3: and "
+        "weights); null means 2.")
+    offload_optimizer: bool = Field(
+        False, description="deepspeed: ZeRO-Offload, optimizer state and step in CPU memory "
+        "(zero_optimization.offload_optimizer.device cpu); saves GPU memory (on a CPU machine it runs and "
+        "saves nothing).")
+    offload_params: bool = Field(False, description="deepspeed, zero_stage 3: weights in CPU memory between "
+                                 "uses (zero_optimization.offload_param.device cpu); saves GPU memory.")
+    deepspeed_config: str | None = Field(
+        None, description="deepspeed: a DeepSpeed JSON config used as is instead of zero_stage and the "
+        "offload keys; batch sizes and gradient_clipping may be \"auto\" (filled from train:), an "
+        "optimizer or scheduler section is refused (train: sets them).")
 
     @model_validator(mode="after")
     def _options_of_their_strategy(self):
         if self.strategy != "fsdp" and (self.cpu_offload or self.mixed_precision != "none"):
-            raise ValueError("cpu_offload and mixed_precision are FSDP2 settings: set strategy: fsdp")
-        if self.config_file and self.strategy != "deepspeed":
-            raise ValueError("config_file is for strategy deepspeed; for ddp or fsdp hand an accelerate "
-                             "config to the launcher instead (accelerate launch --config_file FILE)")
+            raise ValueError("cpu_offload and mixed_precision are FSDP2 settings: set strategy: fsdp "
+                             "(for deepspeed: offload_optimizer, offload_params)")
+        zero_keys = self.zero_stage is not None or self.offload_optimizer or self.offload_params
+        if self.strategy != "deepspeed" and (zero_keys or self.deepspeed_config):
+            raise ValueError("zero_stage, offload_optimizer, offload_params and deepspeed_config are "
+                             "DeepSpeed settings: set strategy: deepspeed")
+        if self.deepspeed_config and zero_keys:
+            raise ValueError("deepspeed_config is used as is: set the ZeRO stage and offload in that file, "
+                             "not also in zero_stage/offload_optimizer/offload_params")
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("offload_params needs zero_stage: 3 (only ZeRO-3 partitions the weights)")
         return self
 
 

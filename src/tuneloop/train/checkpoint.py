@@ -15,6 +15,11 @@ them to and from the model's parameter names), and ``rng-<rank>.pt`` holds each 
 ``state.json`` and the recipe are written by rank 0. A sharded checkpoint resumes on the same number
 of processes with the same strategy (the recipe hash holds the world size).
 
+Under DeepSpeed (``distributed.strategy: deepspeed``) ``deepspeed/`` is DeepSpeed's own checkpoint
+(``engine.save_checkpoint`` with tag ``deepspeed``: each rank's ZeRO partition of the fp32 weights and
+optimizer state, frozen weights left out), beside DeepSpeed's ``zero_to_fp32.py`` consolidation
+script and ``rng-<rank>.pt``; ``--resume`` reads it back with ``engine.load_checkpoint``.
+
 A checkpoint is first written to a hidden temporary directory and renamed into place, so a run
 killed while saving leaves the previous checkpoint intact and never a half-written one.
 The learning-rate schedule is a pure function of the step, so it needs no state of its own.
@@ -33,6 +38,7 @@ from pathlib import Path
 import torch
 
 from tuneloop.errors import UserError
+from tuneloop.train import zero
 from tuneloop.train.distributed import barrier
 
 # Fields whose change makes a checkpoint's optimizer state or data position meaningless.
@@ -82,9 +88,12 @@ def library_versions() -> dict:
     return versions
 
 
-def trainable_state(model, sharded: bool = False) -> dict[str, torch.Tensor]:
-    """The trainable weights as full fp32 CPU tensors. ``sharded`` (FSDP2): gathered from every rank,
-    a collective all must join; rank 0 gets the weights, the others an empty dict."""
+def trainable_state(model, sharded: bool = False, dist=None) -> dict[str, torch.Tensor]:
+    """The trainable weights as full fp32 CPU tensors. ``sharded`` (FSDP2, or ZeRO-3 when ``dist``
+    says deepspeed): gathered from every rank, a collective all must join; rank 0 gets the weights,
+    the others an empty dict."""
+    if sharded and dist is not None and dist.strategy == "deepspeed":
+        return zero.gathered_state(model, trainable_only=True)
     if sharded:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -95,8 +104,10 @@ def trainable_state(model, sharded: bool = False) -> dict[str, torch.Tensor]:
             for name, p in model.named_parameters() if p.requires_grad}
 
 
-def full_model_state(model) -> dict[str, torch.Tensor]:
-    """FSDP2: every weight, trainable or not, gathered to rank 0 (a collective) for the final save."""
+def full_model_state(model, dist=None) -> dict[str, torch.Tensor]:
+    """FSDP2 or ZeRO-3: every weight, trainable or not, gathered to rank 0 (a collective) for the final save."""
+    if dist is not None and dist.strategy == "deepspeed":
+        return zero.gathered_state(model, trainable_only=False)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -150,11 +161,13 @@ def save_checkpoint(directory: Path, model, optimizer, state: TrainState, recipe
     return directory
 
 
-def _write_meta(tmp: Path, state: TrainState, recipe, recipe_yaml: str, sharded: bool = False) -> None:
+def _write_meta(tmp: Path, state: TrainState, recipe, recipe_yaml: str, checkpoint_format: str = "plain") -> None:
     meta = {"state": asdict(state), "recipe_hash": recipe_hash(recipe), "model": recipe.model,
             "method": recipe.method, "versions": library_versions()}
-    if sharded:
-        meta["sharded"] = True
+    if checkpoint_format == "fsdp":
+        meta["sharded"] = True  # the key fsdp checkpoints have always carried
+    elif checkpoint_format != "plain":
+        meta["format"] = checkpoint_format
     (tmp / "state.json").write_text(json.dumps(meta, indent=2) + "\n")
     (tmp / "recipe.resolved.yaml").write_text(recipe_yaml)
 
@@ -179,7 +192,27 @@ def save_sharded_checkpoint(directory: Path, model, optimizer, state: TrainState
     torch.save(rng_state(), tmp / f"rng-{dist.rank}.pt")
     barrier(dist)
     if dist.is_main:
-        _write_meta(tmp, state, recipe, recipe_yaml, sharded=True)
+        _write_meta(tmp, state, recipe, recipe_yaml, "fsdp")
+        _move_into_place(tmp, directory)
+    barrier(dist)
+    return directory
+
+
+def save_deepspeed_checkpoint(directory: Path, engine, state: TrainState, recipe, recipe_yaml: str, dist) -> Path:
+    """DeepSpeed: ``engine.save_checkpoint`` (every rank writes its ZeRO partition) and each rank's RNG
+    states into one temporary directory; rank 0 then writes the metadata and renames it into place.
+    A collective: every rank calls it."""
+    directory = Path(directory)
+    tmp = directory.parent / f".{directory.name}.tmp-deepspeed"  # the same name on every rank
+    if dist.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier(dist)
+    engine.save_checkpoint(str(tmp), tag="deepspeed", exclude_frozen_parameters=True)
+    torch.save(rng_state(), tmp / f"rng-{dist.rank}.pt")
+    barrier(dist)
+    if dist.is_main:
+        _write_meta(tmp, state, recipe, recipe_yaml, "deepspeed")
         _move_into_place(tmp, directory)
     barrier(dist)
     return directory
@@ -247,19 +280,29 @@ def load_weights(checkpoint: Path, model) -> None:
             params[name].copy_(tensor)
 
 
-def restore_checkpoint(checkpoint: Path, model, optimizer, dist=None) -> TrainState:
+def written_format(meta: dict) -> str:
+    """How a checkpoint was written: ``plain``, ``fsdp`` or ``deepspeed`` (see DistInfo.checkpoint_format)."""
+    return meta.get("format") or ("fsdp" if meta.get("sharded") else "plain")
+
+
+def restore_checkpoint(checkpoint: Path, model, optimizer, dist=None, engine=None) -> TrainState:
     """Weights, optimizer state and RNG states back into place; returns where training was.
 
-    ``dist`` says whether the run is sharded (FSDP2), which must match how the checkpoint was written.
+    ``dist`` says how the run writes checkpoints (one process or DDP, FSDP2, DeepSpeed), which must
+    match how this one was written; ``engine`` is the run's Engine (DeepSpeed loads through it).
     """
     meta = json.loads((checkpoint / "state.json").read_text())
-    sharded = dist is not None and dist.sharded
-    if bool(meta.get("sharded")) != sharded:
-        written, now = ("fsdp", "ddp or one process") if meta.get("sharded") else ("ddp or one process", "fsdp")
-        raise UserError(f"cannot resume: checkpoint {checkpoint} was written with {written}, this run uses {now}",
+    now = dist.checkpoint_format if dist is not None else "plain"
+    if written_format(meta) != now:
+        names = {"plain": "ddp or one process", "fsdp": "fsdp", "deepspeed": "deepspeed"}
+        raise UserError(f"cannot resume: checkpoint {checkpoint} was written with {names[written_format(meta)]}, "
+                        f"this run uses {names[now]}",
                         hint="resume with the distributed.strategy (and process count) that wrote it")
-    if sharded:
+    if now == "fsdp":
         _restore_sharded(checkpoint, model, optimizer, dist)
+        return TrainState(**meta["state"])
+    if now == "deepspeed":
+        _restore_deepspeed(checkpoint, engine.module, dist)
         return TrainState(**meta["state"])
     load_weights(checkpoint, model)
     optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
@@ -279,4 +322,15 @@ def _restore_sharded(checkpoint: Path, model, optimizer, dist) -> None:
     dcp.load(loaded, checkpoint_id=str(checkpoint / "sharded"))
     set_state_dict(model, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optimizer"],
                    options=StateDictOptions(ignore_frozen_params=True, strict=False))
+    set_rng_state(torch.load(checkpoint / f"rng-{dist.rank}.pt", weights_only=True))
+
+
+def _restore_deepspeed(checkpoint: Path, engine, dist) -> None:
+    """DeepSpeed: each rank reads its ZeRO partition back (``load_checkpoint``; the frozen weights were
+    never saved, hence not strict), then its RNG states."""
+    path, _ = engine.load_checkpoint(str(checkpoint), tag="deepspeed", load_module_strict=False,
+                                     load_optimizer_states=True, load_lr_scheduler_states=False)
+    if path is None:
+        raise UserError(f"cannot resume: DeepSpeed found no checkpoint in {checkpoint / 'deepspeed'}",
+                        hint=f"delete {checkpoint} to resume from the checkpoint before it, or drop --resume")
     set_rng_state(torch.load(checkpoint / f"rng-{dist.rank}.pt", weights_only=True))

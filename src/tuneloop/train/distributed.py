@@ -7,13 +7,17 @@ The recipe's ``distributed.strategy`` picks the engine when WORLD_SIZE > 1 (one 
 * ``fsdp``: FSDP2 (``torch.distributed.fsdp.fully_shard``) on every decoder layer and on the root;
   weights, gradients and optimizer state are sharded, so checkpoints are sharded too (DCP, see
   ``train.checkpoint``) and the final weights are gathered to rank 0 once.
+* ``deepspeed``: DeepSpeed ZeRO stage 1, 2 or 3 (``deepspeed.initialize``, see ``train.zero``);
+  its engine also takes the backward pass and the optimizer step (:meth:`Engine.backward`,
+  :meth:`Engine.step`), and checkpoints are DeepSpeed's own.
 
 Each process tokenises the same data deterministically, takes its share of every optimizer step's
-rows, and divides its summed loss by the supervised-token count of the *global* step. Both engines
+rows, and divides its summed loss by the supervised-token count of the *global* step. The engines
 *average* gradients over the processes, so the loss is also multiplied by the world size
 (:attr:`Engine.gradient_scale`): the synchronised gradient then equals the single-process gradient of
 the same global batch. Gradient-accumulation micro-steps skip the synchronisation (``no_sync()`` /
-``set_requires_gradient_sync(False)``); the last one synchronises. Only rank 0 writes files.
+``set_requires_gradient_sync(False)``; DeepSpeed: ``set_gradient_accumulation_boundary(False)``);
+the last one synchronises. Only rank 0 writes files.
 Backend: nccl on CUDA, gloo on CPU.
 """
 
@@ -28,8 +32,9 @@ import torch
 from torch import nn
 
 from tuneloop.errors import UserError
+from tuneloop.train import zero
 
-STRATEGIES = ("ddp", "fsdp")  # the ones that run; the recipe also accepts deepspeed, to refuse it clearly
+STRATEGIES = ("ddp", "fsdp", "deepspeed")
 
 
 @dataclass
@@ -38,7 +43,8 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
-    strategy: str = "none"  # none (one process) | ddp | fsdp
+    strategy: str = "none"  # none (one process) | ddp | fsdp | deepspeed
+    zero_stage: int = 0  # deepspeed: 1, 2 or 3
 
     @property
     def is_main(self) -> bool:
@@ -50,8 +56,14 @@ class DistInfo:
 
     @property
     def sharded(self) -> bool:
-        """Weights are sharded: saving and loading them are collectives every rank must join."""
-        return self.strategy == "fsdp"
+        """Weights are sharded (FSDP2, ZeRO-3): gathering them, and every forward, are collectives
+        every rank must join."""
+        return self.strategy == "fsdp" or (self.strategy == "deepspeed" and self.zero_stage == 3)
+
+    @property
+    def checkpoint_format(self) -> str:
+        """How step checkpoints are written: ``plain`` (rank 0), ``fsdp`` (DCP) or ``deepspeed``."""
+        return self.strategy if self.strategy in ("fsdp", "deepspeed") else "plain"
 
 
 def init_distributed(config=None) -> DistInfo:
@@ -66,19 +78,17 @@ def init_distributed(config=None) -> DistInfo:
     if world <= 1:
         return DistInfo(0, 1, 0, device)
     strategy = config.strategy if config is not None else "ddp"
-    if strategy not in STRATEGIES:
-        raise UserError(
-            f"distributed.strategy: {strategy} is not supported by this version of tuneloop (DeepSpeed is "
-            "not installed here and no DeepSpeed engine is wired in)",
-            hint="use strategy: fsdp (sharded weights, gradients and optimizer state: ZeRO-3's memory "
-                 "savings on torch's own engine) or ddp")
+    stage = 0
+    if strategy == "deepspeed":
+        zero.require_deepspeed()  # before the process group: a missing package fails at once, on every rank
+        stage = zero.stage_of(config)
     import torch.distributed as dist
 
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
     if cuda:
         torch.cuda.set_device(device)
-    return DistInfo(dist.get_rank(), world, local_rank, device, strategy)
+    return DistInfo(dist.get_rank(), world, local_rank, device, strategy, stage)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,9 +113,10 @@ class Forward(nn.Module):
 
 
 class Engine:
-    """How this process runs ``inner`` (a model, or a module holding one): plain, DDP or FSDP2.
+    """How this process runs ``inner`` (a model, or a module holding one): plain, DDP, FSDP2 or DeepSpeed.
 
-    ``engine(fn, *args)`` = ``fn(inner, *args)`` inside the engine's forward.
+    ``engine(fn, *args)`` = ``fn(inner, *args)`` inside the engine's forward. DeepSpeed's engine is
+    made with the optimizer, so under deepspeed :meth:`start_deepspeed` completes the set-up.
     """
 
     def __init__(self, inner: nn.Module, dist: DistInfo, config=None):
@@ -123,12 +134,20 @@ class Engine:
         elif dist.strategy == "fsdp":
             shard(self.module, decoder_layers(inner), config)
 
+    @property
+    def deepspeed(self) -> bool:
+        return self.dist.strategy == "deepspeed"
+
+    def start_deepspeed(self, optimizer: torch.optim.Optimizer, config: dict) -> None:
+        """``deepspeed.initialize`` with tuneloop's optimizer and the run's DeepSpeed ``config``."""
+        self.module = zero.start(self.module, optimizer, config)
+
     def __call__(self, fn: Callable, *args, **kwargs):
         return self.module(fn, *args, **kwargs)
 
     @property
     def gradient_scale(self) -> float:
-        """Both engines average gradients over processes; the loss is normalised for a sum."""
+        """The engines average gradients over processes; the loss is normalised for a sum."""
         return float(self.dist.world_size) if self.dist.strategy in STRATEGIES else 1.0
 
     def synchronising(self, last: bool):
@@ -137,7 +156,34 @@ class Engine:
             return self.module.no_sync()
         if self.dist.strategy == "fsdp":
             self.module.set_requires_gradient_sync(last)
+        if self.deepspeed:  # ZeRO reduces (and steps) at the boundary; tuneloop owns the micro-steps
+            self.module.set_gradient_accumulation_boundary(last)
         return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """DeepSpeed's backward (ZeRO's gradient hooks and loss scaling), unscaled: the loss is
+        already normalised for the whole step; else plain autograd."""
+        if self.deepspeed:
+            self.module.backward(loss, scale_wrt_gas=False)
+        else:
+            loss.backward()
+
+    def zero_grad(self, optimizer: torch.optim.Optimizer) -> None:
+        """Before a step's first backward. DeepSpeed clears its gradients itself, in ``step()``."""
+        if not self.deepspeed:
+            optimizer.zero_grad(set_to_none=True)
+
+    def step(self, optimizer: torch.optim.Optimizer, params: list, max_grad_norm: float | None) -> float | None:
+        """Clip (``max_grad_norm``) and take the optimizer step; returns the gradient norm before
+        clipping (None without clipping). DeepSpeed clips inside its ``step()`` (``gradient_clipping``
+        in its config) and reports the norm of its partitioned gradients."""
+        if self.deepspeed:
+            self.module.step()
+            norm = self.module.get_global_grad_norm()
+            return float(norm) if max_grad_norm is not None and norm is not None else None
+        grad_norm = self.clip_grad_norm(params, max_grad_norm) if max_grad_norm is not None else None
+        optimizer.step()
+        return grad_norm
 
     def clip_grad_norm(self, params: list, max_norm: float) -> float:
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)

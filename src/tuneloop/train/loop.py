@@ -73,7 +73,8 @@ def count_targets(batch: dict) -> int:
 def train_step(engine, batches: list[dict], optimizer, params: list, lr: float,
                max_grad_norm: float | None, dist: DistInfo, real_tokens: int,
                filler: dict | None = None) -> StepResult:
-    """Forward/backward over this process's micro-batches through the engine (DDP, FSDP2 or plain), step.
+    """Forward/backward over this process's micro-batches through the engine (DDP, FSDP2, DeepSpeed or
+    plain), step.
 
     Each micro-batch's summed loss is divided by the supervised-token count of the whole global step,
     so accumulated (and synchronised) gradients are exactly those of one big batch. Every process runs
@@ -81,7 +82,7 @@ def train_step(engine, batches: list[dict], optimizer, params: list, lr: float,
     a process with fewer rows repeats one of them at weight 0 (``filler``, one of the step's rows,
     where it has none at all: an epoch's last step with fewer rows than processes).
     """
-    optimizer.zero_grad(set_to_none=True)
+    engine.zero_grad(optimizer)
     counts = torch.tensor([sum(count_targets(b) for b in batches), real_tokens], dtype=torch.float64)
     global_supervised, global_tokens = all_reduce_sum(counts, dist).tolist()
     weighted = padded_micro_batches(batches, dist, filler)
@@ -90,15 +91,12 @@ def train_step(engine, batches: list[dict], optimizer, params: list, lr: float,
     for i, (batch, weight) in enumerate(weighted):
         with engine.synchronising(last=i == len(weighted) - 1):
             loss_sum, _ = engine(call_loss, {k: v.to(dist.device) for k, v in batch.items()})
-            (loss_sum * (weight * scale)).backward()
+            engine.backward(loss_sum * (weight * scale))
         loss_total += weight * loss_sum.detach().double().cpu()
     loss_total = all_reduce_sum(loss_total, dist)
-    grad_norm = None
-    if max_grad_norm is not None:
-        grad_norm = engine.clip_grad_norm(params, max_grad_norm)
     for group in optimizer.param_groups:
         group["lr"] = lr
-    optimizer.step()
+    grad_norm = engine.step(optimizer, params, max_grad_norm)
     return StepResult(float(loss_total) / max(1.0, global_supervised), int(global_tokens),
                       int(global_supervised), grad_norm)
 
@@ -143,7 +141,9 @@ def step_real_tokens(rows: list[list[Sample]]) -> int:
 
 
 def local(tensor: torch.Tensor) -> torch.Tensor:
-    """This process's shard of an FSDP2 (DTensor) value; a plain tensor as it is."""
+    """This process's shard of an FSDP2 (DTensor) value or a ZeRO-3 parameter; a plain tensor as it is."""
+    if hasattr(tensor, "ds_tensor"):  # ZeRO-3: the parameter's own data is empty between gathers
+        return tensor.ds_tensor
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
@@ -166,7 +166,7 @@ def check_gradients(model, dist: DistInfo | None = None) -> None:
 
 
 def lora_b_snapshot(model) -> dict[str, torch.Tensor]:
-    return {n: local(p.detach()).clone() for n, p in model.named_parameters() if p.requires_grad and "lora_B" in n}
+    return {n: local(p).detach().clone() for n, p in model.named_parameters() if p.requires_grad and "lora_B" in n}
 
 
 def check_moved(model, before: dict[str, torch.Tensor], dist: DistInfo | None = None) -> None:
@@ -174,7 +174,7 @@ def check_moved(model, before: dict[str, torch.Tensor], dist: DistInfo | None = 
     (on some process, under FSDP2, where each holds a shard)."""
     params = dict(model.named_parameters())
     names = list(before)
-    moved = torch.tensor([float(not torch.equal(local(params[n].detach()), before[n])) for n in names])
+    moved = torch.tensor([float(not torch.equal(local(params[n]).detach(), before[n])) for n in names])
     moved = all_reduce_sum(moved, dist) if dist is not None and dist.sharded else moved
     still = [n for n, m in zip(names, moved.tolist()) if m == 0]
     if still:

@@ -43,7 +43,7 @@ class Run:
     tokenizer: object
     prepared: object  # methods.PreparedModel
     loss_model: torch.nn.Module
-    engine: Engine  # runs loss_model: plain, DDP or FSDP2 (train.distributed)
+    engine: Engine  # runs loss_model: plain, DDP, FSDP2 or DeepSpeed (train.distributed)
     optimizer: torch.optim.Optimizer
     params: list
     data: TrainData
@@ -74,6 +74,7 @@ class Run:
 def setup(recipe, resume: bool = False) -> Run:
     if recipe.method not in SFT_METHODS:
         raise UserError(f"method: {recipe.method} is not an SFT method; this trainer runs {', '.join(SFT_METHODS)}")
+    recipe = shell.with_launcher_settings(recipe)
     dist = init_distributed(recipe.distributed)
     shell.check_strategy(recipe, dist)
     # Refuse an incompatible checkpoint before spending time on data and model.
@@ -87,9 +88,8 @@ def setup(recipe, resume: bool = False) -> Run:
     qat.prepare(prepared.model, recipe)  # no-op without quantization_aware
     shell.set_threads(dist, prepared.total_parameters)
     loss_model = SupervisedCausalLM(prepared.model, precision.autocast)
-    engine = shell.wrap_model(loss_model, dist, recipe)  # before the optimizer: FSDP2 swaps in shards
+    engine, optimizer = shell.engine_and_optimizer(loss_model, prepared.model, dist, recipe)
     params = [p for p in prepared.model.parameters() if p.requires_grad]
-    optimizer = shell.make_optimizer(prepared.model, recipe.train)
     t = recipe.train
     # An optimizer step takes batch_size x accumulation x processes examples, as in TRL (packing or not).
     per_micro = examples_per_micro_batch(t.batch_size, t.batch_tokens)
@@ -98,7 +98,7 @@ def setup(recipe, resume: bool = False) -> Run:
     run_dir = recipe.run_dir()
     state = ckpt.TrainState()
     if resume_from is not None:
-        state = ckpt.restore_checkpoint(resume_from, prepared.model, optimizer, dist)
+        state = ckpt.restore_checkpoint(resume_from, prepared.model, optimizer, dist, engine)
     elif dist.is_main:
         shell.clear_stale_checkpoints(run_dir)
     return Run(recipe, dist, run_dir, tokenizer, prepared, loss_model, engine, optimizer, params, data, steps,
@@ -182,7 +182,8 @@ def _train_step(run: Run, guard: dict) -> dict:
     result = loop.train_step(run.engine, batches, run.optimizer, run.params, lr,
                              t.max_grad_norm, run.dist, mine, filler)
     if guard["lora_b"] is not None:  # first optimizer step of a fresh run: did anything train?
-        loop.check_gradients(run.prepared.model, run.dist)
+        if not run.engine.deepspeed:  # ZeRO keeps gradients in its own buffers and clears them in step()
+            loop.check_gradients(run.prepared.model, run.dist)
         loop.check_moved(run.prepared.model, guard["lora_b"], run.dist)
         guard["lora_b"] = None
     state.train_seconds += time.perf_counter() - started
@@ -246,7 +247,7 @@ def evaluate_tasks(run, record: dict) -> float:
 
 
 def _write_samples(run: Run) -> None:
-    """Greedy answers to the sample prompts into samples.jsonl (rank 0). Under FSDP2 every rank
+    """Greedy answers to the sample prompts into samples.jsonl (rank 0). Under FSDP2 and ZeRO-3 every rank
     generates, inside the engine's forward: each forward gathers weights from all of them, and greedy
     decoding of the same prompts with the same weights takes the same number of steps everywhere."""
     if not run.data.sample_prompts:

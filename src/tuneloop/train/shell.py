@@ -17,13 +17,14 @@ step and its held-out evaluation. The shell supplies the rest, once:
    written to a temporary directory and renamed into place.
 
 Data parallelism: a method shares each step's work among the processes and runs its model through
-the engine (DDP or FSDP2, see ``train.distributed``); :func:`wrap_model` builds it, before the
-optimizer, since FSDP2 replaces the parameters by their shards. Only rank 0 writes files; under
-FSDP2 saving is a collective (sharded checkpoints, weights gathered for ``best/`` and the final save),
-so those functions are called on every rank.
+the engine (DDP, FSDP2 or DeepSpeed, see ``train.distributed``); :func:`engine_and_optimizer` builds
+both, in the order each engine needs (FSDP2 replaces the parameters by their shards before the
+optimizer sees them; DeepSpeed is started with the optimizer). Only rank 0 writes files; under FSDP2
+and DeepSpeed saving is a collective (sharded checkpoints; under FSDP2 and ZeRO-3 weights gathered
+for ``best/`` and the final save), so those functions are called on every rank.
 
 A *job* is the object both engines hand to :func:`run_steps`; it has the attributes ``recipe``,
-``dist``, ``run_dir``, ``model``, ``optimizer``, ``state``, ``total_steps``, ``keep_best``,
+``dist``, ``run_dir``, ``model``, ``engine``, ``optimizer``, ``state``, ``total_steps``, ``keep_best``,
 ``metrics`` (a MetricsLog on rank 0), ``tracker`` and ``on_evaluate``.
 """
 
@@ -45,7 +46,7 @@ from tuneloop.config.recipe import SFT_METHODS
 from tuneloop.errors import UserError
 from tuneloop.paths import make_dir, write_json_atomic, write_text_atomic
 from tuneloop.train import checkpoint as ckpt
-from tuneloop.train import optimizers
+from tuneloop.train import optimizers, zero
 from tuneloop.train.distributed import DistInfo, Engine, all_reduce_sum
 from tuneloop.train.tracking import MetricsLog, Tracker
 
@@ -65,6 +66,13 @@ def checkpoint_to_resume(recipe) -> Path:
                         hint="run without --resume to start, or check name/output_dir")
     ckpt.check_compatible(found[-1], recipe)
     return found[-1]
+
+
+def with_launcher_settings(recipe):
+    """The recipe with the DeepSpeed flags of ``accelerate launch --use_deepspeed`` (if that started
+    this process) in ``distributed:``; recipe.resolved.yaml then records what ran."""
+    distributed = zero.from_accelerate(recipe.distributed, os.environ)
+    return recipe if distributed is recipe.distributed else recipe.model_copy(update={"distributed": distributed})
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -96,31 +104,47 @@ def set_threads(dist: DistInfo, model_parameters: int) -> None:
     torch.set_num_threads(1 if model_parameters < 20_000_000 else threads)
 
 
-# What FSDP2 does not run yet: they generate answers per rank (a different number of forwards on each,
-# where FSDP2 gathers weights in every forward), or change the model's weights outside the optimizer.
-FSDP_UNSUPPORTED = {"grpo": "samples answers during training", "ppo": "samples answers during training",
-                    "qlora": "keeps 4-bit weights FSDP2 cannot shard"}
+# What the sharding engines do not run yet: they generate answers per rank (a different number of
+# forwards on each, where FSDP2 and ZeRO-3 gather weights in every forward), or change the model's
+# weights outside the optimizer. DeepSpeed refuses them at every stage: not tried under ZeRO-1/2.
+SHARDED_UNSUPPORTED = {"grpo": "samples answers during training", "ppo": "samples answers during training",
+                       "qlora": "keeps 4-bit weights the engine cannot shard"}
 
 
 def check_strategy(recipe, dist: DistInfo) -> None:
     """Refuse, before the model loads, what the chosen engine cannot run."""
-    if not dist.sharded:
+    if not (dist.sharded or dist.strategy == "deepspeed"):
         return
     if recipe.distributed.cpu_offload and dist.device.type == "cpu":
-        # FSDP2's CPUOffloadPolicy moves shards from accelerator memory to pinned host memory.
+        # FSDP2's CPUOffloadPolicy moves shards from accelerator memory to pinned host memory. (ZeRO-Offload
+        # on DeepSpeed's CPU accelerator runs, saving nothing, so the offload path can be tested on a CPU.)
         raise UserError("distributed.cpu_offload: this run is on the CPU already; offloading moves shards "
                         "out of GPU memory", hint="set cpu_offload: false on CPU machines")
-    why = FSDP_UNSUPPORTED.get(recipe.method)
+    why = SHARDED_UNSUPPORTED.get(recipe.method)
     if why is None and recipe.quantization_aware is not None:
         why = "fake-quantizes weights outside the optimizer"
     if why:
-        raise UserError(f"distributed.strategy fsdp: method {recipe.method} {why}; not supported under fsdp yet",
-                        hint="use distributed.strategy: ddp")
+        raise UserError(f"distributed.strategy {dist.strategy}: method {recipe.method} {why}; not supported "
+                        f"under {dist.strategy} yet", hint="use distributed.strategy: ddp")
 
 
-def wrap_model(inner: torch.nn.Module, dist: DistInfo, recipe) -> Engine:
-    """The engine this process runs ``inner`` through (plain, DDP or FSDP2), per ``distributed:``."""
-    return Engine(inner, dist, recipe.distributed)
+def engine_and_optimizer(inner: torch.nn.Module, model: torch.nn.Module, dist: DistInfo,
+                         recipe) -> tuple[Engine, torch.optim.Optimizer]:
+    """The engine this process runs ``inner`` through (plain, DDP, FSDP2 or DeepSpeed, per
+    ``distributed:``) and the optimizer of ``model``'s trainable weights (``model`` is in ``inner``)."""
+    engine = Engine(inner, dist, recipe.distributed)  # FSDP2 swaps in shards here, before the optimizer
+    optimizer = make_optimizer(model, recipe.train)
+    if engine.deepspeed:
+        engine.start_deepspeed(optimizer, deepspeed_config(recipe, dist))
+    return engine, optimizer
+
+
+def deepspeed_config(recipe, dist: DistInfo) -> dict:
+    """The DeepSpeed config of this run: the recipe's file as is, or one made from ``distributed:``."""
+    d = recipe.distributed
+    if d.deepspeed_config:
+        return zero.file_config(d.deepspeed_config, recipe.train, dist.world_size)
+    return zero.recipe_config(d, recipe.train, dist.world_size)
 
 
 def make_optimizer(model, t) -> torch.optim.Optimizer:
@@ -177,11 +201,15 @@ def open_run_dir(recipe, resume: bool, step: int, params: dict) -> tuple[Metrics
 
 
 def save_step_checkpoint(job) -> None:
-    """``checkpoints/step-N/`` (rank 0 writes it; under FSDP2 every rank calls this and writes shards)."""
+    """``checkpoints/step-N/`` (rank 0 writes it; under FSDP2 and DeepSpeed every rank calls this and
+    writes its shards)."""
     directory = job.run_dir / "checkpoints" / f"step-{job.state.step}"
-    if job.dist.sharded:
+    if job.dist.checkpoint_format == "fsdp":
         ckpt.save_sharded_checkpoint(directory, job.model, job.optimizer, job.state, job.recipe,
                                      recipe_yaml(job.recipe), job.dist)
+    elif job.dist.checkpoint_format == "deepspeed":
+        ckpt.save_deepspeed_checkpoint(directory, job.engine.module, job.state, job.recipe,
+                                       recipe_yaml(job.recipe), job.dist)
     elif job.dist.is_main:
         ckpt.save_checkpoint(directory, job.model, job.optimizer, job.state, job.recipe, recipe_yaml(job.recipe))
     if job.dist.is_main:
@@ -192,13 +220,13 @@ def save_final(job, tokenizer, before_save: Callable | None = None) -> Path | No
     """``adapter/`` or ``model/`` with the tokenizer, written to a temp dir and renamed into place.
 
     With early stopping, the best checkpoint's weights are the ones saved. Called on every rank:
-    under FSDP2 the weights are first gathered to rank 0 (a collective), so the saved model is one
+    under FSDP2 and ZeRO-3 the weights are first gathered to rank 0 (a collective), so the saved model is one
     ordinary consolidated checkpoint that export and serve read as they would any other; only rank
     0 writes. Returns the directory on rank 0.
     """
     best = job.run_dir / "checkpoints" / "best"
     use_best = job.recipe.train.early_stopping and (best / "trainable.safetensors").is_file()
-    weights = ckpt.full_model_state(job.model) if job.dist.sharded else None
+    weights = ckpt.full_model_state(job.model, job.dist) if job.dist.sharded else None
     if not job.dist.is_main:
         return None
     if use_best and weights is None:
@@ -272,9 +300,9 @@ def log_record(job, record: dict, bar=None) -> None:
 
 
 def save_best(job) -> None:
-    """``checkpoints/best/``: the trainable weights (gathered from every rank under FSDP2)."""
+    """``checkpoints/best/``: the trainable weights (gathered from every rank under FSDP2 and ZeRO-3)."""
     sharded = job.dist.sharded
-    weights = ckpt.trainable_state(job.model, sharded) if sharded or job.dist.is_main else None
+    weights = ckpt.trainable_state(job.model, sharded, job.dist) if sharded or job.dist.is_main else None
     if job.dist.is_main:
         ckpt.save_checkpoint(job.run_dir / "checkpoints" / "best", job.model, None, job.state,
                              job.recipe, recipe_yaml(job.recipe), weights_only=True, weights=weights)

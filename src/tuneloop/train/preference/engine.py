@@ -7,7 +7,7 @@ its data, the loss of one micro-batch and its held-out evaluation. :func:`run` s
 resume, optimizer and schedule, checkpoints, early stopping, tracking, progress, final weights.
 
 Data parallelism: each of a step's ``gradient_accumulation x world_size`` micro-batches goes to one
-process; the model runs through the engine (DDP or FSDP2, ``train.distributed``), which synchronises
+process; the model runs through the engine (DDP, FSDP2 or DeepSpeed, ``train.distributed``), which synchronises
 gradients on a step's last micro-batch, and every process evaluates the same held-out set, so all
 agree on metrics and on when to stop. A method computes with its model through
 :meth:`Session.forward` and :meth:`Session.reference_forward`, so that this happens inside the
@@ -242,6 +242,10 @@ class PreferenceRun:
         return self.session.model
 
     @property
+    def engine(self) -> Engine:
+        return self.session.engine
+
+    @property
     def keep_best(self) -> bool:
         return bool(self.recipe.train.early_stopping)
 
@@ -249,6 +253,7 @@ class PreferenceRun:
 def run(recipe, method: Method, resume: bool = False, on_evaluate: shell.EvaluateCallback | None = None) -> Path:
     """Train ``recipe`` with ``method``; returns the run directory."""
     job = setup(recipe, method, resume)
+    recipe = job.recipe  # with the launcher's settings (shell.with_launcher_settings)
     job.on_evaluate = on_evaluate
     try:
         if job.dist.is_main:
@@ -292,6 +297,7 @@ def run(recipe, method: Method, resume: bool = False, on_evaluate: shell.Evaluat
 
 def setup(recipe, method: Method, resume: bool = False) -> PreferenceRun:
     """Model, session (with the method's encoded data), optimizer and, resuming, the restored state."""
+    recipe = shell.with_launcher_settings(recipe)
     dist = init_distributed(recipe.distributed)
     shell.check_strategy(recipe, dist)
     # Refuse an incompatible checkpoint, and a typo in the data, before a model loads.
@@ -306,10 +312,10 @@ def setup(recipe, method: Method, resume: bool = False) -> PreferenceRun:
         session.reference_model = copy.deepcopy(model).eval().requires_grad_(False)
     shell.set_threads(dist, sum(p.numel() for p in model.parameters()))
     n_items = method.prepare(session)  # bad data or reward settings stop here, before any file
-    # After prepare (PPO adds its value head there), before the optimizer (FSDP2 swaps in shards).
-    session.engine = shell.wrap_model(model, dist, recipe)
-    optimizer = shell.make_optimizer(model, recipe.train)
-    state = ckpt.restore_checkpoint(resume_from, model, optimizer, dist) if resume_from else ckpt.TrainState()
+    # After prepare (PPO adds its value head there).
+    session.engine, optimizer = shell.engine_and_optimizer(model, model, dist, recipe)
+    state = (ckpt.restore_checkpoint(resume_from, model, optimizer, dist, session.engine) if resume_from
+             else ckpt.TrainState())
     params = [p for p in model.parameters() if p.requires_grad]
     return PreferenceRun(recipe, dist, recipe.run_dir(), session, method, optimizer, params, state,
                          total_steps(recipe, n_items, dist.world_size, passes_per_batch(method, recipe)), n_items)
@@ -343,7 +349,7 @@ def _train_step(job: PreferenceRun) -> dict:
         with engine.synchronising(last=micro == accumulation - 1):  # DDP: forward and backward inside
             with session.autocast():
                 loss, metrics, n_tokens = job.method.loss(session, indices)
-            (loss * (engine.gradient_scale / share)).backward()
+            engine.backward(loss * (engine.gradient_scale / share))
         tokens += n_tokens
         for key, value in {"loss": float(loss.detach()), **metrics}.items():
             sums[key] = sums.get(key, 0.0) + value / share
@@ -351,11 +357,8 @@ def _train_step(job: PreferenceRun) -> dict:
         keys = sorted(sums)
         totals = all_reduce_sum(torch.tensor([sums[k] for k in keys] + [tokens], dtype=torch.float64), dist)
         sums, tokens = dict(zip(keys, totals[:-1].tolist())), int(totals[-1])
-    grad_norm = None
-    if recipe.train.max_grad_norm:
-        grad_norm = engine.clip_grad_norm(job.params, recipe.train.max_grad_norm)
-    job.optimizer.step()
-    job.optimizer.zero_grad(set_to_none=True)
+    grad_norm = engine.step(job.optimizer, job.params, recipe.train.max_grad_norm or None)
+    engine.zero_grad(job.optimizer)
     state.step += 1
     state.tokens_seen += tokens
     state.train_seconds += time.perf_counter() - began
