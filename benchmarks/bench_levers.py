@@ -3,7 +3,7 @@
 The default: packing on, loss and LM head only at supervised positions (chunked), no torch.compile,
 one thread per physical core, no gradient checkpointing, precision ``auto`` (bf16 autocast only where
 the CPU runs bf16 natively), LoRA dropout with a cheap mask, matmul attention for short packed
-samples. Each lever flips one of these (``worker_tuneloop.py`` flags), runs the
+samples, fused LoRA linears. Each lever flips one of these (``worker_tuneloop.py`` flags), runs the
 same optimizer steps on the same data, and is reported as tokens/s relative to the default run, both
 over the whole ``train()`` and in steady state (steps after the first two: warm-up, compilation).
 
@@ -34,8 +34,10 @@ LEVERS = {
     "fp32": ("fp32 matmuls (no bf16 autocast, where the default would use it)", ["--precision", "fp32"]),
     "stock_dropout": ("PEFT's nn.Dropout for LoRA dropout (one bernoulli draw per element)", ["--stock-dropout"]),
     "sdpa_attention": ("PyTorch SDPA (CPU flash kernel) for short packed samples", ["--sdpa-attention"]),
+    "unfused_lora": ("PEFT's LoRA forward instead of fused LoRA linears (train.fused_lora off)",
+                     ["--no-fused-lora"]),
 }
-QUICK_LEVERS = ["default", "packing_off", "full_lm_head", "stock_dropout", "sdpa_attention",
+QUICK_LEVERS = ["default", "unfused_lora", "packing_off", "full_lm_head", "stock_dropout", "sdpa_attention",
                 "threads_1"]
 
 
