@@ -7,9 +7,9 @@ samples, fused LoRA linears. Each lever flips one of these (``worker_tuneloop.py
 same optimizer steps on the same data, and is reported as tokens/s relative to the default run, both
 over the whole ``train()`` and in steady state (steps after the first two: warm-up, compilation).
 
-    python benchmarks/bench_levers.py [--quick] [--levers packing_off,compile]
+    python benchmarks/bench_levers.py [--quick] [--levers packing_off,compile] [--result levers_fused]
 
-Writes results/levers.json.
+Writes results/levers.json (or results/<--result>.json, for a subset measured on its own).
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--levers", default=None, help=f"comma-separated, from {', '.join(LEVERS)}")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run")
+    parser.add_argument("--result", default="levers", help="results/<name>.json to write")
     args = parser.parse_args(argv)
     names = args.levers.split(",") if args.levers else (QUICK_LEVERS if args.quick else default_levers())
     if "default" not in names:
@@ -99,7 +100,7 @@ def main(argv=None) -> dict:
     table = relative(runs)
     result = {"steps": steps, "examples_per_step": HYPER["batch_size"], "data": {**data, **stats}, "levers": table,
               "runs": runs, "wall_s": round(time.time() - started, 1)}
-    write_result("levers", result)
+    write_result(args.result, result)
     return result
 
 
