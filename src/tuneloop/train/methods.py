@@ -97,7 +97,7 @@ def uses_fused_lora(recipe) -> bool:
     """Fused LoRA linears (train/fused_lora.py) for plain LoRA; not under QAT, which replaces the same
     forwards with its fake-quantized one (train/qat.py), nor under FSDP2, which shards the base weights
     the fused groups concatenate, nor with train.compile, whose graphs cannot trace the groups'
-    sharing of one input (Python state between calls) and gave different losses."""
+    sharing of one input (Python state between calls): the compiled-layers test failed with both on."""
     t = recipe.train
     return (t.fused_lora and not t.compile and recipe.method == "lora" and recipe.quantization_aware is None
             and recipe.distributed.strategy != "fsdp")
