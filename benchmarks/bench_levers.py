@@ -3,13 +3,13 @@
 The default: packing on, loss and LM head only at supervised positions (chunked), no torch.compile,
 one thread per physical core, no gradient checkpointing, precision ``auto`` (bf16 autocast only where
 the CPU runs bf16 natively), LoRA dropout with a cheap mask, matmul attention for short packed
-samples. Each lever flips one of these (``worker_tuneloop.py`` flags), runs the
+samples, fused LoRA linears. Each lever flips one of these (``worker_tuneloop.py`` flags), runs the
 same optimizer steps on the same data, and is reported as tokens/s relative to the default run, both
 over the whole ``train()`` and in steady state (steps after the first two: warm-up, compilation).
 
-    python benchmarks/bench_levers.py [--quick] [--levers packing_off,compile]
+    python benchmarks/bench_levers.py [--quick] [--levers packing_off,compile] [--result levers_fused]
 
-Writes results/levers.json.
+Writes results/levers.json (or results/<--result>.json, for a subset measured on its own).
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ LEVERS = {
     "fp32": ("fp32 matmuls (no bf16 autocast, where the default would use it)", ["--precision", "fp32"]),
     "stock_dropout": ("PEFT's nn.Dropout for LoRA dropout (one bernoulli draw per element)", ["--stock-dropout"]),
     "sdpa_attention": ("PyTorch SDPA (CPU flash kernel) for short packed samples", ["--sdpa-attention"]),
+    "unfused_lora": ("PEFT's LoRA forward instead of fused LoRA linears (train.fused_lora off)",
+                     ["--no-fused-lora"]),
 }
-QUICK_LEVERS = ["default", "packing_off", "full_lm_head", "stock_dropout", "sdpa_attention",
+QUICK_LEVERS = ["default", "unfused_lora", "packing_off", "full_lm_head", "stock_dropout", "sdpa_attention",
                 "threads_1"]
 
 
@@ -78,6 +80,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--levers", default=None, help=f"comma-separated, from {', '.join(LEVERS)}")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run")
+    parser.add_argument("--result", default="levers", help="results/<name>.json to write")
     args = parser.parse_args(argv)
     names = args.levers.split(",") if args.levers else (QUICK_LEVERS if args.quick else default_levers())
     if "default" not in names:
@@ -97,7 +100,7 @@ def main(argv=None) -> dict:
     table = relative(runs)
     result = {"steps": steps, "examples_per_step": HYPER["batch_size"], "data": {**data, **stats}, "levers": table,
               "runs": runs, "wall_s": round(time.time() - started, 1)}
-    write_result("levers", result)
+    write_result(args.result, result)
     return result
 
 

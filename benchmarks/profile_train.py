@@ -1,6 +1,6 @@
 """Where a tuneloop LoRA training step spends its time: torch.profiler over a few steps, grouped by kind.
 
-    python benchmarks/profile_train.py [--steps 6] [--no-packing] [--head full]
+    python benchmarks/profile_train.py [--steps 6] [--no-packing] [--head full] [--no-fused-lora]
 
 Runs the engine's own ``setup``/``train`` (as ``worker_tuneloop.py`` does), skips the first two steps
 (warm-up), profiles the rest on CPU, and writes results/profile.json: the top operators by self CPU
@@ -44,6 +44,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--packing", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--head", default="supervised", choices=("supervised", "full"))
+    parser.add_argument("--fused-lora", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args(argv)
 
     import torch
@@ -58,7 +59,8 @@ def main(argv=None) -> dict:
     ns = argparse.Namespace(data=str(Path(data["train"]).parent), out=str(ensure_workdir() / "runs" / "profile"),
                             epochs=1.0, max_steps=args.steps + 2, batch_size=rows, packing=args.packing,
                             precision="auto", gradient_checkpointing=False, head=args.head, compile=False,
-                            threads=None, stock_dropout=False, sdpa_attention=False)
+                            threads=None, stock_dropout=False, sdpa_attention=False,
+                            fused_lora=args.fused_lora)
     run = engine.setup(worker.make_recipe(ns))
     worker.apply_levers(run, ns)
     from tuneloop.train.tracking import MetricsLog

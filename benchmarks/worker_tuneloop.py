@@ -6,7 +6,7 @@ run's own). It uses the engine's own ``setup`` and ``train`` (``tuneloop.train.r
 sides; the validation loss is measured afterwards by the shared ``train_common.validation_loss``.
 
 Levers the recipe exposes are set through it (packing, precision, gradient checkpointing,
-``compile``: torch.compile per decoder layer). Levers it
+``compile``: torch.compile per decoder layer, ``fused_lora``: fused LoRA linears). Levers it
 does not expose are applied here around the engine, without editing it:
 
 - ``--head full``: the usual full-sequence LM head + cross-entropy (logits for every position)
@@ -44,6 +44,7 @@ def make_recipe(args):
         batch_size=args.batch_size or HYPER["batch_size"], gradient_accumulation=HYPER["gradient_accumulation"],
         max_seq_len=args.row_len or HYPER["max_seq_len"], packing=args.packing, precision=args.precision,
         seed=HYPER["seed"], gradient_checkpointing=args.gradient_checkpointing, compile=args.compile,
+        fused_lora=args.fused_lora,
         eval_every=10**6, save_every=10**6)
     return Recipe(name=f"bench-{os.getpid()}", model="smollm2-135m-instruct", method="lora",
                   output_dir=args.out, data=DataConfig(train=str(Path(args.data, "train.jsonl"))),
@@ -124,6 +125,8 @@ def main() -> None:
     parser.add_argument("--head", default="supervised", choices=("supervised", "full"))
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--fused-lora", action=argparse.BooleanOptionalAction, default=True,
+                        help="train.fused_lora (--no-fused-lora: PEFT's own LoRA forward)")
     parser.add_argument("--stock-dropout", action="store_true")
     parser.add_argument("--sdpa-attention", action="store_true")
     parser.add_argument("--no-validation", action="store_true", help="skip the validation loss (speed only)")

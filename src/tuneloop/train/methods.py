@@ -16,6 +16,7 @@ from tuneloop.config.recipe import ADAPTER_METHODS
 from tuneloop.errors import UserError, did_you_mean
 from tuneloop.models.estimate import bf16_supported
 from tuneloop.train.dropout import use_fast_dropout
+from tuneloop.train.fused_lora import fuse_lora
 
 
 @dataclass
@@ -83,11 +84,23 @@ def setup_model(recipe, model_path, precision: Precision, device: torch.device) 
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
+    if uses_fused_lora(recipe):
+        fuse_lora(model)
     if recipe.train.compile:
         compile_layers(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return PreparedModel(model, method, trainable, total, targeted)
+
+
+def uses_fused_lora(recipe) -> bool:
+    """Fused LoRA linears (train/fused_lora.py) for plain LoRA; not under QAT, which replaces the same
+    forwards with its fake-quantized one (train/qat.py), nor under FSDP2, which shards the base weights
+    the fused groups concatenate, nor with train.compile, whose graphs cannot trace the groups'
+    sharing of one input (Python state between calls): the compiled-layers test failed with both on."""
+    t = recipe.train
+    return (t.fused_lora and not t.compile and recipe.method == "lora" and recipe.quantization_aware is None
+            and recipe.distributed.strategy != "fsdp")
 
 
 def add_neftune_noise(model, alpha: float):
