@@ -1,5 +1,7 @@
-"""The serving token loop: same tokens as ``model.generate``, rows that join or leave a running batch
-see exactly the logits they would see alone, stop strings, and per-row sampling."""
+"""The token loop (serving, eval, chat, rollouts): same tokens as plain ``model.generate``, rows that
+join or leave a running batch see exactly the logits they would see alone, rows of different LoRA
+adapters in one batch get their solo answers, the pre-allocated cache stacks rows exactly, stop
+strings, and per-row sampling."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import torch
 
 from tuneloop.models.generation import generate_ids
 from tuneloop.models.loading import load_model_and_tokenizer
-from tuneloop.serve.decoding import RunningBatch, SamplingParams, Sequence, TextStream, generate_batch, sample_next
+from tuneloop.models.decoding import RunningBatch, SamplingParams, Sequence, TextStream, generate_batch, sample_next
 
 
 @pytest.fixture(scope="module")
@@ -21,14 +23,39 @@ def _seq(tokenizer, text, max_tokens=8, **params):
     return Sequence(ids, SamplingParams(max_tokens=max_tokens, temperature=0, **params), TextStream(tokenizer))
 
 
-def test_greedy_batch_matches_hf_generate(model_and_tokenizer):
+def _hf_generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    """Plain ``model.generate`` (greedy, left-padded, EOS kept), the reference for our loop."""
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+    rows = out[:, width:].tolist()
+    return [r[: r.index(tokenizer.eos_token_id) + 1] if tokenizer.eos_token_id in r else r for r in rows]
+
+
+TEXTS = ["hello there, how are you today?", "hi", "a b c d e f g h i j k l", "where is my order", "x"]
+
+
+@pytest.mark.parametrize("texts", [TEXTS[:1], TEXTS[1:2], TEXTS[:3], TEXTS], ids=["1-long", "1-short", "3", "5"])
+def test_greedy_batch_matches_plain_generate(model_and_tokenizer, texts):
     model, tokenizer = model_and_tokenizer
-    texts = ["hello there, how are you today?", "hi", "a b c d e f g h i j k l"]
-    sequences = [_seq(tokenizer, t, max_tokens=10) for t in texts]
+    sequences = [_seq(tokenizer, t, max_tokens=12) for t in texts]
     generate_batch(model, sequences, tokenizer.pad_token_id, {tokenizer.eos_token_id}, 2048)
-    expected = generate_ids(model, tokenizer, [s.prompt_ids for s in sequences], max_new_tokens=10)
+    expected = _hf_generate(model, tokenizer, [s.prompt_ids for s in sequences], max_new_tokens=12)
     assert [s.generated for s in sequences] == expected
-    assert all(s.finish_reason == "length" for s in sequences)
+    assert len({tuple(s.generated) for s in sequences}) == len(texts)  # distinct answers: rows not mixed up
+
+
+def test_generate_ids_runs_on_the_same_loop_and_counts_steps(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in TEXTS[:3]]
+    steps = []
+    rows = generate_ids(model, tokenizer, prompts, max_new_tokens=7, on_step=lambda: steps.append(1))
+    assert rows == _hf_generate(model, tokenizer, prompts, max_new_tokens=7)
+    assert len(steps) == max(len(r) for r in rows) == 7
 
 
 def _logits_trace(model, tokenizer, schedule: dict[int, list[str]], steps: int) -> dict[str, list[torch.Tensor]]:
@@ -99,3 +126,75 @@ def test_sampling_is_per_row():
     draws = [sample_next(logits[2:], [warm], [torch.Generator().manual_seed(s)])[0] for s in range(40)]
     assert set(draws) == {0, 1, 2}  # a flat distribution: every token gets drawn
     assert draws == [sample_next(logits[2:], [warm], [torch.Generator().manual_seed(s)])[0] for s in range(40)]
+
+
+def test_stacking_rows_left_pads_the_narrower_side_exactly():
+    from transformers.cache_utils import DynamicLayer
+
+    from tuneloop.models.kv_cache import PreallocatedLayer
+
+    def states(rows, width, seed):
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(rows, 2, width, 4, generator=g), torch.randn(rows, 2, width, 4, generator=g)
+
+    layer = PreallocatedLayer(capacity=3)  # too small on purpose: it has to grow
+    running = states(2, 3, 0)
+    layer.update(*running)
+    step = states(2, 1, 1)
+    layer.update(*step)  # grows past its capacity
+    wider = DynamicLayer()
+    joiner = states(1, 6, 2)
+    wider.update(*joiner)
+    layer.append_rows(wider)
+    expected_running = torch.cat([torch.zeros(2, 2, 2, 4), torch.cat([running[0], step[0]], 2)], 2)
+    assert torch.equal(layer.keys, torch.cat([expected_running, joiner[0]]))
+    layer.batch_select_indices(torch.tensor([2, 0]))
+    assert torch.equal(layer.keys, torch.cat([joiner[0], expected_running[:1]]))
+    layer.drop_leading(2)
+    assert torch.equal(layer.keys[1], torch.cat([running[0], step[0]], 2)[0])
+    assert layer.get_seq_length() == 4
+
+
+@pytest.fixture(scope="module")
+def two_adapter_model(model_and_tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer = model_and_tokenizer
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
+                        init_lora_weights=False)  # random B: each adapter changes the answers
+    peft_model = get_peft_model(model, config, adapter_name="a0")
+    peft_model.add_adapter("a1", config)
+    peft_model.eval()
+    yield peft_model, tokenizer
+    peft_model.unload()  # the module-scoped base model goes back to having no LoRA layers
+
+
+def _solo_answer(peft_model, tokenizer, prompt, adapter):
+    if adapter == "__base__":
+        with peft_model.disable_adapter():
+            return _hf_generate(peft_model, tokenizer, [prompt], 10)[0]
+    peft_model.set_adapter(adapter)
+    return _hf_generate(peft_model, tokenizer, [prompt], 10)[0]
+
+
+def test_mixed_adapter_batch_gives_each_row_its_solo_answer(two_adapter_model):
+    peft_model, tokenizer = two_adapter_model
+    rows = [("a0", TEXTS[0]), ("__base__", TEXTS[1]), ("a1", TEXTS[0]), ("a0", TEXTS[2]), ("a1", TEXTS[3])]
+    sequences = [_seq(tokenizer, text, max_tokens=10) for _, text in rows]
+    for seq, (adapter, _) in zip(sequences, rows):
+        seq.adapter = adapter
+    late = _seq(tokenizer, TEXTS[4], max_tokens=10)
+    late.adapter = "a1"
+    batch = RunningBatch(peft_model, tokenizer.pad_token_id, {tokenizer.eos_token_id}, 2048)
+    batch.add(sequences)
+    step = 0
+    while len(batch):
+        if step == 3:
+            batch.add([late])  # a joiner of another adapter while the batch runs
+        batch.step(lambda s, d: None, lambda s: False)
+        step += 1
+    solo = [_solo_answer(peft_model, tokenizer, s.prompt_ids, s.adapter) for s in [*sequences, late]]
+    assert [s.generated for s in [*sequences, late]] == solo
+    # The adapters matter, so a batch that ignored them would fail the check above.
+    assert solo[0] != solo[2] != _solo_answer(peft_model, tokenizer, sequences[0].prompt_ids, "__base__")

@@ -1,7 +1,8 @@
 """Generating answers to chat conversations in batches (used by chat, evaluation and export checks).
 
-Prompts go through :mod:`tuneloop.chat.template`, are left-padded into one batch, and decoding stops
-at the tokenizer's EOS (the chat template's end-of-turn token).
+Prompts go through :mod:`tuneloop.chat.template`, are left-padded into one batch and decoded by the
+same token loop as serving (:mod:`tuneloop.models.decoding`); decoding stops at the tokenizer's EOS
+(the chat template's end-of-turn token).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tuneloop.chat.template import render_prompt_ids
+from tuneloop.models.decoding import SamplingParams, Sequence, generate_batch
 
 
 @dataclass
@@ -21,48 +23,19 @@ class Generation:
 
 def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 128,
                  temperature: float = 0.0, top_p: float = 1.0, on_step=None) -> list[list[int]]:
-    """New token ids per prompt (EOS kept where generated), one left-padded batch.
+    """New token ids per prompt (EOS kept where generated), decoded as one batch.
 
-    ``on_step()`` is called once per decoding step, right after that step's logits exist; evaluation
-    uses it to time when each row's last token was produced (its latency within the batch).
+    Runs on the serving engine's token loop (:mod:`tuneloop.models.decoding`); sampling draws from
+    torch's global generator, so ``torch.manual_seed`` makes it reproducible. ``on_step()`` is called
+    once per decoding step, right after that step's logits exist; evaluation uses it to time when
+    each row's last token was produced (its latency within the batch).
     """
-    import torch
-
-    width = max(len(p) for p in prompts)
+    params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    sequences = [Sequence(list(p), params) for p in prompts]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(model.parameters()).device  # the model may live on a GPU
-    input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
-    attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-    sampling = temperature > 0
-    extra = {}
-    if on_step is not None:
-        from transformers import LogitsProcessorList
-
-        extra["logits_processor"] = LogitsProcessorList([_StepHook(on_step)])
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
-            do_sample=sampling, temperature=temperature if sampling else None,
-            top_p=top_p if sampling else None, top_k=None,
-            pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id, **extra,
-        )
-    results = []
-    for row in out[:, width:].tolist():
-        if tokenizer.eos_token_id in row:
-            row = row[: row.index(tokenizer.eos_token_id) + 1]
-        results.append(row)
-    return results
-
-
-class _StepHook:
-    """A logits processor that changes nothing and calls ``fn()`` once per decoding step."""
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def __call__(self, input_ids, scores):
-        self.fn()
-        return scores
+    unlimited = 2**62  # as with model.generate, only max_new_tokens (or EOS) ends a row
+    generate_batch(model, sequences, pad_id, {tokenizer.eos_token_id}, unlimited, on_step=on_step)
+    return [s.generated for s in sequences]
 
 
 def decode_generation(tokenizer, prompt: list[int], ids: list[int]) -> Generation:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuneloop.errors import UserError
+from tuneloop.models.estimate import bf16_supported
 from tuneloop.models.loading import ResolvedModel, cannot_load, load_tokenizer, resolve_model
 
 # Served ids: letters, digits and . _ : @ + - ; no path separators, never "..".
@@ -113,13 +114,19 @@ def _add(table: ModelTable, served: ServedModel) -> None:
     table.models[served.id] = served
 
 
+def serving_dtype():
+    """bf16 weights where the hardware multiplies bf16 natively (half the bytes each token reads), else fp32."""
+    import torch
+
+    return torch.bfloat16 if bf16_supported() else torch.float32
+
+
 def load_served(table: ModelTable, dtype=None):
     """The base model with every adapter loaded into one PeftModel, and the tokenizer."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(table.base_path, dtype=dtype or torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(table.base_path, dtype=dtype or serving_dtype())
     except (OSError, ValueError) as e:  # missing weights, damaged config.json, unknown architecture
         raise cannot_load(Path(table.base_path), "model", e) from None
     adapters = table.adapters()

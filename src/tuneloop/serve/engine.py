@@ -1,11 +1,12 @@
 """Dynamic batching: requests that arrive together share forward passes, on one worker thread.
 
 Handlers call :meth:`BatchingEngine.submit`, which puts a :class:`Job` on a queue; the job's
-asyncio queue then receives its events (text deltas, then the result). One worker thread takes the
-oldest job's model id, gathers up to ``max_batch_size`` jobs for that model (waiting
-``batch_wait_s`` for more when the batch is not full), selects the adapter and decodes them as a
-:class:`tuneloop.serve.decoding.RunningBatch`. Requests for the same model that arrive while it runs
-join it between two steps (continuous batching), so a request never waits for a whole batch to end.
+asyncio queue then receives its events (text deltas, then the result). One worker thread gathers up
+to ``max_batch_size`` jobs (waiting ``batch_wait_s`` for more when the batch is not full) and decodes
+them as a :class:`tuneloop.models.decoding.RunningBatch`. Requests that arrive while it runs join it
+between two steps (continuous batching), so a request never waits for a whole batch to end. Requests
+for different adapters of the base share the batch: each row names its adapter and PEFT applies it
+to that row only, so no model id waits for another's batch to drain.
 
 One worker on purpose: the model runs on all cores already, and a second batch in parallel would
 only fight it for them.
@@ -14,7 +15,6 @@ only fight it for them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tuneloop.serve.decoding import RunningBatch, SamplingParams, Sequence, TextStream
+from tuneloop.models.decoding import RunningBatch, SamplingParams, Sequence, TextStream
 
 log = logging.getLogger("tuneloop.serve")
 
@@ -92,31 +92,21 @@ class BatchingEngine:
         self._thread.join(timeout=10)
 
     def _next_batch(self) -> list[Job]:
-        """Wait for work; then the oldest job's model id and up to max_batch_size of its jobs."""
+        """Wait for work; then up to max_batch_size jobs, oldest first."""
         with self._wakeup:
             while not self._pending and not self._stopping:
                 self._wakeup.wait()
             if self._stopping:
                 return []
-            model_id = self._pending[0].model_id
             deadline = time.monotonic() + self.batch_wait_s
-            while self._count(model_id) < self.max_batch_size and time.monotonic() < deadline:
+            while len(self._pending) < self.max_batch_size and time.monotonic() < deadline:
                 self._wakeup.wait(timeout=max(0.0, deadline - time.monotonic()))
-        return self._take(model_id, self.max_batch_size)
+        return self._take(self.max_batch_size)
 
-    def _take(self, model_id: str, room: int) -> list[Job]:
+    def _take(self, room: int) -> list[Job]:
         with self._wakeup:
-            taken = [j for j in self._pending if j.model_id == model_id][:room]
-            for job in taken:
-                self._pending.remove(job)
+            taken = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
         return [job for job in taken if not job.cancelled.is_set()]
-
-    def _count(self, model_id: str) -> int:
-        return sum(1 for j in self._pending if j.model_id == model_id)
-
-    def _others_waiting(self, model_id: str) -> bool:
-        with self._wakeup:
-            return any(j.model_id != model_id for j in self._pending)
 
     def _work(self) -> None:
         while not self._stopping:
@@ -125,32 +115,27 @@ class BatchingEngine:
                 continue
             active: list[Job] = []
             try:
-                self._serve_model(jobs, active)
+                self._serve(jobs, active)
             except Exception as e:  # a bug or out of memory: fail these requests, keep serving
                 log.exception("generation failed")
                 for job in active:
                     job.send("error", f"generation failed: {type(e).__name__}: {e}")
 
-    def _serve_model(self, jobs: list[Job], active: list[Job]) -> None:
-        """Decode ``jobs`` and every same-model job that arrives meanwhile, until none is left.
-
-        Newcomers join between steps, unless another model's requests are waiting: then the batch
-        drains and that model gets its turn.
-        """
-        model_id = jobs[0].model_id
+    def _serve(self, jobs: list[Job], active: list[Job]) -> None:
+        """Decode ``jobs`` and every job that arrives meanwhile (joining between steps) until none is left."""
         batch = RunningBatch(self.model, self.pad_id, self.eos_ids, self.max_context)
-        with self._adapter(self.adapters[model_id]):
-            self._admit(batch, jobs, active)
-            while len(batch):
-                if self.on_batch:
+        self._admit(batch, jobs, active)
+        while len(batch):
+            if self.on_batch:
+                for model_id in {seq.owner.model_id for seq in batch.sequences}:
                     self.on_batch(model_id, len(batch))
-                for seq in batch.step(self._send_delta, lambda s: s.owner.cancelled.is_set()):
-                    seq.owner.send("done", GenerationResult(seq.stream.text, len(seq.prompt_ids),
-                                                            len(seq.generated), seq.finish_reason or "cancelled"))
-                    active.remove(seq.owner)
-                room = self.max_batch_size - len(batch)
-                if room > 0 and len(batch) and batch.can_join() and not self._others_waiting(model_id):
-                    self._admit(batch, self._take(model_id, room), active)
+            for seq in batch.step(self._send_delta, lambda s: s.owner.cancelled.is_set()):
+                seq.owner.send("done", GenerationResult(seq.stream.text, len(seq.prompt_ids),
+                                                        len(seq.generated), seq.finish_reason or "cancelled"))
+                active.remove(seq.owner)
+            room = self.max_batch_size - len(batch)
+            if room > 0 and len(batch) and batch.can_join():
+                self._admit(batch, self._take(room), active)
 
     def _admit(self, batch: RunningBatch, jobs: list[Job], active: list[Job]) -> None:
         import torch
@@ -163,7 +148,7 @@ class BatchingEngine:
             if job.params.seed is not None and job.params.temperature > 0:
                 generator = torch.Generator().manual_seed(job.params.seed)
             sequences.append(Sequence(job.prompt_ids, job.params, TextStream(self.tokenizer, job.params.stop),
-                                      generator, owner=job))
+                                      generator, owner=job, adapter=self._adapter(job.model_id)))
         active.extend(jobs)
         batch.add(sequences)
 
@@ -172,13 +157,11 @@ class BatchingEngine:
         if delta:
             seq.owner.send("delta", delta)
 
-    def _adapter(self, name: str | None):
+    def _adapter(self, model_id: str) -> str | None:
+        """The row's PEFT adapter name ("__base__" for the base); None when the model has no adapters."""
         if not hasattr(self.model, "peft_config"):
-            return contextlib.nullcontext()
-        if name is None:
-            return self.model.disable_adapter()
-        self.model.set_adapter(name)
-        return contextlib.nullcontext()
+            return None
+        return self.adapters[model_id] or "__base__"
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from tuneloop.chat.template import render_prompt_ids, tokenize_text
 from tuneloop.serve.adapters import ModelTable, ServedModel, looks_like_path
-from tuneloop.serve.decoding import SamplingParams
+from tuneloop.models.decoding import SamplingParams
 from tuneloop.serve.errors import APIError, error_body
 from tuneloop.serve.limits import ConcurrencyLimiter, retry_after_headers
 from tuneloop.serve.metrics import ServeMetrics

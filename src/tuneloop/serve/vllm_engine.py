@@ -18,7 +18,7 @@ import threading
 from tuneloop.errors import UserError
 from tuneloop.models.loading import ResolvedModel, load_tokenizer
 from tuneloop.serve.adapters import ModelTable
-from tuneloop.serve.decoding import SamplingParams
+from tuneloop.models.decoding import SamplingParams
 from tuneloop.serve.engine import GenerationResult, Job
 from tuneloop.serve.settings import ServeSettings
 

@@ -1,10 +1,15 @@
-"""The token loop behind serving: prefill a left-padded batch, then one decode step per token.
+"""The one token loop of tuneloop: serving, evaluation, chat, augmentation and GRPO rollouts all
+decode here. Prefill a left-padded batch, then one decode step per token.
 
 Why our own loop rather than ``model.generate``: a server needs a callback after every token (for
-streaming), per-request sampling settings and stop strings inside one batch, and to drop a finished
-request from the batch at once so the rest run faster. The loop keeps a KV cache
-(``transformers.DynamicCache``) and explicit ``position_ids``, because with left padding the positions
-of each row start after its own padding, not at column 0.
+streaming), per-request sampling settings, stop strings and adapters inside one batch, and to drop a
+finished request from the batch at once so the rest run faster. The loop keeps a pre-allocated KV
+cache (:mod:`tuneloop.models.kv_cache`) and explicit ``position_ids``, because with left padding the
+positions of each row start after its own padding, not at column 0.
+
+Requests for different LoRA adapters of one PEFT model share each forward pass: every row names its
+adapter (``"__base__"`` for the base model) and PEFT's mixed-batch inference (``adapter_names=``)
+applies each adapter to its own rows only.
 
 Pure helpers: :func:`sample_next` (greedy / temperature / top-p per row) and :class:`TextStream`
 (incremental detokenisation that never emits half a character or the start of a stop string).
@@ -106,67 +111,84 @@ def sample_next(logits, params: list[SamplingParams], generators: list) -> list[
 
 @dataclass(eq=False)
 class Sequence:
-    """One request inside a batch: its prompt, settings and what it has produced so far."""
+    """One request inside a batch: its prompt, settings and what it has produced so far.
+
+    ``stream``: None when nobody reads text as it comes (evaluation, rollouts): no per-token decoding.
+    ``adapter``: the PEFT adapter this row runs with (``"__base__"``: none); None: the model as it is.
+    """
 
     prompt_ids: list[int]
     params: SamplingParams
-    stream: TextStream
+    stream: TextStream | None = None
     generator: object = None  # torch.Generator for seeded sampling
     owner: object = None  # whoever waits for this sequence (the engine's job)
+    adapter: str | None = None
     generated: list[int] = field(default_factory=list)
     finish_reason: str | None = None
 
     def advance(self, token_id: int, eos_ids: set[int], context_left: int) -> str:
         """Take one sampled token; returns the text delta and sets ``finish_reason`` when done."""
         self.generated.append(token_id)
+        stream = self.stream
         if token_id in eos_ids:
             self.finish_reason = "stop"
-            return self.stream.flush()
-        delta = self.stream.push(token_id)
-        if self.stream.stopped:
+            return stream.flush() if stream else ""
+        delta = stream.push(token_id) if stream else ""
+        if stream and stream.stopped:
             self.finish_reason = "stop"
         elif len(self.generated) >= self.params.max_tokens or context_left <= 0:
             self.finish_reason = "length"
-            delta += self.stream.flush()
+            delta += stream.flush() if stream else ""
         return delta
 
 
-def _prefill(model, prompts: list[list[int]], pad_id: int):
+def _forward(model, sequences: list[Sequence], **inputs):
+    adapters = [s.adapter for s in sequences]
+    if any(a is not None for a in adapters):  # PEFT's mixed-adapter batch
+        inputs["adapter_names"] = [a or "__base__" for a in adapters]
+    return model(use_cache=True, **inputs).logits[:, -1, :]
+
+
+def _prefill(model, sequences: list[Sequence], pad_id: int, device):
     import torch
-    from transformers import DynamicCache
 
+    from tuneloop.models.kv_cache import new_cache  # imports transformers: only when decoding
+
+    prompts = [s.prompt_ids for s in sequences]
     width = max(len(p) for p in prompts)
-    input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache(config=model.config)
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
-                use_cache=True, logits_to_keep=1)
-    return out.logits[:, -1, :], cache, mask
+    cache = new_cache(model, capacity=width + max(s.params.max_tokens for s in sequences))
+    logits = _forward(model, sequences, input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                      cache=cache, logits_to_keep=1)
+    return logits, cache, mask
 
 
-def _decode_step(model, tokens: list[int], cache, mask):
+def _decode_step(model, sequences: list[Sequence], tokens: list[int], cache, mask):
     import torch
 
     mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
     positions = mask.sum(dim=1, keepdim=True) - 1
-    out = model(input_ids=torch.tensor(tokens).unsqueeze(1), attention_mask=mask, position_ids=positions,
-                cache=cache, use_cache=True)
-    return out.logits[:, -1, :], mask
+    input_ids = torch.tensor(tokens, device=mask.device).unsqueeze(1)
+    logits = _forward(model, sequences, input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                      cache=cache)
+    return logits, mask
 
 
 class RunningBatch:
     """Sequences decoding together; new ones can join between steps (continuous batching).
 
-    Joining: the newcomers are prefilled as their own left-padded batch, then both KV caches are
-    left-padded to the same length and stacked. Padding is masked out and every row has its own
-    positions, so a row's tokens do not depend on who it shares the batch with. A finished row (or
-    one whose client left) is cut out at once, and padding columns no row needs any more are
-    trimmed, so the batch only ever computes what is still running.
+    Joining: the newcomers are prefilled as their own left-padded batch, then their KV cache is
+    stacked under the running rows, the narrower side left-padded. Padding is masked out and every
+    row has its own positions, so a row's tokens do not depend on who it shares the batch with. A
+    finished row (or one whose client left) is cut out at once, and padding columns no row needs any
+    more are trimmed, so the batch only ever computes what is still running.
     """
 
     def __init__(self, model, pad_id: int, eos_ids: set[int], max_context: int):
         self.model, self.pad_id, self.eos_ids, self.max_context = model, pad_id, eos_ids, max_context
+        self.device = next(model.parameters()).device  # the model may live on a GPU
         self.sequences: list[Sequence] = []
         self.cache = self.mask = self.logits = None
 
@@ -174,20 +196,26 @@ class RunningBatch:
         return len(self.sequences)
 
     def can_join(self) -> bool:
-        """Only plain growing caches can be stacked (not sliding-window or quantized ones)."""
-        from transformers.cache_utils import DynamicLayer
+        """Only pre-allocated full-attention caches can be stacked (not sliding-window ones)."""
+        from tuneloop.models.kv_cache import is_stackable
 
-        return self.cache is None or all(type(layer) is DynamicLayer for layer in self.cache.layers)
+        return self.cache is None or is_stackable(self.cache)
 
     def add(self, sequences: list[Sequence]) -> None:
         import torch
+        import torch.nn.functional as F
+
+        from tuneloop.models.kv_cache import stack_rows
 
         with torch.inference_mode():
-            logits, cache, mask = _prefill(self.model, [s.prompt_ids for s in sequences], self.pad_id)
+            logits, cache, mask = _prefill(self.model, sequences, self.pad_id, self.device)
             if self.cache is None:
                 self.cache, self.mask, self.logits = cache, mask, logits
             else:
-                self.mask = _stack_left_padded(self.cache, cache, self.mask, mask)
+                stack_rows(self.cache, cache)
+                width = max(self.mask.shape[1], mask.shape[1])
+                self.mask = torch.cat([F.pad(self.mask, (width - self.mask.shape[1], 0)),
+                                       F.pad(mask, (width - mask.shape[1], 0))])
                 self.logits = torch.cat([self.logits, logits])
         self.sequences += sequences
 
@@ -212,13 +240,15 @@ class RunningBatch:
             if done:
                 self._keep_rows(keep)
                 tokens = [tokens[r] for r in keep]
-            self.logits, self.mask = _decode_step(self.model, tokens, self.cache, self.mask)
+            self.logits, self.mask = _decode_step(self.model, self.sequences, tokens, self.cache, self.mask)
         return [running[r] for r in done]
 
     def _keep_rows(self, keep: list[int]) -> None:
         import torch
 
-        index = torch.tensor(keep)
+        from tuneloop.models.kv_cache import drop_columns
+
+        index = torch.tensor(keep, device=self.device)
         self.cache.batch_select_indices(index)
         self.mask = self.mask[index]
         self.sequences = [self.sequences[r] for r in keep]
@@ -226,30 +256,19 @@ class RunningBatch:
         first = int(used[0]) if len(used) else 0
         if first > 0 and self.can_join():  # columns that are padding in every remaining row
             self.mask = self.mask[:, first:]
-            for layer in self.cache.layers:
-                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
-
-
-def _stack_left_padded(cache, new_cache, mask, new_mask):
-    """Stack ``new_cache`` under ``cache`` (in place), left-padding the shorter one; returns the mask."""
-    import torch
-    import torch.nn.functional as F
-
-    width = max(mask.shape[1], new_mask.shape[1])
-    for layer, new in zip(cache.layers, new_cache.layers):
-        parts = []
-        for keys, values in ((layer.keys, layer.values), (new.keys, new.values)):
-            pad = width - keys.shape[2]
-            parts.append((F.pad(keys, (0, 0, pad, 0)), F.pad(values, (0, 0, pad, 0))))
-        layer.keys = torch.cat([parts[0][0], parts[1][0]])
-        layer.values = torch.cat([parts[0][1], parts[1][1]])
-    return torch.cat([F.pad(mask, (width - mask.shape[1], 0)), F.pad(new_mask, (width - new_mask.shape[1], 0))])
+            drop_columns(self.cache, first)
 
 
 def generate_batch(model, sequences: list[Sequence], pad_id: int, eos_ids: set[int], max_context: int,
-                   on_delta: Callable[[Sequence, str], None] = lambda s, d: None) -> None:
-    """Run ``sequences`` to completion as one batch (no joiners): for scripts and tests."""
+                   on_delta: Callable[[Sequence, str], None] = lambda s, d: None,
+                   on_step: Callable[[], None] | None = None) -> None:
+    """Run ``sequences`` to completion as one batch (no joiners): for scripts, evaluation and tests.
+
+    ``on_step()`` is called once per decoding step, right after that step's logits exist.
+    """
     batch = RunningBatch(model, pad_id, eos_ids, max_context)
     batch.add(sequences)
     while len(batch):
+        if on_step is not None:
+            on_step()
         batch.step(on_delta, lambda s: False)
