@@ -139,3 +139,14 @@ def test_auto_on_labelled_data_reports_both_formulations(tiny_model_dir, tmp_pat
     assert report["winner"]["formulation"] in ("classifier", "generative")
     html = (tmp_path / "out" / "report.html").read_text()
     assert "generative" in html and "classifier" in html
+
+
+def test_a_time_budget_drives_the_learning_rate_schedule():
+    from tuneloop.tune.classifier import lr_scale_at, training_progress
+
+    assert training_progress(50, 100, 0.0, None) == 0.5
+    assert training_progress(10, 12_500, 450.0, 900.0) == 0.5  # the time budget ends training first
+    assert training_progress(10, 12_500, 2000.0, 900.0) == 1.0
+    assert lr_scale_at(0, 0.0) == pytest.approx(1 / 11)  # warmup
+    assert lr_scale_at(20, 0.0) == 1.0 and lr_scale_at(20, 0.5) == pytest.approx(0.55)
+    assert lr_scale_at(20, 1.0) == pytest.approx(0.1)

@@ -186,7 +186,8 @@ def train_classifier(train_path, validation_path, run_dir, settings: ClassifierS
             batches = length_bucketed_batches(lengths, settings.batch_size, settings.seed + step,
                                               settings.bucket_batches)
         batch_ids = batches.pop()
-        lr_scale = _schedule(step, total)
+        elapsed = time.time() - started
+        lr_scale = lr_scale_at(step, training_progress(step, total, elapsed, settings.max_seconds))
         for group, base in zip(optimizer.param_groups, (settings.learning_rate, settings.head_learning_rate)):
             group["lr"] = base * lr_scale
         batch = _encode(tokenizer, [texts[i] for i in batch_ids], settings.max_len)
@@ -221,11 +222,21 @@ def train_classifier(train_path, validation_path, run_dir, settings: ClassifierS
     return summary
 
 
-def _schedule(step: int, total: int, warmup: int = 10) -> float:
-    # Linear warmup, then cosine to 10%: the random head needs a few gentle steps first.
+def training_progress(step: int, total: int, elapsed_s: float, max_seconds: float | None) -> float:
+    """How far training is, 0 to 1: by steps, or by time when a time budget will end it sooner.
+
+    ``auto`` plans 100 epochs and stops at its time share: a schedule over the planned steps would
+    never leave its peak learning rate; over the time it decays to the end of the share.
+    """
+    by_steps = step / max(1, total)
+    return min(1.0, max(by_steps, elapsed_s / max_seconds if max_seconds else 0.0))
+
+
+def lr_scale_at(step: int, progress: float, warmup: int = 10) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine from 1 to 10% over ``progress``: the random
+    head needs a few gentle steps first."""
     if step < warmup:
         return (step + 1) / (warmup + 1)
-    progress = (step - warmup) / max(1, total - warmup)
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
