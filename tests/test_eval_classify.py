@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from tuneloop.chat.template import encode_chat
-from tuneloop.evaluate.classification import (NO_LABEL, ExactLabelMatcher, classify, label_log_likelihoods,
-                                              length_sorted_chunks, light_normalise, predict_labels_by_likelihood)
+from tuneloop.evaluate.classification import (NO_LABEL, ExactLabelMatcher, answer_token_ids, classify,
+                                              label_log_likelihoods, length_sorted_chunks, light_normalise,
+                                              most_likely_labels, predict_labels_by_likelihood)
 from tuneloop.chat.batch import pad_batch
 from tuneloop.evaluate.perplexity import per_sequence_nll
 
@@ -53,6 +54,19 @@ def test_cached_batched_scores_equal_full_sequence_reference(tiny, batch_size):
     assert (fast < 0).all() and len(np.unique(fast.round(3))) > len(LABELS)  # real, distinct scores
     predicted = predict_labels_by_likelihood(model, tokenizer, PROMPTS, LABELS, batch_size=batch_size)
     assert predicted == [LABELS[j] for j in slow.argmax(axis=1)]
+
+
+@pytest.mark.parametrize("max_expansions", [1000, 2])  # the search finishes; it gives up and scores in full
+def test_best_first_search_finds_the_most_likely_label(tiny, max_expansions):
+    model, tokenizer = tiny
+    slow = reference_log_likelihoods(model, tokenizer, PROMPTS, LABELS)
+    predicted, passes = most_likely_labels(model, tokenizer, PROMPTS, LABELS, max_expansions=max_expansions)
+    assert predicted == [LABELS[j] for j in slow.argmax(axis=1)]
+    answer_tokens = sum(len(a) for a in answer_token_ids(tokenizer, PROMPTS[0], LABELS)[1])
+    if max_expansions == 1000:  # never more passes than the prompt plus one per distinct label prefix
+        assert len(PROMPTS) <= passes <= len(PROMPTS) * (1 + answer_tokens)
+    else:
+        assert passes == len(PROMPTS) * (max_expansions + 1)
 
 
 def test_peft_wrapped_model_scores_like_its_merged_weights(tiny):

@@ -8,8 +8,9 @@ import random
 import pytest
 
 from tuneloop.errors import UserError
-from tuneloop.tune.auto import choose_model, inspect_data
-from tuneloop.tune.classifier import ClassifierSettings, evaluate_classifier, text_and_label, train_classifier
+from tuneloop.tune.auto import choose_model, inspect_data, score_generative
+from tuneloop.tune.classifier import (ClassifierSettings, evaluate_classifier, length_bucketed_batches,
+                                      text_and_label, train_classifier)
 
 LABELS = ("card_arrival", "lost_or_stolen_card", "exchange_rate")
 QUERIES = {
@@ -100,3 +101,52 @@ def test_classifier_head_trains_and_beats_its_untrained_self(tiny_model_dir, tmp
     assert tuned["metrics"]["accuracy"] >= 0.6  # three easy intents, reloaded from disk
     predictions = [json.loads(x) for x in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 18 and {p["prediction"] for p in predictions} <= set(LABELS)
+
+
+def test_length_bucketed_batches_group_similar_lengths():
+    lengths = [5, 1, 4, 2, 3, 6, 9, 7]
+    # one bucket of 6 rows sorted by length, then the 2 left over: each row once, batches of neighbours
+    batches = length_bucketed_batches(lengths, batch_size=2, seed=0, bucket_batches=3)
+    assert sorted(i for b in batches for i in b) == list(range(8))
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert padded <= sum(lengths) + 8  # within one token a row of no padding at all
+    assert length_bucketed_batches(lengths, 2, 0, 3) == batches  # the seed decides
+    assert length_bucketed_batches(lengths, 2, 1, 3) != batches
+    one_bucket = length_bucketed_batches([5, 1, 4, 2, 3, 6], batch_size=2, seed=0, bucket_batches=3)
+    assert sorted(map(tuple, one_bucket)) == [(0, 5), (1, 3), (4, 2)]
+
+
+@pytest.mark.slow
+def test_generative_scoring_stops_at_its_time_and_counts_what_it_scored(tiny_model_dir, tmp_path):
+    prepared = _write_prepared(tmp_path / "p")
+    result = score_generative(str(tiny_model_dir), str(prepared / "test.jsonl"), sorted(LABELS), 5, seconds=0.0)
+    assert result["n"] == 1 and 0.0 <= result["metrics"]["accuracy"] <= 1.0
+    result = score_generative(str(tiny_model_dir), str(prepared / "test.jsonl"), sorted(LABELS), 3, seconds=1e6)
+    assert result["n"] == 3 and result["forward_passes"] >= 3
+
+
+@pytest.mark.slow
+def test_auto_on_labelled_data_reports_both_formulations(tiny_model_dir, tmp_path):
+    from tuneloop.tune.auto import run_auto
+
+    prepared = _write_prepared(tmp_path / "p")
+    report = run_auto(prepared, 0.3, 8.0, tmp_path / "out", model=str(tiny_model_dir))
+    results = report["results"]
+    assert results["classifier"]["test_samples"] == 12 and 0.0 <= results["classifier"]["test"]["accuracy"] <= 1
+    generative = results["generative"]
+    assert 1 <= generative["test_samples"] <= 12 and generative["base_test_samples"] <= generative["test_samples"]
+    assert "accuracy" in generative["test"] and "accuracy" in generative["base_test"]
+    assert report["winner"]["formulation"] in ("classifier", "generative")
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "generative" in html and "classifier" in html
+
+
+def test_a_time_budget_drives_the_learning_rate_schedule():
+    from tuneloop.tune.classifier import lr_scale_at, training_progress
+
+    assert training_progress(50, 100, 0.0, None) == 0.5
+    assert training_progress(10, 12_500, 450.0, 900.0) == 0.5  # the time budget ends training first
+    assert training_progress(10, 12_500, 2000.0, 900.0) == 1.0
+    assert lr_scale_at(0, 0.0) == pytest.approx(1 / 11)  # warmup
+    assert lr_scale_at(20, 0.0) == 1.0 and lr_scale_at(20, 0.5) == pytest.approx(0.55)
+    assert lr_scale_at(20, 1.0) == pytest.approx(0.1)
