@@ -26,7 +26,7 @@ DROPPED, AUGMENTED_TRAIN = -1, 3  # fates besides the split indices 0, 1, 2
 
 
 class Spool:
-    """Per-record results of the streamed pass: big parts in files under ``folder``, summaries in memory."""
+    """Per-record results of the streamed pass, in files under ``folder`` (summaries: one column a file)."""
 
     def __init__(self, folder: Path, near_dup: bool):
         self.folder, self.near_dup = Path(folder), near_dup
@@ -35,9 +35,10 @@ class Spool:
         self.signatures = open(self.folder / "signatures.u32", "wb") if near_dup else None
         self.band_files: list = []
         self.paths: list[str] = []
-        self.parts: dict[str, list] = {k: [] for k in ("file", "line", "key_hash", "label", "lengths", "origin",
-                                                       "content_bytes", "upper_bound", "messages",
-                                                       "output_bytes", "near_bytes")}
+        self.columns = {name: open(self.folder / f"column-{name}.bin", "wb") for name in COLUMNS}
+        self.end = {"output_offsets": 0, "near_offsets": 0}
+        for name in self.end:  # offsets start at 0: the file holds n + 1 of them
+            self.columns[name].write(np.zeros(1, dtype=np.int64).tobytes())
         self.label_code: dict = {}
         self.augmented_from: dict[int, object] = {}
         self.n_input = self.n = self.cleaned = 0
@@ -58,17 +59,17 @@ class Spool:
         self.tokenizers.add(r.tokenizer)
         if not self.paths or self.paths[-1] != r.path:
             self.paths.append(r.path)
-        self.parts["file"].append(np.full(m, len(self.paths) - 1, dtype=np.int32))
-        self.parts["line"].append(r.lines)
-        self.parts["key_hash"].append(r.key_hash)
-        self.parts["label"].append(np.fromiter((self._code(v) for v in r.labels), dtype=np.int32, count=m))
-        for name in ("lengths", "content_bytes", "upper_bound", "messages", "output_bytes"):
-            self.parts[name].append(getattr(r, name))
-        self.parts["origin"].append(r.origin)
+        self._write("file", np.full(m, len(self.paths) - 1))
+        self._write("line", r.lines)
+        self._write("key_hash", r.key_hash)
+        self._write("label", np.fromiter((self._code(v) for v in r.labels), dtype=np.int32, count=m))
+        for name in ("lengths", "content_bytes", "upper_bound", "messages", "origin"):
+            self._write(name, getattr(r, name))
+        self._write_offsets("output_offsets", r.output_bytes)
         self.augmented_from.update({self.n + i: v for i, v in r.augmented_from.items()})
         self.output.write(r.output)
         if self.near_dup:
-            self.parts["near_bytes"].append(r.near_key_bytes)
+            self._write_offsets("near_offsets", r.near_key_bytes)
             self.near.write(r.near_keys)
             self.signatures.write(np.ascontiguousarray(r.signatures).tobytes())
             if not self.band_files:
@@ -77,6 +78,15 @@ class Spool:
                 f.write(np.ascontiguousarray(r.bands[:, b]).tobytes())
         self.n += m
 
+    def _write(self, name: str, values: np.ndarray) -> None:
+        self.columns[name].write(np.ascontiguousarray(values, dtype=COLUMNS[name]).tobytes())
+
+    def _write_offsets(self, name: str, sizes: np.ndarray) -> None:
+        ends = self.end[name] + np.cumsum(sizes, dtype=np.int64)
+        if len(ends):
+            self.end[name] = int(ends[-1])
+        self._write(name, ends)
+
     def _code(self, label) -> int:
         if label is None:
             return -1
@@ -84,21 +94,30 @@ class Spool:
         return self.label_code.setdefault(key, len(self.label_code))
 
     def finish(self) -> Summary:
-        for f in [self.output, self.near, self.signatures, *self.band_files]:
+        for f in [self.output, self.near, self.signatures, *self.band_files, *self.columns.values()]:
             if f is not None:
                 f.close()
-        joined = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in self.parts.items()}
+        col = {name: read_column(self.folder / f"column-{name}.bin", dtype) for name, dtype in COLUMNS.items()}
         values = [None] * len(self.label_code)
         for (_, value), code in self.label_code.items():
             values[code] = value
-        self.parts = {}
-        offsets = lambda sizes: np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)  # noqa: E731
-        ints = {k: joined[k].astype(np.int64) for k in ("line", "lengths", "content_bytes", "upper_bound", "messages")}
-        return Summary(self.folder, self.paths, joined["file"].astype(np.int32), ints["line"],
-                       joined["key_hash"].reshape(-1, 2), joined["label"].astype(np.int32), values,
-                       ints["lengths"], ints["content_bytes"], ints["upper_bound"], ints["messages"],
-                       joined["origin"].astype(np.uint64), self.augmented_from, offsets(joined["output_bytes"]),
-                       offsets(joined["near_bytes"]) if self.near_dup else None, len(self.band_files))
+        return Summary(self.folder, self.paths, col["file"], col["line"], col["key_hash"].reshape(-1, 2),
+                       col["label"], values, col["lengths"], col["content_bytes"], col["upper_bound"],
+                       col["messages"], col["origin"], self.augmented_from, col["output_offsets"],
+                       col["near_offsets"] if self.near_dup else None, len(self.band_files))
+
+
+# The summary columns Spool writes, one file each, and their types (key_hash: 2 a record).
+COLUMNS = {"file": np.int32, "line": np.int64, "key_hash": np.uint64, "label": np.int32, "lengths": np.int64,
+           "content_bytes": np.int64, "upper_bound": np.int64, "messages": np.int64, "origin": np.uint64,
+           "output_offsets": np.int64, "near_offsets": np.int64}
+
+
+def read_column(path: Path, dtype) -> np.ndarray:
+    """A column file memory-mapped copy-on-write (an empty file cannot be mapped: an empty array)."""
+    if path.stat().st_size == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="c")
 
 
 @dataclass
