@@ -9,8 +9,8 @@ import pytest
 
 from tuneloop.errors import UserError
 from tuneloop.tune.auto import choose_model, inspect_data, score_generative
-from tuneloop.tune.classifier import (ClassifierSettings, evaluate_classifier, length_bucketed_batches,
-                                      text_and_label, train_classifier)
+from tuneloop.tune.classifier import (HEAD_STUDY_TRIALS, ClassifierSettings, evaluate_classifier, head_study,
+                                      length_bucketed_batches, plan_head_study, text_and_label, train_classifier)
 
 LABELS = ("card_arrival", "lost_or_stolen_card", "exchange_rate")
 QUERIES = {
@@ -139,6 +139,35 @@ def test_auto_on_labelled_data_reports_both_formulations(tiny_model_dir, tmp_pat
     assert report["winner"]["formulation"] in ("classifier", "generative")
     html = (tmp_path / "out" / "report.html").read_text()
     assert "generative" in html and "classifier" in html
+    # the tiny model trains an epoch in well under a second: the budget held a learning-rate study
+    study = results["classifier_study"]
+    assert study["trials"][0]["learning_rate"] == ClassifierSettings().learning_rate  # the prior first
+    assert any("learning-rate study of" in d for d in report["decisions"]["hyperparameters"])
+    assert results["classifier"]["train"]["settings"]["learning_rate"] == study["learning_rate"]
+
+
+def test_the_head_study_runs_only_when_the_share_holds_five_epochs():
+    fits, why = plan_head_study(share_s=900, epoch_s=261)  # Banking77 at 30 min: 3.4 epochs
+    assert not fits and "3.4 epochs" in why and "needs 5" in why
+    fits, why = plan_head_study(share_s=1800, epoch_s=261)
+    assert fits and "6.9 epochs" in why
+
+
+@pytest.mark.slow
+def test_the_head_study_starts_from_the_prior_and_keeps_the_best(tiny_model_dir, tmp_path):
+    prepared = _write_prepared(tmp_path / "p", copies=6)
+    base = ClassifierSettings(model=str(tiny_model_dir), r=8, alpha=16, learning_rate=3e-3,
+                              head_learning_rate=1e-2, batch_size=8, max_len=16, epochs=100)
+    study = head_study(prepared / "train.jsonl", prepared / "validation.jsonl", tmp_path / "study", base,
+                       seconds=HEAD_STUDY_TRIALS * 3.0)
+    trials = study["trials"]
+    assert trials[0]["learning_rate"] == 3e-3 and 1 <= len(trials) <= HEAD_STUDY_TRIALS
+    assert all(3e-3 / 5 <= t["learning_rate"] <= 3e-3 * 5 for t in trials)
+    complete = [t for t in trials if t["state"] == "COMPLETE"]
+    assert study["validation_accuracy"] == max(t["validation_accuracy"] for t in complete)
+    assert study["learning_rate"] == next(t["learning_rate"] for t in complete
+                                          if t["validation_accuracy"] == study["validation_accuracy"])
+    assert (tmp_path / "study" / "study.db").is_file() and (tmp_path / "study" / "trial-0" / "summary.json").is_file()
 
 
 def test_a_time_budget_drives_the_learning_rate_schedule():

@@ -8,8 +8,9 @@ The steps, each recorded with its reason in ``auto_report.json`` / ``report.html
    memory and train an epoch within a share of the budget; the largest such wins;
 3. method: LoRA (a CPU trains a 135M-1B model's adapters, not all its weights, in minutes);
 4. formulation, for classification data both: a classifier head (LoRA + linear head,
-   :mod:`tuneloop.tune.classifier`, settings from earlier Banking77 runs), and the generative one
-   (the label as the assistant's answer, ordinary SFT); otherwise a ``tuneloop tune`` study;
+   :mod:`tuneloop.tune.classifier`, settings from earlier Banking77 runs; an Optuna study of its
+   learning rate first when the budget holds 5 epochs of it), and the generative one (the label as
+   the assistant's answer, ordinary SFT); otherwise a ``tuneloop tune`` study;
 5. evaluate each against its base on the held-out test split (the head on all of it; the
    generative model, scored by label likelihood, on the first records that fit the budget), pick
    the winner;
@@ -40,14 +41,18 @@ from tuneloop.models.store import is_hf_dir
 from tuneloop.paths import make_dir, model_store, read_jsonl, write_json_atomic, write_text_atomic
 from tuneloop.train import run_training
 from tuneloop.models.loading import load_model_and_tokenizer, resolve_model
-from tuneloop.tune.classifier import ClassifierSettings, evaluate_classifier, text_and_label, train_classifier
+from tuneloop.tune.classifier import (HEAD_STUDY_SHARE, ClassifierSettings, evaluate_classifier, head_study, plan_head_study, read_split,
+                                      text_and_label, train_classifier)
 from tuneloop.tune.launch import prepare_settings, run_study
 from tuneloop.tune.study import machine_memory_gb
 
-# Classification: head study, head final run, generative run (the rest is evaluation and slack).
-# Classification: the head's training, the generative SFT run; the rest (~35%) is evaluation: the
+# Classification: the head's training (with its learning-rate study when it fits, see
+# classifier.plan_head_study), the generative SFT run; the rest (~35%) is evaluation: the
 # head on the whole test split, then the generative model and its base on what time is left.
 SHARES = {"classifier": 0.5, "generative": 0.15}
+# Training a sample (forward, backward, its share of the validation passes) costs this many test
+# passes of one: on Banking77, 5.5 training samples/s against 23 scored (tune_auto_banking77.json).
+TRAIN_COST_PER_SCORED_SAMPLE = 4.5
 GENERATIVE_TEST_SAMPLES = 200  # at most; fewer when the budget runs out (the report gives the count)
 UNTRAINED_TEST_SAMPLES = 300  # the untrained head (the classifier's base line, ~1/labels) on a slice
 CLASSIFIER_EXPORT = "classifier-model"  # under --out: the exported winning classifier
@@ -186,21 +191,39 @@ def _classification(profile, model, budget_minutes, deadline, out_dir, report) -
         "scored on the test split: the head on all of it, the generative model (and its base) on as many "
         f"test records, in order, as fit the rest of the budget (at most {GENERATIVE_TEST_SAMPLES})"]
     p95 = int(profile.tokens.get("p95") or 64)
-    final = ClassifierSettings(model=model, max_len=min(256, p95), epochs=100,
-                               max_seconds=budget_s * SHARES["classifier"])
+    share_s = budget_s * SHARES["classifier"]
+    prior = ClassifierSettings(model=model, max_len=min(256, p95), epochs=100, max_seconds=share_s)
+    head_dir = make_dir(out_dir / "classifier", "--out")
+    labels = sorted(set(read_split(paths["train"])[1]))
+    write_json_atomic(head_dir / "labels.json", {"labels": labels, "base_model": model, "max_len": prior.max_len})
+    # The untrained head first: the classifier's base line, and its speed sizes the plan.
+    untrained = evaluate_classifier(head_dir, paths["test"], head_dir, untrained=True, settings=prior,
+                                    max_samples=UNTRAINED_TEST_SAMPLES)
+    epoch_s = TRAIN_COST_PER_SCORED_SAMPLE * profile.train / max(1e-6, untrained["metrics"]["samples_per_s"])
+    study_fits, why_study = plan_head_study(share_s, epoch_s)
+    learning_rate, share_started = prior.learning_rate, time.time()
+    if study_fits:
+        study = head_study(paths["train"], paths["validation"], out_dir / "classifier-study", prior,
+                           share_s * HEAD_STUDY_SHARE)
+        report["results"]["classifier_study"] = study
+        learning_rate = study["learning_rate"]
+        why_study += (f"; {len(study['trials'])} trials, best learning rate {learning_rate:.2g} "
+                      f"(validation accuracy {_pct(study['validation_accuracy'])}; trial 0 was the prior "
+                      f"{prior.learning_rate:g})")
+    final = ClassifierSettings(**(asdict(prior) | {
+        "learning_rate": learning_rate, "head_learning_rate": learning_rate * prior.head_learning_rate
+        / prior.learning_rate, "max_seconds": max(share_s / 4, share_s - (time.time() - share_started))}))
     report["decisions"]["hyperparameters"] = [
-        f"classifier: LoRA r{final.r} on every linear layer, learning rate {final.learning_rate:g} (head "
-        f"{final.head_learning_rate:g}), batch {final.batch_size} of length-sorted rows, trained for "
-        f"{final.max_seconds / 60:.1f} min ({SHARES['classifier']:.0%} of the budget), best checkpoint by "
-        "validation accuracy; the learning rate warms up for 10 steps, then decays (cosine, to 10%) over the "
-        "time share, not over the 100 planned epochs it will not reach. Why: 1e-3 beat 3e-4 and 3e-3 in "
-        "the learning-rate study of the earlier Banking77 run, so the study's share now goes to more epochs of the final run; sorting rows by "
-        "length cuts the padding a random batch carries (short queries padded to the longest)"]
-    head_dir = out_dir / "classifier"
+        f"classifier: LoRA r{final.r} on every linear layer, learning rate {final.learning_rate:.2g} (head "
+        f"{final.head_learning_rate:.2g}), batch {final.batch_size} of length-sorted rows, trained for "
+        f"{final.max_seconds / 60:.1f} min (of the {share_s / 60:.1f} min share, {SHARES['classifier']:.0%} of "
+        "the budget), best checkpoint by validation accuracy; the learning rate warms up for 10 steps, then "
+        "decays (cosine, to 10%) over the time, not over the 100 planned epochs it will not reach. The prior "
+        f"learning rate {prior.learning_rate:g}: it beat 3e-4 and 3e-3 in the learning-rate study of an earlier "
+        "Banking77 run. Sorting rows by length cuts the padding a random batch carries (short queries "
+        "padded to the longest)", why_study]
     summary = train_classifier(paths["train"], paths["validation"], head_dir, final)
     tuned = evaluate_classifier(head_dir, paths["test"], head_dir)
-    untrained = evaluate_classifier(head_dir, paths["test"], head_dir, untrained=True, settings=final,
-                                    max_samples=UNTRAINED_TEST_SAMPLES)
     # eval.json in the SPEC's shape, so the exported model's card reports the test scores
     write_json_atomic(head_dir / "eval.json", tuned | {"task": "classification (head)", "gate": None, "baseline": {
         "model": untrained["model"], "metrics": untrained["metrics"]}})

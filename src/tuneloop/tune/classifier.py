@@ -205,7 +205,7 @@ def train_classifier(train_path, validation_path, run_dir, settings: ClassifierS
             if record["validation_accuracy"] > best["accuracy"]:
                 best = {"accuracy": record["validation_accuracy"], "step": step}
                 model.save_pretrained(run_dir / "adapter")
-            stop = out_of_time or bool(on_evaluate and on_evaluate(step, record))
+            stop = bool(on_evaluate and on_evaluate(step, record)) or out_of_time
         metrics.append(record)
         bar.update(1)
         bar.set_postfix({k: v for k, v in record.items() if k != "step"}, refresh=False)
@@ -281,3 +281,72 @@ def evaluate_classifier(run_dir, test_path, out_dir=None, untrained: bool = Fals
             {"text": t, "label": n, "prediction": labels[p], "correct": labels[p] == n}
             for t, n, p in zip(texts, names, predicted)])
     return result
+
+
+# The head's learning-rate study (``auto`` runs it when the budget affords it, see plan_head_study).
+HEAD_STUDY_TRIALS = 4  # trial 0 is the prior (ClassifierSettings.learning_rate)
+HEAD_STUDY_SHARE = 0.4  # of the classifier's time; the rest trains the winner
+HEAD_STUDY_MIN_EPOCHS = 5.0  # the share must hold this many epochs: 3 for the final run, 0.5 a trial
+
+
+def plan_head_study(share_s: float, epoch_s: float) -> tuple[bool, str]:
+    """Whether the classifier's time share affords a learning-rate study, and why (for the report)."""
+    needed = HEAD_STUDY_MIN_EPOCHS * epoch_s
+    if share_s >= needed:
+        return True, (f"a learning-rate study of {HEAD_STUDY_TRIALS} trials ({HEAD_STUDY_SHARE:.0%} of the "
+                      f"{share_s / 60:.1f} min share, ~{epoch_s / 60:.1f} min an epoch): the share holds "
+                      f"{share_s / epoch_s:.1f} epochs, at least {HEAD_STUDY_MIN_EPOCHS:g} needed")
+    return False, (f"no learning-rate study: the {share_s / 60:.1f} min share holds {share_s / epoch_s:.1f} "
+                   f"epochs at ~{epoch_s / 60:.1f} min an epoch, and a study needs {HEAD_STUDY_MIN_EPOCHS:g} "
+                   f"(a budget of ~{needed / share_s:.1f}x this one); the whole share trains one run "
+                   f"at the prior learning rate")
+
+
+def head_study(train_path, validation_path, out_dir, base: ClassifierSettings, seconds: float) -> dict:
+    """An Optuna study of the head's learning rate (LoRA's; the head's is 3x) within ``seconds``.
+
+    TPE (seeded) with the median pruner on validation accuracy; trial 0 is the prior, so the best
+    is never worse on validation than the default. Each trial trains for ``seconds`` / trials.
+    Returns ``{"learning_rate", "validation_accuracy", "trials": [...]}``.
+    """
+    import warnings
+
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    out_dir = make_dir(out_dir, "classifier study directory")
+    study = optuna.create_study(
+        storage=f"sqlite:///{(out_dir / 'study.db').resolve()}", study_name="head-learning-rate",
+        direction="maximize", load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(n_startup_trials=2, seed=base.seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
+    study.enqueue_trial({"learning_rate": base.learning_rate})
+    trial_s = seconds / HEAD_STUDY_TRIALS
+    texts, _ = read_split(train_path)
+    steps_per_trial_guess = max(8, math.ceil(len(texts) / base.batch_size / 2))
+
+    def objective(trial):
+        lr = trial.suggest_float("learning_rate", base.learning_rate / 5, base.learning_rate * 5, log=True)
+        settings = ClassifierSettings(**(asdict(base) | {
+            "learning_rate": lr, "head_learning_rate": lr * base.head_learning_rate / base.learning_rate,
+            "max_seconds": trial_s, "eval_every": max(4, steps_per_trial_guess // 4)}))
+
+        def on_evaluate(step, record):
+            trial.report(record["validation_accuracy"], step)
+            return trial.should_prune()
+
+        summary = train_classifier(train_path, validation_path, out_dir / f"trial-{trial.number}", settings,
+                                   on_evaluate=on_evaluate)
+        trial.set_user_attr("steps", summary["steps"])
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+        return summary["best_validation_accuracy"]
+
+    study.optimize(objective, n_trials=HEAD_STUDY_TRIALS, timeout=seconds)
+    trials = [{"number": t.number, "state": t.state.name, "learning_rate": t.params.get("learning_rate"),
+               "validation_accuracy": t.value, "steps": t.user_attrs.get("steps")} for t in study.trials]
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    best = max(done, key=lambda t: t.value) if done else None
+    return {"learning_rate": best.params["learning_rate"] if best else base.learning_rate,
+            "validation_accuracy": best.value if best else None, "trials": trials}
