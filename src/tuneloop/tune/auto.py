@@ -41,8 +41,9 @@ from tuneloop.models.store import is_hf_dir
 from tuneloop.paths import make_dir, model_store, read_jsonl, write_json_atomic, write_text_atomic
 from tuneloop.train import run_training
 from tuneloop.models.loading import load_model_and_tokenizer, resolve_model
-from tuneloop.tune.classifier import (HEAD_STUDY_SHARE, ClassifierSettings, evaluate_classifier, head_study, plan_head_study, read_split,
-                                      text_and_label, train_classifier)
+from tuneloop.tune.classifier import (HEAD_STUDY_SHARE, ClassifierSettings, evaluate_classifier, head_study,
+                                      plan_head_study, read_split, text_and_label, train_classifier,
+                                      with_learning_rate, write_labels)
 from tuneloop.tune.launch import prepare_settings, run_study
 from tuneloop.tune.study import machine_memory_gb
 
@@ -195,7 +196,7 @@ def _classification(profile, model, budget_minutes, deadline, out_dir, report) -
     prior = ClassifierSettings(model=model, max_len=min(256, p95), epochs=100, max_seconds=share_s)
     head_dir = make_dir(out_dir / "classifier", "--out")
     labels = sorted(set(read_split(paths["train"])[1]))
-    write_json_atomic(head_dir / "labels.json", {"labels": labels, "base_model": model, "max_len": prior.max_len})
+    write_labels(head_dir, labels, prior)
     # The untrained head first: the classifier's base line, and its speed sizes the plan.
     untrained = evaluate_classifier(head_dir, paths["test"], head_dir, untrained=True, settings=prior,
                                     max_samples=UNTRAINED_TEST_SAMPLES)
@@ -210,9 +211,8 @@ def _classification(profile, model, budget_minutes, deadline, out_dir, report) -
         why_study += (f"; {len(study['trials'])} trials, best learning rate {learning_rate:.2g} "
                       f"(validation accuracy {_pct(study['validation_accuracy'])}; trial 0 was the prior "
                       f"{prior.learning_rate:g})")
-    final = ClassifierSettings(**(asdict(prior) | {
-        "learning_rate": learning_rate, "head_learning_rate": learning_rate * prior.head_learning_rate
-        / prior.learning_rate, "max_seconds": max(share_s / 4, share_s - (time.time() - share_started))}))
+    final = with_learning_rate(prior, learning_rate,
+                               max_seconds=max(share_s / 4, share_s - (time.time() - share_started)))
     report["decisions"]["hyperparameters"] = [
         f"classifier: LoRA r{final.r} on every linear layer, learning rate {final.learning_rate:.2g} (head "
         f"{final.head_learning_rate:.2g}), batch {final.batch_size} of length-sorted rows, trained for "

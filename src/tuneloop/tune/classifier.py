@@ -211,8 +211,7 @@ def train_classifier(train_path, validation_path, run_dir, settings: ClassifierS
         bar.set_postfix({k: v for k, v in record.items() if k != "step"}, refresh=False)
     bar.close()
     tokenizer.save_pretrained(run_dir / "adapter")
-    write_json_atomic(run_dir / "labels.json", {"labels": labels, "base_model": settings.model,
-                                                "max_len": settings.max_len})
+    write_labels(run_dir, labels, settings)
     write_jsonl_atomic(run_dir / "metrics.jsonl", metrics)
     summary = {"best_validation_accuracy": best["accuracy"], "best_step": best["step"], "steps": step,
                "planned_steps": total, "epochs_done": round(step / steps_per_epoch, 3),
@@ -220,6 +219,19 @@ def train_classifier(train_path, validation_path, run_dir, settings: ClassifierS
                "train_examples": len(texts), "settings": asdict(settings)}
     write_json_atomic(run_dir / "summary.json", summary)
     return summary
+
+
+def write_labels(run_dir, labels: list[str], settings: ClassifierSettings) -> None:
+    """``labels.json`` of a classifier run: what loading (and an untrained-head baseline) needs."""
+    write_json_atomic(Path(run_dir) / "labels.json", {"labels": labels, "base_model": settings.model,
+                                                      "max_len": settings.max_len})
+
+
+def with_learning_rate(settings: ClassifierSettings, learning_rate: float, **changes) -> ClassifierSettings:
+    """``settings`` at another LoRA learning rate, the head's scaled with it (same ratio)."""
+    ratio = settings.head_learning_rate / settings.learning_rate
+    return ClassifierSettings(**(asdict(settings) | {"learning_rate": learning_rate,
+                                                     "head_learning_rate": learning_rate * ratio} | changes))
 
 
 def training_progress(step: int, total: int, elapsed_s: float, max_seconds: float | None) -> float:
@@ -316,10 +328,8 @@ def head_study(train_path, validation_path, out_dir, base: ClassifierSettings, s
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out_dir = make_dir(out_dir, "classifier study directory")
-    study = optuna.create_study(
-        storage=f"sqlite:///{(out_dir / 'study.db').resolve()}", study_name="head-learning-rate",
-        direction="maximize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(n_startup_trials=2, seed=base.seed),
+    study = optuna.create_study(  # in memory: the trials' run directories and the returned list are the record
+        direction="maximize", sampler=optuna.samplers.TPESampler(n_startup_trials=2, seed=base.seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
     study.enqueue_trial({"learning_rate": base.learning_rate})
     trial_s = seconds / HEAD_STUDY_TRIALS
@@ -328,9 +338,7 @@ def head_study(train_path, validation_path, out_dir, base: ClassifierSettings, s
 
     def objective(trial):
         lr = trial.suggest_float("learning_rate", base.learning_rate / 5, base.learning_rate * 5, log=True)
-        settings = ClassifierSettings(**(asdict(base) | {
-            "learning_rate": lr, "head_learning_rate": lr * base.head_learning_rate / base.learning_rate,
-            "max_seconds": trial_s, "eval_every": max(4, steps_per_trial_guess // 4)}))
+        settings = with_learning_rate(base, lr, max_seconds=trial_s, eval_every=max(4, steps_per_trial_guess // 4))
 
         def on_evaluate(step, record):
             trial.report(record["validation_accuracy"], step)
